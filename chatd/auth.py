@@ -1,0 +1,121 @@
+"""JWT verification shared by the WebSocket bindings and the HTTP API.
+
+Rules (PROTOCOL.md section 2): only algorithms on the configured allow-list
+are accepted (``none`` can never be on it), ``sub`` (a string) and ``exp``
+are required, ``iss`` and ``aud`` are checked when configured.  HMAC
+algorithms verify with the shared secret and the others with the public
+key, so a public key can never be abused as an HMAC secret.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from chatd.config import Config
+from chatd.domain.models import Identity
+
+MAX_USER_ID_LENGTH = 128
+MAX_TOKEN_LENGTH = 8192
+
+
+class AuthError(Exception):
+    """A token was refused; the message says why without echoing it."""
+
+
+@dataclass(frozen=True)
+class TokenVerifier:
+    algorithms: tuple[str, ...]
+    secret: str | None
+    public_key: str | None
+    issuer: str | None
+    audience: str | None
+    leeway: float = 5.0
+
+    @classmethod
+    def from_config(cls, config: Config) -> TokenVerifier:
+        public_key = Path(config.jwt_public_key).read_text() if config.jwt_public_key else None
+        return cls(
+            algorithms=config.jwt_algorithms,
+            secret=config.jwt_secret,
+            public_key=public_key,
+            issuer=config.jwt_issuer,
+            audience=config.jwt_audience,
+        )
+
+    def verify(self, token: Any) -> Identity:
+        if not isinstance(token, str) or not token:
+            raise AuthError("token must be a non-empty string")
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise AuthError("token is too long")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AuthError("malformed token") from None
+        algorithm = header.get("alg")
+        if not isinstance(algorithm, str) or algorithm not in self.algorithms:
+            raise AuthError(f"algorithm {algorithm!r} is not allowed")
+        key = self.secret if algorithm.startswith("HS") else self.public_key
+        if not key:
+            raise AuthError(f"no key configured for {algorithm}")
+        options: dict[str, Any] = {"require": ["sub", "exp"]}
+        if self.audience is None:
+            options["verify_aud"] = False
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                options=options,
+                issuer=self.issuer,
+                audience=self.audience,
+                leeway=self.leeway,
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token has expired") from None
+        except jwt.MissingRequiredClaimError as e:
+            raise AuthError(f"token lacks the {e.claim!r} claim") from None
+        except jwt.InvalidIssuerError:
+            raise AuthError("token has the wrong issuer") from None
+        except jwt.InvalidAudienceError:
+            raise AuthError("token has the wrong audience") from None
+        except jwt.InvalidSignatureError:
+            raise AuthError("token signature is invalid") from None
+        except jwt.PyJWTError as e:
+            raise AuthError(f"invalid token: {e}") from None
+        return identity_from_claims(claims)
+
+
+def identity_from_claims(claims: dict[str, Any]) -> Identity:
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub.strip() or len(sub) > MAX_USER_ID_LENGTH:
+        raise AuthError("token 'sub' must be a non-empty string of at most 128 characters")
+    name = claims.get("name")
+    role = claims.get("role")
+    return Identity(
+        user_id=sub,
+        name=name if isinstance(name, str) else None,
+        role=role if isinstance(role, str) else None,
+    )
+
+
+def mint_token(config: Config, user_id: str, admin: bool = False, ttl: int = 86400, name: str | None = None) -> str:
+    """A token for ``python -m chatd token`` and the tests (HMAC only)."""
+    algorithm = next((a for a in config.jwt_algorithms if a.startswith("HS")), None)
+    if algorithm is None or not config.jwt_secret:
+        raise AuthError("minting needs an HS* algorithm and a jwt_secret")
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + ttl}
+    if admin:
+        claims["role"] = "admin"
+    if name:
+        claims["name"] = name
+    if config.jwt_issuer:
+        claims["iss"] = config.jwt_issuer
+    if config.jwt_audience:
+        claims["aud"] = config.jwt_audience
+    return jwt.encode(claims, config.jwt_secret, algorithm=algorithm)

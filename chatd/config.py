@@ -1,0 +1,352 @@
+"""Configuration: one typed ``Config`` built from defaults, a TOML file,
+``CHATD_*`` environment variables and the command line, in rising precedence.
+
+Every setting is declared once in ``SETTINGS``; the twistd options, the
+environment names, the TOML keys and the README table all come from that
+list, so they cannot drift apart.  A bad value or an unknown key raises
+``ConfigError`` with one line that names it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "CHATD_"
+SECRET_FILE_NAME = "jwt-secret"
+SUPPORTED_ALGORITHMS = frozenset(
+    {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA"}
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value that chatd refuses to start with."""
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One configuration knob: its name, parser, default and help line."""
+
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+
+    @property
+    def option(self) -> str:
+        return self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _optional_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = _text(value).strip()
+    return text or None
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    number = float(value)
+    if not number > 0 or number != number or number == float("inf"):
+        raise ValueError("expected a positive number")
+    return number
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("expected an integer")
+    number = int(value)
+    if number <= 0:
+        raise ValueError("expected a positive integer")
+    return number
+
+
+def _non_negative_number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError("expected a number >= 0")
+    return number
+
+
+def _algorithms(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError("expected a comma-separated list or a list of strings")
+    names = tuple(str(item).strip() for item in items if str(item).strip())
+    if not names:
+        raise ValueError("at least one algorithm is required")
+    for name in names:
+        if name.lower() == "none":
+            raise ValueError("'none' is never allowed")
+        if name not in SUPPORTED_ALGORITHMS:
+            raise ValueError(f"unsupported algorithm {name!r}")
+    return names
+
+
+def _database(value: Any) -> str | None:
+    url = _optional_text(value)
+    if url is None:
+        return None
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
+            raise ValueError("expected sqlite:///path/to/file.db")
+    elif scheme not in ("postgresql", "postgres"):
+        raise ValueError("expected sqlite:///path or postgresql://...")
+    return url
+
+
+def _redis(value: Any) -> str | None:
+    url = _optional_text(value)
+    if url is not None and urlsplit(url).scheme not in ("redis", "rediss"):
+        raise ValueError("expected redis://host:port/db or rediss://...")
+    return url
+
+
+def _public_key_file(value: Any) -> str | None:
+    path = _optional_text(value)
+    if path is not None and not Path(path).is_file():
+        raise ValueError(f"no such file: {path}")
+    return path
+
+
+
+def default_data_dir() -> str:
+    """systemd's StateDirectory when run as a unit, else the XDG data home."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return state.split(":")[0]
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(xdg, "chatd")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("listen", _text, "tcp:8080:interface=127.0.0.1", "Twisted endpoint description to listen on"),
+    Setting("data_dir", _text, None, "directory for the SQLite file and the generated JWT secret (default: $STATE_DIRECTORY or ~/.local/share/chatd)"),
+    Setting("database", _database, None, "sqlite:///path or postgresql://user@host:port/db (default: sqlite file in data_dir)"),
+    Setting("redis", _redis, None, "redis://host:port/db for several processes (in-process fan-out when unset)"),
+    Setting("jwt_secret", _optional_text, None, "shared secret for HS* tokens (generated into data_dir when no key is configured)"),
+    Setting("jwt_public_key", _public_key_file, None, "PEM public key file for RS*/ES*/PS*/EdDSA tokens"),
+    Setting("jwt_algorithms", _algorithms, ("HS256",), "comma-separated allow-list of JWT algorithms"),
+    Setting("jwt_issuer", _optional_text, None, "required `iss` claim, checked when set"),
+    Setting("jwt_audience", _optional_text, None, "required `aud` claim, checked when set"),
+    Setting("api_key", _optional_text, None, "server API key accepted as an admin bearer by the HTTP API"),
+    Setting("auth_timeout", _positive_number, 10.0, "seconds an unauthenticated connection may stay open"),
+    Setting("max_message_size", _positive_int, 65536, "largest WebSocket frame/message in bytes (bigger: close 1009)"),
+    Setting("max_content_length", _positive_int, 4000, "longest chat message content in characters"),
+    Setting("max_send_buffer", _positive_int, 1048576, "bytes a slow client may fall behind before it is closed with 4029"),
+    Setting("ping_interval", _non_negative_number, 30.0, "seconds between WebSocket pings to detect dead peers (0 disables)"),
+    Setting("ping_timeout", _positive_number, 15.0, "seconds to wait for a pong before dropping the peer"),
+    Setting("open_handshake_timeout", _positive_number, 10.0, "seconds allowed for the WebSocket opening handshake"),
+    Setting("close_handshake_timeout", _positive_number, 3.0, "seconds allowed for the closing handshake"),
+    Setting("rate_limit", _positive_number, 200.0, "sustained requests per second allowed per connection"),
+    Setting("rate_burst", _positive_int, 400, "requests a connection may send in a burst above rate_limit"),
+    Setting("shutdown_timeout", _positive_number, 10.0, "seconds SIGTERM waits for pending writes and closing handshakes"),
+)
+
+SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The validated settings chatd runs with."""
+
+    listen: str = "tcp:8080:interface=127.0.0.1"
+    data_dir: str = field(default_factory=default_data_dir)
+    database: str = ""
+    redis: str | None = None
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    api_key: str | None = None
+    auth_timeout: float = 10.0
+    max_message_size: int = 65536
+    max_content_length: int = 4000
+    max_send_buffer: int = 1048576
+    ping_interval: float = 30.0
+    ping_timeout: float = 15.0
+    open_handshake_timeout: float = 10.0
+    close_handshake_timeout: float = 3.0
+    rate_limit: float = 200.0
+    rate_burst: int = 400
+    shutdown_timeout: float = 10.0
+    secret_generated: bool = False
+
+    @property
+    def sqlite_path(self) -> str | None:
+        if self.database.startswith("sqlite:///"):
+            return self.database[len("sqlite:///"):]
+        return None
+
+
+def _parse(setting: Setting, raw: Any, source: str) -> Any:
+    try:
+        return setting.parse(raw)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"invalid {setting.name} ({source}): {e}") from None
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Read a TOML file; every key must be a known setting."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        name = key.replace("-", "_")
+        if name not in SETTINGS_BY_NAME:
+            raise ConfigError(f"unknown key {key!r} in config file {path}")
+        values[name] = _parse(SETTINGS_BY_NAME[name], raw, f"config file {path}")
+    return values
+
+
+def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Read ``CHATD_*`` variables; an unknown ``CHATD_`` name is an error."""
+    known = {s.env: s for s in SETTINGS}
+    values: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        setting = known.get(key)
+        if setting is None:
+            raise ConfigError(f"unknown environment variable {key}")
+        values[setting.name] = _parse(setting, raw, f"environment {key}")
+    return values
+
+
+def load_config(
+    cli: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+    create_secret: bool = True,
+) -> Config:
+    """Merge the sources (command line > environment > file > defaults) and
+    validate the result as a whole."""
+    environ = os.environ if environ is None else environ
+    cli = dict(cli or {})
+    config_file = cli.pop("config", None) or config_file or environ.get(ENV_PREFIX + "CONFIG") or None
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(read_config_file(config_file))
+    values.update(read_environment(environ))
+    for name, raw in cli.items():
+        if raw is None:
+            continue
+        if name not in SETTINGS_BY_NAME:
+            raise ConfigError(f"unknown option --{name.replace('_', '-')}")
+        values[name] = _parse(SETTINGS_BY_NAME[name], raw, f"--{name.replace('_', '-')}")
+    return _finish(values, create_secret)
+
+
+def _finish(values: dict[str, Any], create_secret: bool) -> Config:
+    data_dir = values.get("data_dir") or default_data_dir()
+    values["data_dir"] = data_dir
+    if not values.get("database"):
+        values["database"] = "sqlite:///" + os.path.join(data_dir, "chatd.sqlite3")
+    listen = values.get("listen", SETTINGS_BY_NAME["listen"].default)
+    _check_endpoint(listen)
+    algorithms = values.get("jwt_algorithms", ("HS256",))
+    uses_hmac = any(a.startswith("HS") for a in algorithms)
+    uses_keys = any(not a.startswith("HS") for a in algorithms)
+    if uses_keys and not values.get("jwt_public_key"):
+        raise ConfigError("invalid jwt_algorithms: asymmetric algorithms need jwt_public_key")
+    generated = False
+    if uses_hmac and not values.get("jwt_secret"):
+        if not is_loopback_endpoint(listen):
+            raise ConfigError(
+                f"invalid listen ({listen}): refusing a non-loopback address without a configured jwt_secret"
+            )
+        values["jwt_secret"] = load_or_create_secret(data_dir, create=create_secret)
+        generated = True
+    if values.get("jwt_secret") and len(values["jwt_secret"]) < 16:
+        raise ConfigError("invalid jwt_secret: use at least 16 characters")
+    cfg = Config(**{k: v for k, v in values.items() if k in {f.name for f in fields(Config)}}, secret_generated=generated)
+    if cfg.ping_interval and cfg.ping_timeout >= cfg.ping_interval:
+        raise ConfigError("invalid ping_timeout: must be shorter than ping_interval")
+    return cfg
+
+
+def _check_endpoint(description: str) -> None:
+    kind = description.split(":", 1)[0]
+    if kind not in ("tcp", "tcp6", "ssl", "unix", "systemd"):
+        raise ConfigError(f"invalid listen ({description}): expected tcp:, tcp6:, ssl:, unix: or systemd:")
+
+
+def is_loopback_endpoint(description: str) -> bool:
+    """True when a listen description only accepts local connections.
+
+    A missing interface means all interfaces, so it is not loopback; unix
+    sockets are local by nature; systemd sockets are whatever the unit says,
+    so they count as non-loopback and need a real secret."""
+    kind, _, rest = description.partition(":")
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    for part in rest.split(":"):
+        if part.startswith("interface="):
+            address = part[len("interface="):].replace("\\:", ":")
+            if address == "localhost":
+                return True
+            try:
+                return ipaddress.ip_address(address).is_loopback
+            except ValueError:
+                return False
+    return False
+
+
+def load_or_create_secret(data_dir: str, create: bool = True) -> str:
+    """The embedded default's HS256 secret, kept in the data directory so
+    tokens minted by ``python -m chatd token`` survive a restart."""
+    path = Path(data_dir) / SECRET_FILE_NAME
+    try:
+        secret = path.read_text().strip()
+        if secret:
+            return secret
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise ConfigError(f"invalid data_dir ({data_dir}): cannot read {path}: {e.strerror}") from None
+    if not create:
+        raise ConfigError(f"no jwt_secret configured and none generated yet in {data_dir}")
+    secret = secrets.token_urlsafe(48)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"invalid data_dir ({data_dir}): cannot create {path}: {e.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret

@@ -1,0 +1,94 @@
+"""The interfaces the domain depends on.  Storage, the broker and the
+WebSocket bindings implement them; the domain never imports those."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+
+from chatd.domain.models import (
+    Identity,
+    JoinSnapshot,
+    Message,
+    MessagePage,
+    NewMessage,
+    Published,
+    Room,
+)
+
+
+class Connection(Protocol):
+    """A client connection as the domain sees it."""
+
+    connection_id: str
+    identity: Identity | None
+
+    def send_frame(self, frame: Any) -> None:
+        """Hand an already-framed event to this connection's transport."""
+
+    def send_event(self, event_type: str, data: dict[str, Any]) -> None:
+        """Encode and send one event to this connection only."""
+
+
+class Store(Protocol):
+    """Durable storage.  Every method returns a Deferred; failures to reach
+    the database arrive as ``chatd.errors.StoreUnavailable``."""
+
+    def create_room(self, room: Room, creator: str, members: list[str]) -> Deferred[Room]: ...
+
+    def get_room(self, room_id: str) -> Deferred[Room | None]: ...
+
+    def is_member(self, room_id: str, user_id: str) -> Deferred[bool]: ...
+
+    def add_member(self, room_id: str, user_id: str) -> Deferred[bool]: ...
+
+    def remove_member(self, room_id: str, user_id: str) -> Deferred[bool]: ...
+
+    def join_snapshot(self, room_id: str, user_id: str, since: int | None, limit: int) -> Deferred[JoinSnapshot | None]: ...
+
+    def append_message(self, message: NewMessage) -> Deferred[Message]: ...
+
+    def history(self, room_id: str, before: int | None, after: int | None, limit: int) -> Deferred[MessagePage]: ...
+
+    def get_message(self, message_id: str) -> Deferred[Message | None]: ...
+
+    def set_read(self, room_id: str, user_id: str, message_id: str, seq: int) -> Deferred[bool]: ...
+
+    def set_reaction(self, message_id: str, user_id: str, reaction: str, present: bool, at_ms: int) -> Deferred[bool]: ...
+
+    def ping(self) -> Deferred[None]: ...
+
+    def drain(self) -> Deferred[None]: ...
+
+    def close(self) -> Deferred[None]: ...
+
+
+Receiver = Callable[[str, Published], None]
+
+
+class Broker(Protocol):
+    """Publish/subscribe between chatd processes (and within one).
+
+    A node subscribes to the channels it has local connections for; every
+    event published on a channel reaches each subscribed node's receiver
+    exactly once, in publish order per publisher."""
+
+    def set_receiver(self, receiver: Receiver) -> None: ...
+
+    def subscribe(self, channel: str) -> None: ...
+
+    def unsubscribe(self, channel: str) -> None: ...
+
+    def publish(self, channel: str, event: Published) -> Deferred[None]: ...
+
+    def start(self) -> Deferred[None]: ...
+
+    def stop(self) -> Deferred[None]: ...
+
+
+class OnlineDirectory(Protocol):
+    """Answers whether users have at least one open connection."""
+
+    def online_among(self, user_ids: list[str]) -> list[str]: ...

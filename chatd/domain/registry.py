@@ -1,0 +1,226 @@
+"""Which local connections listen on which channels, and the local half of
+fan-out: one event from the broker becomes one prepared frame, handed to
+every listening connection.
+
+Channels are ``room:<id>`` (connections that joined the room) and
+``user:<id>`` (every authenticated connection of the user).  The registry
+subscribes this node to a channel when its first local listener arrives
+and unsubscribes when the last one goes, so the broker only brings what
+some local connection wants.
+
+A connection that is joining a room listens on the room before the join
+snapshot is read (so nothing falls between the snapshot and the live
+stream), but its live events wait in a small buffer until the join reply
+has been sent; then those the snapshot already holds (by ``seq``) are
+dropped and the rest follow the reply in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from twisted.logger import Logger
+
+from chatd.domain.interfaces import Broker, Connection
+from chatd.domain.models import Published
+
+log = Logger()
+
+Framer = Callable[[Published], Any]
+
+
+def room_channel(room_id: str) -> str:
+    return "room:" + room_id
+
+
+def user_channel(user_id: str) -> str:
+    return "user:" + user_id
+
+
+class _Joining:
+    """Live events held back while a connection's join is in progress."""
+
+    __slots__ = ("events",)
+
+    def __init__(self) -> None:
+        self.events: list[tuple[int | None, Any]] = []
+
+
+class LocalRegistry:
+    def __init__(self, broker: Broker, framer: Framer) -> None:
+        self._broker = broker
+        self._framer = framer
+        self._listeners: dict[str, dict[Connection, None]] = {}
+        self._joining: dict[str, dict[Connection, _Joining]] = {}
+        self._channels_of: dict[Connection, set[str]] = {}
+        self._users: dict[str, dict[Connection, None]] = {}
+        broker.set_receiver(self.receive)
+
+    # -- who is here ---------------------------------------------------------
+
+    def add_connection(self, conn: Connection) -> None:
+        """Register an authenticated connection on its user's channel."""
+        assert conn.identity is not None
+        user_id = conn.identity.user_id
+        self._users.setdefault(user_id, {})[conn] = None
+        self._channels_of.setdefault(conn, set())
+        self._listen(user_channel(user_id), conn)
+
+    def remove_connection(self, conn: Connection) -> list[str]:
+        """Forget a connection everywhere; return the room ids it had joined."""
+        channels = self._channels_of.pop(conn, set())
+        rooms = []
+        for channel in channels:
+            self._unlisten(channel, conn)
+            if channel.startswith("room:"):
+                rooms.append(channel[5:])
+        for channel, joining in list(self._joining.items()):
+            if joining.pop(conn, None) is not None:
+                if not joining:
+                    del self._joining[channel]
+                self._release(channel)
+        if conn.identity is not None:
+            conns = self._users.get(conn.identity.user_id)
+            if conns is not None:
+                conns.pop(conn, None)
+                if not conns:
+                    del self._users[conn.identity.user_id]
+        return rooms
+
+    def connections_of(self, user_id: str) -> list[Connection]:
+        return list(self._users.get(user_id, ()))
+
+    def online_users(self) -> list[str]:
+        return list(self._users)
+
+    def online_among(self, user_ids: list[str]) -> list[str]:
+        return [u for u in user_ids if u in self._users]
+
+    def connection_count(self) -> int:
+        return len(self._channels_of)
+
+    # -- rooms ---------------------------------------------------------------
+
+    def is_joined(self, conn: Connection, room_id: str) -> bool:
+        channels = self._channels_of.get(conn)
+        return channels is not None and room_channel(room_id) in channels
+
+    def begin_join(self, conn: Connection, room_id: str) -> bool:
+        """Start listening on a room, holding live events back.  Returns
+        False when the connection had already joined (nothing is held)."""
+        channel = room_channel(room_id)
+        if self.is_joined(conn, room_id):
+            return False
+        joining = self._joining.setdefault(channel, {})
+        if conn in joining:
+            return False
+        joining[conn] = _Joining()
+        self._retain(channel)
+        return True
+
+    def complete_join(self, conn: Connection, room_id: str, last_seq: int) -> None:
+        """The join reply went out: deliver what was held back beyond the
+        snapshot and make the connection an ordinary listener."""
+        channel = room_channel(room_id)
+        joining = self._joining.get(channel)
+        pending = joining.pop(conn, None) if joining is not None else None
+        if pending is None:
+            return
+        if not joining:
+            del self._joining[channel]
+        if conn not in self._channels_of:
+            self._release(channel)
+            return
+        self._listeners.setdefault(channel, {})[conn] = None
+        self._channels_of[conn].add(channel)
+        for seq, frame in pending.events:
+            if seq is None or seq > last_seq:
+                conn.send_frame(frame)
+
+    def abort_join(self, conn: Connection, room_id: str) -> None:
+        channel = room_channel(room_id)
+        joining = self._joining.get(channel)
+        if joining is not None and joining.pop(conn, None) is not None:
+            if not joining:
+                del self._joining[channel]
+            self._release(channel)
+
+    def leave(self, conn: Connection, room_id: str) -> bool:
+        channel = room_channel(room_id)
+        channels = self._channels_of.get(conn)
+        if channels is None or channel not in channels:
+            self.abort_join(conn, room_id)
+            return False
+        channels.discard(channel)
+        self._unlisten(channel, conn)
+        return True
+
+    def room_connections(self, room_id: str) -> Iterator[Connection]:
+        return iter(tuple(self._listeners.get(room_channel(room_id), ())))
+
+    def leave_room_everywhere(self, room_id: str, user_id: str) -> list[Connection]:
+        """Make every local connection of a user leave a room (membership
+        removed); return the connections that had joined it."""
+        left = []
+        for conn in self.connections_of(user_id):
+            if self.leave(conn, room_id):
+                left.append(conn)
+        return left
+
+    # -- channel bookkeeping -------------------------------------------------
+
+    def _listen(self, channel: str, conn: Connection) -> None:
+        listeners = self._listeners.setdefault(channel, {})
+        if conn in listeners:
+            return
+        listeners[conn] = None
+        self._channels_of[conn].add(channel)
+        self._retain(channel)
+
+    def _unlisten(self, channel: str, conn: Connection) -> None:
+        listeners = self._listeners.get(channel)
+        if listeners is None or listeners.pop(conn, 0) is not None:
+            return
+        if not listeners:
+            del self._listeners[channel]
+        self._release(channel)
+
+    def _retain(self, channel: str) -> None:
+        self._broker.subscribe(channel)
+
+    def _release(self, channel: str) -> None:
+        self._broker.unsubscribe(channel)
+
+    # -- delivery ------------------------------------------------------------
+
+    def receive(self, channel: str, event: Published) -> None:
+        """The broker's receiver: frame once, hand the same bytes to every
+        local listener.  A failing recipient is logged and skipped; it never
+        stops delivery to the others (try costs nothing on 3.11 until it
+        catches)."""
+        listeners = self._listeners.get(channel)
+        joining = self._joining.get(channel)
+        if not listeners and not joining:
+            return
+        frame = self._framer(event)
+        skip_user = event.skip_user
+        skip_connection = event.skip_connection
+        if listeners:
+            for conn in tuple(listeners):
+                if (skip_user is not None or skip_connection is not None) and _skipped(conn, skip_user, skip_connection):
+                    continue
+                try:
+                    conn.send_frame(frame)
+                except Exception:
+                    log.failure("delivery to {connection} failed", connection=conn.connection_id)
+        if joining:
+            for conn, pending in joining.items():
+                if not _skipped(conn, skip_user, skip_connection):
+                    pending.events.append((event.seq, frame))
+
+
+def _skipped(conn: Connection, skip_user: str | None, skip_connection: str | None) -> bool:
+    if conn.connection_id == skip_connection:
+        return True
+    return skip_user is not None and conn.identity is not None and conn.identity.user_id == skip_user

@@ -1,0 +1,1 @@
+"""Wire protocol: envelopes, typed requests, dispatch and the WebSocket bindings."""

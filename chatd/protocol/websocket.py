@@ -1,0 +1,353 @@
+"""The native ``/ws`` binding on Autobahn.
+
+``ChatdServerProtocol`` is one client connection: it authenticates (header,
+``?token=`` or a first ``auth`` frame), parses envelopes, hands requests to
+the shared ``Dispatcher`` and writes replies.  It is the domain's
+``Connection``: the registry hands it prepared frames through
+``send_frame``, which writes the bytes straight to the transport — the
+fan-out fast path (one frame per event, nothing per recipient but the
+write).
+
+Slow consumers: the connection registers a streaming producer on its
+transport, so Twisted tells it when the kernel stops taking bytes.  From
+then until the buffer drains, every fan-out byte is counted; past
+``max_send_buffer`` the connection stops receiving events and is closed
+with 4029, so one stalled client cannot grow the server's memory.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from chatd.auth import AuthError, TokenVerifier
+from chatd.config import Config
+from chatd.domain.chat import ChatService
+from chatd.domain.models import Identity, Published
+from chatd.domain.registry import LocalRegistry
+from chatd.errors import ChatError, ErrorCode
+from chatd.protocol.dispatch import Dispatcher
+from chatd.protocol.envelope import (
+    Envelope,
+    EnvelopeError,
+    encode_ack,
+    encode_error,
+    encode_push,
+    parse_envelope,
+    wrap_push,
+)
+from chatd.protocol.requests import Auth
+
+log = Logger()
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNAUTHENTICATED = 4001
+CLOSE_BY_ADMIN = 4003
+CLOSE_POLICY = 4008
+CLOSE_SLOW_CONSUMER = 4029
+
+
+def _discard(data: bytes) -> None:
+    """Where frames go once a connection is closing."""
+
+
+@implementer(IPushProducer)
+class _SendBufferWatch:
+    """Told by the transport when its write buffer is over the high-water
+    mark (pause) and when it drained (resume)."""
+
+    def __init__(self, conn: ChatdServerProtocol) -> None:
+        self._conn = conn
+
+    def pauseProducing(self) -> None:
+        self._conn._backlog = 0
+
+    def resumeProducing(self) -> None:
+        self._conn._backlog = None
+
+    def stopProducing(self) -> None:
+        self._conn._backlog = None
+
+
+class _TokenBucket:
+    __slots__ = ("rate", "burst", "tokens", "stamp", "strikes")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = now
+        self.strikes = 0
+
+    def take(self, now: float) -> bool:
+        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            self.strikes = 0
+            return True
+        self.tokens = tokens
+        self.strikes += 1
+        return False
+
+
+class ChatdServerProtocol(WebSocketServerProtocol):
+    factory: ChatdWebSocketFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connection_id = "c_" + secrets.token_hex(8)
+        self.identity: Identity | None = None
+        self._offered_token: str | None = None
+        self._auth_timer: IDelayedCall | None = None
+        self._write: Callable[[bytes], None] = _discard
+        self._backlog: int | None = None
+        self._bucket: _TokenBucket | None = None
+        self._detached = False
+
+    # -- opening and authentication -----------------------------------------
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        header = request.headers.get("authorization")
+        if header is not None:
+            scheme, _, credentials = header.partition(" ")
+            self._offered_token = credentials.strip() if scheme.lower() == "bearer" else ""
+        else:
+            tokens = request.params.get("token")
+            if tokens:
+                self._offered_token = tokens[0]
+        return None
+
+    def onOpen(self) -> None:
+        factory = self.factory
+        factory.connections[self] = None
+        self._bucket = _TokenBucket(factory.config.rate_limit, factory.config.rate_burst, factory.clock.seconds())
+        self._write = self.transport.write
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(_SendBufferWatch(self), True)
+        if self._offered_token is not None:
+            token, self._offered_token = self._offered_token, None
+            self._authenticate(token, None)
+        else:
+            self._auth_timer = factory.clock.callLater(factory.config.auth_timeout, self._auth_timed_out)
+
+    def _auth_timed_out(self) -> None:
+        self._auth_timer = None
+        if self.identity is None:
+            log.info("connection {connection} did not authenticate in time", connection=self.connection_id)
+            self.close_with(CLOSE_UNAUTHENTICATED, "authentication timeout")
+
+    def _authenticate(self, token: Any, envelope: Envelope | None) -> None:
+        try:
+            identity = self.factory.verifier.verify(token)
+        except AuthError as e:
+            log.info("authentication failed on {connection}: {reason}", connection=self.connection_id, reason=str(e))
+            self._send(encode_error(ErrorCode.UNAUTHORIZED, f"authentication failed: {e}",
+                                    envelope.id if envelope else None, "auth"))
+            self.close_with(CLOSE_UNAUTHENTICATED, "authentication failed")
+            return
+        if self.identity is not None:
+            if identity.user_id != self.identity.user_id:
+                self.reply_error(envelope, ErrorCode.FORBIDDEN, "connection is already authenticated as another user")
+                return
+            self.identity = identity
+        else:
+            self.identity = identity
+            if self._auth_timer is not None and self._auth_timer.active():
+                self._auth_timer.cancel()
+            self._auth_timer = None
+            self.factory.registry.add_connection(self)
+        data = {"userId": identity.user_id, "connectionId": self.connection_id}
+        self.send_event("authenticated", data)
+        if envelope is not None and envelope.id is not None:
+            self._send(encode_ack(envelope.id, data))
+
+    # -- requests -------------------------------------------------------------
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._detached:
+            return
+        bucket = self._bucket
+        if bucket is not None and not bucket.take(self.factory.clock.seconds()):
+            self._rate_limited(payload, bucket)
+            return
+        try:
+            envelope = parse_envelope(payload)
+        except EnvelopeError as e:
+            self._send(encode_error(e.code, e.message, e.request_id, e.event))
+            return
+        if envelope.type == "auth":
+            self._on_auth(envelope)
+            return
+        self.factory.dispatcher.dispatch(self, envelope, self.identity is not None)
+
+    def _on_auth(self, envelope: Envelope) -> None:
+        try:
+            request = Auth.parse(envelope.data)
+        except ChatError as e:
+            self.reply_error(envelope, e.code, e.message)
+            if self.identity is None:
+                self.close_with(CLOSE_UNAUTHENTICATED, "authentication failed")
+            return
+        self._authenticate(request.token, envelope)
+
+    def _rate_limited(self, payload: bytes, bucket: _TokenBucket) -> None:
+        if bucket.strikes > self.factory.config.rate_burst:
+            log.info("closing flooding connection {connection}", connection=self.connection_id)
+            self.close_with(CLOSE_POLICY, "flooding")
+            return
+        try:
+            envelope = parse_envelope(payload)
+        except EnvelopeError:
+            envelope = Envelope("", None, None)
+        self.reply_error(envelope, ErrorCode.RATE_LIMIT_EXCEEDED, "too many requests; slow down")
+
+    # -- Responder ------------------------------------------------------------
+
+    def reply(self, envelope: Envelope, confirmation: str | None, data: dict[str, Any]) -> None:
+        if envelope.id is not None:
+            self._send(encode_ack(envelope.id, data))
+        elif confirmation is not None:
+            self._send(encode_push(confirmation, data))
+
+    def reply_error(self, envelope: Envelope | None, code: str, message: str) -> None:
+        if envelope is None:
+            self._send(encode_error(code, message))
+        else:
+            self._send(encode_error(code, message, envelope.id, envelope.type or None))
+
+    # -- Connection (what the domain sends through) ------------------------------
+
+    def send_frame(self, frame: bytes) -> None:
+        backlog = self._backlog
+        if backlog is not None:
+            backlog += len(frame)
+            self._backlog = backlog
+            if backlog > self.factory.config.max_send_buffer:
+                self._overflowed()
+                return
+        self._write(frame)
+
+    def send_event(self, event_type: str, data: dict[str, Any]) -> None:
+        self._send(encode_push(event_type, data))
+
+    def _send(self, payload: bytes) -> None:
+        if not self._detached:
+            self.sendMessage(payload)
+
+    def _overflowed(self) -> None:
+        log.warn(
+            "closing slow consumer {connection} ({user}): more than {limit} bytes waiting",
+            connection=self.connection_id,
+            user=self.identity.user_id if self.identity else None,
+            limit=self.factory.config.max_send_buffer,
+        )
+        self.close_with(CLOSE_SLOW_CONSUMER, "slow consumer: send buffer overflowed")
+
+    # -- closing --------------------------------------------------------------
+
+    def close_with(self, code: int, reason: str) -> None:
+        """Close with a code of PROTOCOL.md section 3 (1001 included, which
+        Autobahn's public sendClose does not allow)."""
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code, reason.encode("utf-8"), isReply=False)
+        else:
+            self._detach()
+
+    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False) -> None:
+        # Whoever starts the closing handshake, no event frame may follow
+        # the close frame: leave the registry first.
+        self._detach()
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._detach()
+        self.factory.connections.pop(self, None)
+        closed = self.factory.closed_waiters.pop(self, None)
+        if closed is not None:
+            closed.callback(None)
+
+    def _detach(self) -> None:
+        if self._detached:
+            return
+        self._detached = True
+        self._write = _discard
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+        if self.identity is not None:
+            self.factory.registry.remove_connection(self)
+            self.factory.chat.connection_closed(self)
+
+
+class ChatdWebSocketFactory(WebSocketServerFactory):
+    protocol = ChatdServerProtocol
+
+    def __init__(
+        self,
+        config: Config,
+        clock: IReactorTime,
+        verifier: TokenVerifier,
+        registry: LocalRegistry,
+        chat: ChatService,
+        dispatcher: Dispatcher,
+    ) -> None:
+        super().__init__(server="chatd")
+        self.config = config
+        self.clock = clock
+        self.verifier = verifier
+        self.registry = registry
+        self.chat = chat
+        self.dispatcher = dispatcher
+        self.connections: dict[ChatdServerProtocol, None] = {}
+        self.closed_waiters: dict[ChatdServerProtocol, Deferred[None]] = {}
+        self.setProtocolOptions(
+            maxFramePayloadSize=config.max_message_size,
+            maxMessagePayloadSize=config.max_message_size,
+            openHandshakeTimeout=config.open_handshake_timeout,
+            closeHandshakeTimeout=config.close_handshake_timeout,
+            autoPingInterval=config.ping_interval,
+            autoPingTimeout=config.ping_timeout if config.ping_interval else 0,
+            autoPingRestartOnAnyTraffic=True,
+            perMessageCompressionAccept=lambda offers: None,
+            utf8validateIncoming=True,
+            failByDrop=False,
+            echoCloseCodeReason=False,
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
+            tcpNoDelay=True,
+            autoFragmentSize=0,
+            webStatus=False,
+        )
+
+    def frame(self, event: Published) -> bytes:
+        """The framer the registry uses: one prepared frame per event."""
+        return self.prepareMessage(wrap_push(event.type, event.data)).payloadHybi
+
+    def shutdown(self, timeout: float) -> Deferred[None]:
+        """Close every connection with 1001 and wait (at most ``timeout``)
+        for the closing handshakes."""
+        waiting = []
+        for conn in list(self.connections):
+            d: Deferred[None] = Deferred()
+            self.closed_waiters[conn] = d
+            waiting.append(d)
+            conn.close_with(CLOSE_GOING_AWAY, "server shutting down")
+        if not waiting:
+            return succeed(None)
+        all_closed = DeferredList(waiting)
+        timer = self.clock.callLater(timeout, self._abort_remaining)
+        all_closed.addBoth(lambda _: timer.cancel() if timer.active() else None)
+        return all_closed.addCallback(lambda _: None)
+
+    def _abort_remaining(self) -> None:
+        for conn in list(self.connections):
+            conn.dropConnection(abort=True)

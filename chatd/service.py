@@ -1,0 +1,196 @@
+"""The running server: builds the object graph from a ``Config`` and owns
+start-up and graceful shutdown.
+
+Start-up fails loudly: migrations run before the reactor starts (a database
+that cannot be reached stops twistd with one line), and the listening port
+is bound in ``privilegedStartService`` so a port in use does the same.
+Shutdown drains: stop accepting, let queued message writes commit and be
+acknowledged, close every connection with 1001, then close storage.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chatd import __version__
+from chatd.auth import TokenVerifier
+from chatd.broker.memory import InProcessBroker
+from chatd.config import Config
+from chatd.domain.chat import ChatService, Limits
+from chatd.domain.registry import LocalRegistry
+from chatd.protocol.dispatch import Dispatcher, chat_routes
+from chatd.protocol.websocket import ChatdWebSocketFactory
+from chatd.storage.engines import engine_for
+from chatd.storage.schema import migrate
+from chatd.storage.store import SqlStore
+from chatd.web.site import build_site
+
+log = Logger()
+
+
+class StartupError(Exception):
+    """chatd cannot start; the message is the one line the operator sees."""
+
+
+class ChatdService(Service):
+    name = "chatd"
+
+    def __init__(self, config: Config, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.config = config
+        self.reactor = reactor
+        self.engine = engine_for(config.database)
+        self.port: IListeningPort | None = None
+        self._built = False
+
+    # -- building ---------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Blocking set-up before the reactor runs: apply migrations."""
+        try:
+            applied = migrate(self.engine)
+        except Exception as e:
+            raise StartupError(f"cannot prepare the database {self._safe_database()}: {_one_line(e)}") from e
+        if applied:
+            log.info("applied database migrations {versions}", versions=applied)
+
+    def build(self) -> None:
+        if self._built:
+            return
+        config = self.config
+        self.store = SqlStore(self.engine)
+        self.broker = InProcessBroker()
+        self.verifier = TokenVerifier.from_config(config)
+        self.factory: ChatdWebSocketFactory
+        self.registry = LocalRegistry(self.broker, lambda event: self.factory.frame(event))
+        self.chat = ChatService(
+            self.store, self.broker, self.registry, self.reactor,
+            Limits(max_content_length=config.max_content_length),
+        )
+        self.dispatcher = Dispatcher(chat_routes(self.chat))
+        self.factory = ChatdWebSocketFactory(
+            config, self.reactor, self.verifier, self.registry, self.chat, self.dispatcher
+        )
+        self.site = build_site(self.factory)
+        self._built = True
+
+    # -- listening ----------------------------------------------------------------
+
+    def listen(self) -> Deferred[IListeningPort]:
+        self.build()
+        try:
+            endpoint = endpoints.serverFromString(self.reactor, self.config.listen)
+        except Exception as e:
+            raise StartupError(f"invalid listen ({self.config.listen}): {_one_line(e)}") from e
+        d = endpoint.listen(self.site)
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            self.port = port
+            return port
+
+        def failed(failure: Failure) -> None:
+            raise StartupError(f"cannot listen on {self.config.listen}: {_one_line(failure.value)}")
+
+        return d.addCallbacks(listening, failed)
+
+    def privilegedStartService(self) -> None:
+        """Bind before twistd drops privileges; endpoints for tcp, ssl, unix
+        and systemd answer synchronously, so a failure stops start-up."""
+        super().privilegedStartService()
+        outcome: list[Any] = []
+        self.listen().addBoth(outcome.append)
+        if outcome and isinstance(outcome[0], Failure):
+            fail_startup(outcome[0].getErrorMessage())
+
+    def startService(self) -> None:
+        super().startService()
+        self.factory.startFactory()
+        if self.port is not None:
+            self._announce()
+
+    def _announce(self) -> None:
+        assert self.port is not None
+        address = self.port.getHost()
+        host = getattr(address, "host", None)
+        http = "https" if self.config.listen.startswith("ssl:") else "http"
+        ws = "wss" if http == "https" else "ws"
+        where = f"{host}:{address.port}" if host is not None else str(address)
+        if ":" in str(host):
+            where = f"[{host}]:{address.port}"
+        log.info(
+            "chatd {version} listening on {http}://{where} (WebSocket {ws}://{where}/ws); "
+            "storage {database}; fan-out {fanout}",
+            version=__version__, http=http, ws=ws, where=where,
+            database=self._safe_database(), fanout="in-process",
+        )
+        if self.config.secret_generated:
+            log.info(
+                "Get a token: python -m chatd token alice{extra}  — then connect to {ws}://{where}/ws?token=<token>",
+                extra=_data_dir_hint(self.config), ws=ws, where=where,
+            )
+
+    def _safe_database(self) -> str:
+        """The database URL without a password."""
+        url = self.config.database
+        if "@" in url and "://" in url:
+            scheme, rest = url.split("://", 1)
+            credentials, host = rest.rsplit("@", 1)
+            user = credentials.split(":", 1)[0]
+            return f"{scheme}://{user}@{host}"
+        return url
+
+    # -- stopping -----------------------------------------------------------------
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if not self._built:
+            return Deferred.fromCoroutine(_nothing())
+        return self._drain()
+
+    @inlineCallbacks
+    def _drain(self):
+        if self.port is not None:
+            yield self.port.stopListening()
+            self.port = None
+        try:
+            yield self.store.drain()
+        except Exception:
+            log.failure("pending writes failed during shutdown")
+        yield self.factory.shutdown(self.config.shutdown_timeout)
+        self.chat.typing.stop_all()
+        self.factory.stopFactory()
+        yield self.broker.stop()
+        yield self.store.close()
+        log.info("chatd stopped")
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _data_dir_hint(config: Config) -> str:
+    from chatd.config import default_data_dir
+
+    return "" if config.data_dir == default_data_dir() else f" --data-dir {config.data_dir}"
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+def fail_startup(message: str) -> None:
+    sys.stderr.write(f"chatd: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(1)

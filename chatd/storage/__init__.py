@@ -1,0 +1,1 @@
+"""Storage: the domain Store interface on SQL databases through adbapi."""

@@ -1,0 +1,136 @@
+"""The two SQL engines chatd runs on, and what differs between them:
+driver, parameter style, connection set-up, the errors that mean "the
+database is not reachable", and how migrations are serialised between
+processes that start at the same time."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+from twisted.enterprise import adbapi
+
+
+@dataclass(frozen=True)
+class Engine(ABC):
+    name: str
+    url: str
+
+    # -- connection ---------------------------------------------------------
+    @abstractmethod
+    def connect(self) -> Any:
+        """A plain blocking connection (used before the reactor runs)."""
+
+    @abstractmethod
+    def pool(self) -> adbapi.ConnectionPool:
+        """The adbapi pool the running server uses."""
+
+    # -- SQL ----------------------------------------------------------------
+    def sql(self, query: str) -> str:
+        """Queries are written with ``?``; translate to the driver's style."""
+        return query
+
+    def insert_many(self, cursor: Any, query: str, rows: list[tuple[Any, ...]]) -> None:
+        cursor.executemany(self.sql(query), rows)
+
+    @abstractmethod
+    def lock_for_migrations(self, cursor: Any) -> None:
+        """Begin a transaction that keeps two processes from applying the
+        same migration at once."""
+
+    @abstractmethod
+    def is_unavailable(self, error: BaseException) -> bool:
+        """True when ``error`` means the database could not be reached."""
+
+
+class SqliteEngine(Engine):
+    @property
+    def path(self) -> str:
+        return self.url[len("sqlite:///"):]
+
+    def _prepare_directory(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+
+    def connect(self) -> sqlite3.Connection:
+        self._prepare_directory()
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        _tune_sqlite(conn)
+        return conn
+
+    def pool(self) -> adbapi.ConnectionPool:
+        self._prepare_directory()
+        # One connection on one thread: SQLite has a single writer anyway,
+        # and sqlite3 objects must not be shared between threads.
+        return adbapi.ConnectionPool(
+            "sqlite3",
+            self.path,
+            timeout=30,
+            check_same_thread=False,
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=_tune_sqlite,
+            cp_reconnect=True,
+        )
+
+    def lock_for_migrations(self, cursor: Any) -> None:
+        cursor.execute("BEGIN IMMEDIATE")
+
+    def is_unavailable(self, error: BaseException) -> bool:
+        return isinstance(error, sqlite3.OperationalError | adbapi.ConnectionLost)
+
+
+def _tune_sqlite(conn: sqlite3.Connection) -> None:
+    # WAL lets readers (python -m chatd tools) run beside the server;
+    # synchronous=FULL keeps "ack means committed" true across power loss;
+    # group commit pays the fsync once per batch.
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+
+
+class PostgresEngine(Engine):
+    def connect(self) -> Any:
+        return psycopg2.connect(self.url, connect_timeout=5)
+
+    def pool(self) -> adbapi.ConnectionPool:
+        return adbapi.ConnectionPool(
+            "psycopg2",
+            dsn=self.url,
+            connect_timeout=5,
+            cp_min=1,
+            cp_max=4,
+            cp_reconnect=True,
+            cp_noisy=False,
+        )
+
+    def sql(self, query: str) -> str:
+        return query.replace("?", "%s")
+
+    def insert_many(self, cursor: Any, query: str, rows: list[tuple[Any, ...]]) -> None:
+        # execute_values sends one statement for the whole batch instead of
+        # one round trip per row.
+        head, _, values = self.sql(query).partition(" VALUES ")
+        if not values:
+            raise ValueError("insert_many needs an INSERT ... VALUES (...) statement")
+        psycopg2.extras.execute_values(cursor, head + " VALUES %s", rows, page_size=1000)
+
+    def lock_for_migrations(self, cursor: Any) -> None:
+        cursor.execute("SELECT pg_advisory_xact_lock(7417201)")
+
+    def is_unavailable(self, error: BaseException) -> bool:
+        return isinstance(error, psycopg2.OperationalError | psycopg2.InterfaceError | adbapi.ConnectionLost)
+
+
+def engine_for(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        return SqliteEngine("sqlite", url)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresEngine("postgresql", url)
+    raise ValueError(f"unsupported database URL: {url}")

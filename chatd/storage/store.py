@@ -1,0 +1,424 @@
+"""The store: the domain's ``Store`` interface on ``twisted.enterprise.adbapi``
+for sqlite3 and psycopg2.
+
+Two rules shape it:
+
+* An ack means committed.  Messages go through ``GroupCommitWriter``: while
+  one transaction is in flight, new messages queue up and all go together
+  into the next one, so throughput is not one round trip per message.  Seqs
+  are taken with ``UPDATE rooms SET last_seq = last_seq + n ... RETURNING``
+  inside the same transaction, which row-locks the room: several processes
+  on one PostgreSQL still get a strictly increasing, gap-free seq per room.
+* A database that cannot be reached surfaces as ``StoreUnavailable`` and
+  leaves nothing half-done.  A statement that fails on a connection that
+  went stale while idle is retried once on a fresh connection, as long as
+  the transaction had not started to commit, so chatd recovers by itself
+  when the database comes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chatd.domain.models import JoinSnapshot, Message, MessagePage, NewMessage, Room
+from chatd.errors import ChatError, ErrorCode, StoreUnavailable
+from chatd.storage.engines import Engine
+
+T = TypeVar("T")
+log = Logger()
+
+_ROOM_COLUMNS = (
+    "r.id, r.name, r.description, r.type, r.created_at, r.last_seq,"
+    " (SELECT COUNT(*) FROM room_members m WHERE m.room_id = r.id)"
+)
+_MESSAGE_COLUMNS = "id, room_id, seq, user_id, content, temp_id, created_at"
+
+
+def _room(row: tuple[Any, ...]) -> Room:
+    return Room(
+        id=row[0], name=row[1], description=row[2], type=row[3],
+        created_at_ms=int(row[4]), last_seq=int(row[5]), member_count=int(row[6]),
+    )
+
+
+def _message(row: tuple[Any, ...]) -> Message:
+    return Message(
+        id=row[0], chat_id=row[1], seq=int(row[2]), user_id=row[3],
+        content=row[4], temp_id=row[5], created_at_ms=int(row[6]),
+    )
+
+
+class _CommitStarted(Exception):
+    """Internal marker: the failure happened while committing, so the
+    transaction's outcome is unknown and it must not be retried."""
+
+
+class SqlStore:
+    """``Store`` on an adbapi pool."""
+
+    def __init__(self, engine: Engine, pool: adbapi.ConnectionPool | None = None, max_batch: int = 500) -> None:
+        self.engine = engine
+        self.pool = pool if pool is not None else engine.pool()
+        self.writer = GroupCommitWriter(self, max_batch)
+
+    # -- running transactions ------------------------------------------------
+
+    def run(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run ``work(cursor, *args)`` in one transaction on a pool thread."""
+        d = self.pool.runWithConnection(self._transaction, work, args)
+        d.addErrback(self._translate)
+        return d
+
+    def _transaction(self, conn: adbapi.Connection, work: Callable[..., T], args: tuple[Any, ...]) -> T:
+        for attempt in (1, 2):
+            try:
+                cursor = conn.cursor()
+                try:
+                    result = work(cursor, *args)
+                finally:
+                    _close_quietly(cursor)
+            except BaseException as e:
+                if attempt == 2 or not self.engine.is_unavailable(e):
+                    raise
+                self._rollback_quietly(conn)
+                log.info("database connection failed ({error}); retrying on a new connection", error=e)
+                conn.reconnect()
+                continue
+            try:
+                conn.commit()
+            except BaseException as e:
+                raise _CommitStarted(str(e)) from e
+            return result
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _rollback_quietly(conn: adbapi.Connection) -> None:
+        try:
+            conn._connection.rollback()
+        except Exception:
+            pass
+
+    def _translate(self, failure: Failure) -> Failure:
+        error = failure.value
+        if isinstance(error, _CommitStarted) or self.engine.is_unavailable(error):
+            raise StoreUnavailable(str(error).strip() or type(error).__name__)
+        return failure
+
+    # -- rooms ---------------------------------------------------------------
+
+    def create_room(self, room: Room, creator: str, members: list[str]) -> Deferred[Room]:
+        return self.run(self._create_room, room, creator, members)
+
+    def _create_room(self, cur: Any, room: Room, creator: str, members: list[str]) -> Room:
+        sql = self.engine.sql
+        cur.execute(
+            sql("INSERT INTO rooms (id, name, description, type, created_by, created_at, last_seq)"
+                " VALUES (?, ?, ?, ?, ?, ?, 0)"),
+            (room.id, room.name, room.description, room.type, creator, room.created_at_ms),
+        )
+        unique = list(dict.fromkeys([creator, *members]))
+        self.engine.insert_many(
+            cur,
+            "INSERT INTO room_members (room_id, user_id, joined_at) VALUES (?, ?, ?)",
+            [(room.id, user, room.created_at_ms) for user in unique],
+        )
+        found = self._get_room(cur, room.id)
+        assert found is not None
+        return found
+
+    def get_room(self, room_id: str) -> Deferred[Room | None]:
+        return self.run(self._get_room, room_id)
+
+    def _get_room(self, cur: Any, room_id: str) -> Room | None:
+        cur.execute(self.engine.sql(f"SELECT {_ROOM_COLUMNS} FROM rooms r WHERE r.id = ?"), (room_id,))
+        row = cur.fetchone()
+        return _room(row) if row else None
+
+    def is_member(self, room_id: str, user_id: str) -> Deferred[bool]:
+        return self.run(self._is_member, room_id, user_id)
+
+    def _is_member(self, cur: Any, room_id: str, user_id: str) -> bool:
+        cur.execute(
+            self.engine.sql("SELECT 1 FROM room_members WHERE room_id = ? AND user_id = ?"),
+            (room_id, user_id),
+        )
+        return cur.fetchone() is not None
+
+    def add_member(self, room_id: str, user_id: str, at_ms: int = 0) -> Deferred[bool]:
+        return self.run(self._add_member, room_id, user_id, at_ms)
+
+    def _add_member(self, cur: Any, room_id: str, user_id: str, at_ms: int) -> bool:
+        cur.execute(
+            self.engine.sql(
+                "INSERT INTO room_members (room_id, user_id, joined_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (room_id, user_id) DO NOTHING"
+            ),
+            (room_id, user_id, at_ms),
+        )
+        return cur.rowcount == 1
+
+    def remove_member(self, room_id: str, user_id: str) -> Deferred[bool]:
+        return self.run(self._remove_member, room_id, user_id)
+
+    def _remove_member(self, cur: Any, room_id: str, user_id: str) -> bool:
+        cur.execute(
+            self.engine.sql("DELETE FROM room_members WHERE room_id = ? AND user_id = ?"),
+            (room_id, user_id),
+        )
+        return cur.rowcount == 1
+
+    def members(self, room_id: str) -> Deferred[list[str]]:
+        return self.run(self._members, room_id)
+
+    def _members(self, cur: Any, room_id: str) -> list[str]:
+        cur.execute(
+            self.engine.sql("SELECT user_id FROM room_members WHERE room_id = ? ORDER BY user_id"),
+            (room_id,),
+        )
+        return [row[0] for row in cur.fetchall()]
+
+    def join_snapshot(self, room_id: str, user_id: str, since: int | None, limit: int) -> Deferred[JoinSnapshot | None]:
+        return self.run(self._join_snapshot, room_id, user_id, since, limit)
+
+    def _join_snapshot(self, cur: Any, room_id: str, user_id: str, since: int | None, limit: int) -> JoinSnapshot | None:
+        room = self._get_room(cur, room_id)
+        if room is None:
+            return None
+        members = self._members(cur, room_id)
+        if since is None:
+            page = self._history(cur, room_id, None, None, limit)
+        else:
+            page = self._history(cur, room_id, None, since, limit)
+        return JoinSnapshot(room=room, is_member=user_id in members, members=members, page=page)
+
+    # -- messages ------------------------------------------------------------
+
+    def append_message(self, message: NewMessage) -> Deferred[Message]:
+        return self.writer.append(message)
+
+    def drain(self) -> Deferred[None]:
+        return self.writer.drain()
+
+    def _write_batch(self, cur: Any, batch: list[NewMessage]) -> list[Message | None]:
+        """Store a batch; a message for a room that does not exist maps to
+        None (the others are stored).  Rooms are locked in id order so two
+        processes writing to the same rooms cannot deadlock."""
+        by_room: dict[str, list[int]] = {}
+        for index, message in enumerate(batch):
+            by_room.setdefault(message.chat_id, []).append(index)
+        results: list[Message | None] = [None] * len(batch)
+        rows: list[tuple[Any, ...]] = []
+        sql = self.engine.sql
+        for room_id in sorted(by_room):
+            indexes = by_room[room_id]
+            cur.execute(
+                sql("UPDATE rooms SET last_seq = last_seq + ? WHERE id = ? RETURNING last_seq"),
+                (len(indexes), room_id),
+            )
+            row = cur.fetchone()
+            if row is None:
+                continue
+            first = int(row[0]) - len(indexes) + 1
+            for offset, index in enumerate(indexes):
+                stored = batch[index].stored(first + offset)
+                results[index] = stored
+                rows.append((stored.id, stored.chat_id, stored.seq, stored.user_id,
+                             stored.content, stored.temp_id, stored.created_at_ms))
+        if rows:
+            self.engine.insert_many(
+                cur,
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        return results
+
+    def history(self, room_id: str, before: int | None, after: int | None, limit: int) -> Deferred[MessagePage]:
+        return self.run(self._history, room_id, before, after, limit)
+
+    def _history(self, cur: Any, room_id: str, before: int | None, after: int | None, limit: int) -> MessagePage:
+        """Ascending pages: with ``after`` the first ``limit`` messages past
+        it, otherwise the newest ``limit`` before ``before`` (or the end)."""
+        clauses = ["room_id = ?"]
+        params: list[Any] = [room_id]
+        if after is not None:
+            clauses.append("seq > ?")
+            params.append(after)
+        if before is not None:
+            clauses.append("seq < ?")
+            params.append(before)
+        order = "ASC" if after is not None else "DESC"
+        cur.execute(
+            self.engine.sql(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {' AND '.join(clauses)}"
+                f" ORDER BY seq {order} LIMIT ?"
+            ),
+            (*params, limit + 1),
+        )
+        rows = cur.fetchall()
+        has_more = len(rows) > limit
+        messages = [_message(row) for row in rows[:limit]]
+        if order == "DESC":
+            messages.reverse()
+        return MessagePage(messages, has_more)
+
+    def get_message(self, message_id: str) -> Deferred[Message | None]:
+        return self.run(self._get_message, message_id)
+
+    def _get_message(self, cur: Any, message_id: str) -> Message | None:
+        cur.execute(self.engine.sql(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?"), (message_id,))
+        row = cur.fetchone()
+        return _message(row) if row else None
+
+    # -- reads and reactions -------------------------------------------------
+
+    def set_read(self, room_id: str, user_id: str, message_id: str, seq: int) -> Deferred[bool]:
+        return self.run(self._set_read, room_id, user_id, message_id, seq)
+
+    def _set_read(self, cur: Any, room_id: str, user_id: str, message_id: str, seq: int) -> bool:
+        """Read pointers only move forward; True when this one moved."""
+        cur.execute(
+            self.engine.sql(
+                "UPDATE room_members SET last_read_seq = ?, last_read_id = ?"
+                " WHERE room_id = ? AND user_id = ? AND last_read_seq < ?"
+            ),
+            (seq, message_id, room_id, user_id, seq),
+        )
+        return cur.rowcount == 1
+
+    def read_pointer(self, room_id: str, user_id: str) -> Deferred[tuple[int, str | None] | None]:
+        return self.run(self._read_pointer, room_id, user_id)
+
+    def _read_pointer(self, cur: Any, room_id: str, user_id: str) -> tuple[int, str | None] | None:
+        cur.execute(
+            self.engine.sql("SELECT last_read_seq, last_read_id FROM room_members WHERE room_id = ? AND user_id = ?"),
+            (room_id, user_id),
+        )
+        row = cur.fetchone()
+        return (int(row[0]), row[1]) if row else None
+
+    def set_reaction(self, message_id: str, user_id: str, reaction: str, present: bool, at_ms: int) -> Deferred[bool]:
+        return self.run(self._set_reaction, message_id, user_id, reaction, present, at_ms)
+
+    def _set_reaction(self, cur: Any, message_id: str, user_id: str, reaction: str, present: bool, at_ms: int) -> bool:
+        """Add or remove one reaction; True when that changed anything."""
+        if present:
+            cur.execute(
+                self.engine.sql(
+                    "INSERT INTO reactions (message_id, user_id, reaction, created_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (message_id, user_id, reaction) DO NOTHING"
+                ),
+                (message_id, user_id, reaction, at_ms),
+            )
+        else:
+            cur.execute(
+                self.engine.sql("DELETE FROM reactions WHERE message_id = ? AND user_id = ? AND reaction = ?"),
+                (message_id, user_id, reaction),
+            )
+        return cur.rowcount == 1
+
+    def reactions(self, message_id: str) -> Deferred[dict[str, list[str]]]:
+        return self.run(self._reactions, message_id)
+
+    def _reactions(self, cur: Any, message_id: str) -> dict[str, list[str]]:
+        cur.execute(
+            self.engine.sql("SELECT reaction, user_id FROM reactions WHERE message_id = ? ORDER BY created_at, user_id"),
+            (message_id,),
+        )
+        grouped: dict[str, list[str]] = {}
+        for reaction, user in cur.fetchall():
+            grouped.setdefault(reaction, []).append(user)
+        return grouped
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def ping(self) -> Deferred[None]:
+        return self.run(lambda cur: cur.execute("SELECT 1"))
+
+    def close(self) -> Deferred[None]:
+        d = self.writer.drain()
+
+        def close_pool(_: object) -> None:
+            self.pool.close()
+
+        d.addBoth(close_pool)
+        return d
+
+
+def _close_quietly(cursor: Any) -> None:
+    try:
+        cursor.close()
+    except Exception:
+        pass
+
+
+class GroupCommitWriter:
+    """Batches message inserts: one transaction in flight at a time, and
+    everything that arrived meanwhile goes into the next one.
+
+    Results fire in arrival order, so callbacks that publish a message run
+    in seq order for each room."""
+
+    def __init__(self, store: SqlStore, max_batch: int) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._pending: list[tuple[NewMessage, Deferred[Message]]] = []
+        self._in_flight = False
+        self._drained: list[Deferred[None]] = []
+        self.observe_batch: Callable[[int], None] | None = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def append(self, message: NewMessage) -> Deferred[Message]:
+        d: Deferred[Message] = Deferred()
+        self._pending.append((message, d))
+        if not self._in_flight:
+            self._flush()
+        return d
+
+    def drain(self) -> Deferred[None]:
+        """Fires once every queued message has been written (or failed)."""
+        if not self._in_flight and not self._pending:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        return d
+
+    def _flush(self) -> None:
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        self._in_flight = True
+        if self.observe_batch is not None:
+            self.observe_batch(len(batch))
+        d = self._store.run(self._store._write_batch, [m for m, _ in batch])
+        d.addCallbacks(self._written, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
+        d.addBoth(self._next)
+
+    def _written(self, results: list[Message | None], batch: list[tuple[NewMessage, Deferred[Message]]]) -> None:
+        for (message, d), stored in zip(batch, results, strict=True):
+            if stored is None:
+                d.errback(ChatError(ErrorCode.ROOM_NOT_FOUND, f"room {message.chat_id} does not exist"))
+            else:
+                d.callback(stored)
+
+    def _failed(self, failure: Failure, batch: list[tuple[NewMessage, Deferred[Message]]]) -> None:
+        if not failure.check(StoreUnavailable):
+            log.failure("message batch of {count} failed", failure, count=len(batch))
+        for _, d in batch:
+            d.errback(failure)
+
+    def _next(self, _: object) -> None:
+        self._in_flight = False
+        if self._pending:
+            self._flush()
+        elif self._drained:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
