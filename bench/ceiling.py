@@ -1,0 +1,51 @@
+"""Reference ceiling: the smallest Twisted+Autobahn broadcast server that
+speaks enough of the chatd protocol for bench/loadgen.py.  Every chat:message
+is framed ONCE (factory.prepareMessage) and the same bytes are written to
+every open connection's transport; no storage, no rooms, no validation.
+
+    python bench/ceiling.py PORT
+"""
+import json
+import sys
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import reactor
+
+ROOM = {"id": "r_ceiling", "name": "bench", "description": "", "type": "public",
+        "memberCount": 0, "createdAt": "2026-01-01T00:00:00.000Z", "lastSeq": 0}
+
+
+class Broadcast(WebSocketServerProtocol):
+    def onOpen(self):
+        self.factory.conns[self] = None
+        self.user = self.http_request_params.get("token", ["anon"])[0][-12:]
+        self.sendMessage(json.dumps({"type": "authenticated",
+                                     "data": {"userId": self.user, "connectionId": str(id(self))}}).encode())
+
+    def onClose(self, wasClean, code, reason):
+        self.factory.conns.pop(self, None)
+
+    def onMessage(self, payload, isBinary):
+        req = json.loads(payload)
+        kind, rid, data = req.get("type"), req.get("id"), req.get("data") or {}
+        if kind == "chat:message":
+            f = self.factory
+            f.seq += 1
+            msg = {"id": f"m_{f.seq}", "chatId": data.get("chatId"), "seq": f.seq, "userId": self.user,
+                   "content": data.get("content"), "createdAt": "2026-01-01T00:00:00.000Z"}
+            frame = f.prepareMessage(json.dumps({"type": "chat:message", "data": msg}).encode()).payloadHybi
+            for conn in f.conns:
+                conn.transport.write(frame)
+            reply = {"id": msg["id"], "seq": f.seq, "createdAt": msg["createdAt"]}
+        else:  # chat:create / chat:join (anything else gets an empty ack)
+            reply = {"room": ROOM, "messages": [], "users": [], "hasMore": False} if kind in ("chat:create", "chat:join") else {}
+        if rid is not None:
+            self.sendMessage(json.dumps({"type": "ack", "id": rid, "data": reply}).encode())
+
+
+if __name__ == "__main__":
+    factory = WebSocketServerFactory(f"ws://127.0.0.1:{sys.argv[1]}/ws")
+    factory.protocol, factory.conns, factory.seq = Broadcast, {}, 0
+    factory.setProtocolOptions(perMessageCompressionAccept=lambda offers: None, tcpNoDelay=True, autoFragmentSize=0)
+    reactor.listenTCP(int(sys.argv[1]), factory, interface="127.0.0.1", backlog=2048)
+    reactor.run()
