@@ -22,7 +22,7 @@ from chatd.service import ChatdService
 from tests.wsclient import WsClient
 
 POSTGRES_ENV = "CHATD_TEST_POSTGRES_URL"
-TEST_SECRET = "test-secret-" + "x" * 32
+TEST_SECRET = "test-secret-" + "x" * 40
 
 
 def postgres_url() -> str | None:
