@@ -96,11 +96,12 @@ class RunningServer:
             await self.service.stopService()
 
 
-async def start_server(config: Config) -> RunningServer:
+async def start_server(config: Config, prepare: bool = True) -> RunningServer:
     from twisted.internet import reactor  # installed by pytest-twisted (asyncio)
 
     service = ChatdService(config, reactor)
-    service.prepare()
+    if prepare:
+        service.prepare()
     await service.listen()
     service.startService()
     return RunningServer(service)

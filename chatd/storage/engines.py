@@ -75,7 +75,7 @@ class SqliteEngine(Engine):
             cp_min=1,
             cp_max=1,
             cp_openfun=_tune_sqlite,
-            cp_reconnect=True,
+            cp_reconnect=False,
         )
 
     def lock_for_migrations(self, cursor: Any) -> None:
@@ -106,7 +106,7 @@ class PostgresEngine(Engine):
             connect_timeout=5,
             cp_min=1,
             cp_max=4,
-            cp_reconnect=True,
+            cp_reconnect=False,
             cp_noisy=False,
         )
 

@@ -72,10 +72,15 @@ class SqlStore:
     def run(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run ``work(cursor, *args)`` in one transaction on a pool thread."""
         d = self.pool.runWithConnection(self._transaction, work, args)
+        d.addCallback(_raise_failed)
         d.addErrback(self._translate)
         return d
 
-    def _transaction(self, conn: adbapi.Connection, work: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def _transaction(self, conn: adbapi.Connection, work: Callable[..., T], args: tuple[Any, ...]) -> T | _Failed:
+        """Runs on a pool thread.  Never raises: adbapi's own rollback and
+        reconnect path logs tracebacks and can trip over a connection we
+        replaced, so commit, rollback and reconnection are handled here and
+        a failure travels back as a ``_Failed`` value."""
         for attempt in (1, 2):
             try:
                 cursor = conn.cursor()
@@ -84,30 +89,41 @@ class SqlStore:
                 finally:
                     _close_quietly(cursor)
             except BaseException as e:
-                if attempt == 2 or not self.engine.is_unavailable(e):
-                    raise
-                self._rollback_quietly(conn)
-                log.info("database connection failed ({error}); retrying on a new connection", error=e)
-                conn.reconnect()
+                lost = self.engine.is_unavailable(e)
+                if not lost:
+                    _rollback_quietly(conn)
+                    return _Failed(e)
+                if not self._replace_connection(conn) or attempt == 2:
+                    return _Failed(e)
+                log.info("database connection failed ({error}); retrying on a new connection", error=_short(e))
                 continue
             try:
                 conn.commit()
             except BaseException as e:
-                raise _CommitStarted(str(e)) from e
+                self._replace_connection(conn)
+                return _Failed(_CommitStarted(_short(e)))
             return result
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def _rollback_quietly(conn: adbapi.Connection) -> None:
+    def _replace_connection(self, conn: adbapi.Connection) -> bool:
+        """Drop this thread's broken connection and try to open a new one;
+        False (with a placeholder left behind) when the database is still
+        unreachable — the next transaction connects afresh."""
         try:
-            conn._connection.rollback()
+            self.pool.disconnect(conn._connection)
         except Exception:
             pass
+        try:
+            conn._connection = self.pool.connect()
+            return True
+        except Exception:
+            conn._connection = _LostConnection()
+            return False
 
     def _translate(self, failure: Failure) -> Failure:
         error = failure.value
         if isinstance(error, _CommitStarted) or self.engine.is_unavailable(error):
-            raise StoreUnavailable(str(error).strip() or type(error).__name__)
+            raise StoreUnavailable(_short(error))
         return failure
 
     # -- rooms ---------------------------------------------------------------
@@ -348,6 +364,50 @@ class SqlStore:
 
         d.addBoth(close_pool)
         return d
+
+
+class _Failed:
+    """A transaction's exception, carried back as a value (see _transaction)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _raise_failed(result: Any) -> Any:
+    if isinstance(result, _Failed):
+        raise result.error
+    return result
+
+
+class _LostConnection:
+    """Stands in for a connection that could not be reopened, so that
+    adbapi's closing commit is a no-op; the pool reconnects next time."""
+
+    def commit(self) -> None:
+        return None
+
+    def rollback(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def cursor(self) -> Any:
+        raise adbapi.ConnectionLost("database connection lost")
+
+
+def _short(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+def _rollback_quietly(conn: adbapi.Connection) -> None:
+    try:
+        conn.rollback()
+    except Exception:
+        pass
 
 
 def _close_quietly(cursor: Any) -> None:
