@@ -18,7 +18,7 @@ ROOM = {"id": "r_ceiling", "name": "bench", "description": "", "type": "public",
 class Broadcast(WebSocketServerProtocol):
     def onOpen(self):
         self.factory.conns[self] = None
-        self.user = self.http_request_params.get("token", ["anon"])[0][-12:]
+        self.user = f"u{id(self):x}"
         self.sendMessage(json.dumps({"type": "authenticated",
                                      "data": {"userId": self.user, "connectionId": str(id(self))}}).encode())
 

@@ -68,7 +68,10 @@ class _SendBufferWatch:
         self._conn = conn
 
     def pauseProducing(self) -> None:
-        self._conn._backlog = 0
+        # Twisted calls this on every write while the buffer is full; only
+        # the first call starts the count.
+        if self._conn._backlog is None:
+            self._conn._backlog = 0
 
     def resumeProducing(self) -> None:
         self._conn._backlog = None

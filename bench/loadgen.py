@@ -1,0 +1,642 @@
+"""Load generator for chatd (and bench/ceiling.py) on picows + uvloop.
+
+Two scenarios, each printing one JSON object (its results) as the last line
+of stdout:
+
+* ``fanout``: one sender connection creates a public room, ``--receivers``
+  connections (spread over ``--workers`` forked processes) join it, then
+  the sender sends ``--messages`` chat:message requests keeping at most
+  ``--window`` un-acked.  Receivers count every chat:message push exactly
+  (expected = receivers x messages), check that each receiver sees the
+  messages in send order with no gap or duplicate, and measure the
+  send-to-receipt delay from the time stamp embedded in the content.
+* ``ingest``: ``--connections`` connections join ``--rooms`` rooms (round
+  robin) and each keeps ``--window`` chat:message requests un-acked for
+  ``--duration`` seconds.  Reports acked (= durably stored) messages per
+  second, ack latency, and checks that every push that the acks imply
+  arrived.
+
+The content of every message starts with ``~T<20-digit monotonic_ns><8-digit
+index>``; receivers find it with ``bytes.find``, never parse JSON on the hot
+path.  ``time.monotonic_ns()`` is CLOCK_MONOTONIC, the same clock in every
+process on the machine, so sender and receivers can be different processes.
+
+With ``--server-pid`` the server's CPU time (utime+stime from /proc, all its
+threads) is sampled at the start and at the end of the measured window; the
+generator's own CPU (main process plus workers) is measured the same way.
+
+Used by bench/run.py; can be run by hand against a running server:
+
+    python bench/loadgen.py fanout --url ws://127.0.0.1:8080/ws --secret-file DIR/jwt-secret
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import sys
+import time
+from array import array
+
+import jwt
+import uvloop
+from picows import WSListener, WSMsgType, WSTransport, ws_connect
+
+TICK = os.sysconf("SC_CLK_TCK")
+MARK = b"~T"
+PUSH = b'{"type":"chat:message"'
+ACK = b'{"type":"ack"'
+ERR = b'{"type":"error"'
+monotonic_ns = time.monotonic_ns
+
+
+# -- helpers ---------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """utime+stime of a process (every thread of it), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def mint(secret: str, user: str) -> str:
+    now = int(time.time())
+    return jwt.encode({"sub": user, "iat": now, "exp": now + 3600}, secret, algorithm="HS256")
+
+
+def content(index: int, size: int) -> str:
+    head = f"~T{monotonic_ns():020d}{index:08d} "
+    return head + "x" * max(0, size - len(head))
+
+
+def request(kind: str, rid: str, data: dict) -> bytes:
+    return json.dumps({"type": kind, "id": rid, "data": data}, separators=(",", ":")).encode()
+
+
+def message_request(rid: str, room: str, text: str) -> bytes:
+    # Built by hand: the sender must not be the bottleneck either.
+    return b'{"type":"chat:message","id":"%s","data":{"chatId":"%s","content":"%s"}}' % (
+        rid.encode(), room.encode(), text.encode())
+
+
+def histogram_add(hist: dict[int, int], delays_ns: array) -> None:
+    """Quantize delays (ns) to microseconds with 3 significant digits."""
+    for d in delays_ns:
+        us = d // 1000
+        if us >= 1000:
+            scale = 10 ** (len(str(us)) - 3)
+            us = us // scale * scale
+        hist[us] = hist.get(us, 0) + 1
+
+
+def percentile(hist: dict[int, int], q: float) -> float | None:
+    total = sum(hist.values())
+    if not total:
+        return None
+    rank = q * (total - 1)
+    seen = 0
+    for value in sorted(hist):
+        seen += hist[value]
+        if seen > rank:
+            return value / 1000.0  # ms
+    return max(hist) / 1000.0
+
+
+class ControlWaiter:
+    """Waits for one reply (ack/error/authenticated) on a connection during
+    set-up, where speed does not matter."""
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future | None = None
+        self.expect: bytes = b""
+
+    def arm(self, expect: bytes) -> asyncio.Future:
+        self.expect = expect
+        self.future = asyncio.get_running_loop().create_future()
+        return self.future
+
+    def offer(self, payload: bytes) -> None:
+        fut = self.future
+        if fut is None or fut.done():
+            return
+        if payload.startswith(self.expect) or payload.startswith(ERR):
+            fut.set_result(json.loads(payload))
+
+
+class Base(WSListener):
+    def __init__(self) -> None:
+        self.ctl = ControlWaiter()
+        self.transport: WSTransport | None = None
+        self.closed = False
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closed = True
+        fut = self.ctl.future
+        if fut is not None and not fut.done():
+            fut.set_exception(ConnectionError("disconnected"))
+
+    def control(self, transport: WSTransport, frame) -> None:
+        t = frame.msg_type
+        if t == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+        elif t == WSMsgType.PING:
+            transport.send_pong(frame.get_payload_as_bytes())
+
+    async def call(self, kind: str, rid: str, data: dict, timeout: float = 30.0) -> dict:
+        fut = self.ctl.arm(b'{"type":"ack","id":"%s"' % rid.encode())
+        self.transport.send(WSMsgType.TEXT, request(kind, rid, data))
+        reply = await asyncio.wait_for(fut, timeout)
+        if reply.get("type") != "ack":
+            raise RuntimeError(f"{kind} failed: {reply}")
+        return reply["data"]
+
+
+async def open_all(factories, url: str, tokens: list[str], concurrency: int = 64, timeout: float = 30.0):
+    """Connect one listener per token, wait for ``authenticated``."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(make, token):
+        async with sem:
+            _, listener = await ws_connect(make, f"{url}?token={token}", websocket_handshake_timeout=timeout)
+            reply = await asyncio.wait_for(listener.ctl.future, timeout)
+            if reply.get("type") != "authenticated":
+                raise RuntimeError(f"authentication failed: {reply}")
+            return listener
+
+    def maker():
+        listener = factories()
+        listener.ctl.arm(b'{"type":"authenticated"')
+        return listener
+
+    return await asyncio.gather(*(one(maker, t) for t in tokens))
+
+
+async def join_all(listeners, rooms: list[str], concurrency: int = 64) -> None:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(listener, room):
+        async with sem:
+            await listener.call("chat:join", "j", {"chatId": room}, timeout=60.0)
+
+    await asyncio.gather(*(one(l, r) for l, r in zip(listeners, rooms)))
+
+
+def pipe_future(conn) -> asyncio.Future:
+    """The next object from a multiprocessing pipe, without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def readable() -> None:
+        loop.remove_reader(conn.fileno())
+        try:
+            fut.set_result(conn.recv())
+        except (EOFError, OSError) as e:
+            fut.set_exception(e)
+
+    loop.add_reader(conn.fileno(), readable)
+    return fut
+
+
+async def close_all(listeners) -> None:
+    for l in listeners:
+        if l.transport is not None and not l.closed:
+            l.transport.disconnect(graceful=False)
+    await asyncio.sleep(0)
+
+
+# -- fanout: receivers ----------------------------------------------------------
+
+
+class Tally:
+    """What one receiver process counts (shared by all its receivers)."""
+
+    __slots__ = ("count", "target", "disorder", "last", "delays", "done", "other")
+
+    def __init__(self, target: int) -> None:
+        self.count = 0
+        self.target = target
+        self.disorder = 0
+        self.last = 0
+        self.delays = array("q")
+        self.done: asyncio.Future | None = None
+        self.other = 0
+
+
+class Receiver(Base):
+    def __init__(self, tally: Tally) -> None:
+        super().__init__()
+        self.tally = tally
+        self.next = 0
+        self.got = 0
+
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        if frame.msg_type != WSMsgType.TEXT:
+            self.control(transport, frame)
+            return
+        p = frame.get_payload_as_bytes()
+        if p.startswith(PUSH):
+            i = p.find(MARK)
+            if i >= 0:
+                now = monotonic_ns()
+                t = self.tally
+                t.delays.append(now - int(p[i + 2:i + 22]))
+                idx = int(p[i + 22:i + 30])
+                if idx != self.next:
+                    t.disorder += 1
+                self.next = idx + 1
+                self.got += 1
+                t.count += 1
+                t.last = now
+                if t.count == t.target:
+                    if t.done is not None and not t.done.done():
+                        t.done.set_result(None)
+                return
+        self.tally.other += 1
+        self.ctl.offer(p)
+
+
+def receiver_worker(conn, url: str, tokens: list[str], messages: int, stall: float) -> None:
+    """A forked process owning a share of the receivers."""
+    try:
+        uvloop.run(_receiver_worker(conn, url, tokens, messages, stall))
+    except Exception as e:  # report, never hang the parent
+        try:
+            conn.send(("fail", f"{type(e).__name__}: {e}"))
+        except OSError:
+            pass
+
+
+async def _receiver_worker(conn, url: str, tokens: list[str], messages: int, stall: float) -> None:
+    tally = Tally(len(tokens) * messages)
+    room = (await pipe_future(conn))[1]
+    t0 = time.monotonic()
+    listeners = await open_all(lambda: Receiver(tally), url, tokens)
+    t1 = time.monotonic()
+    await join_all(listeners, [room] * len(listeners))
+    t2 = time.monotonic()
+    tally.other = 0
+    conn.send(("ready", {"connect_s": t1 - t0, "join_s": t2 - t1}))
+    command = await pipe_future(conn)
+    if command[0] != "go":
+        await close_all(listeners)
+        return
+    cpu0 = cpu_seconds()
+    tally.done = asyncio.get_running_loop().create_future()
+    stop = pipe_future(conn)
+    # Wait for every delivery, an explicit stop, or a stall.
+    last_count = -1
+    while not tally.done.done() and not stop.done():
+        if tally.count == last_count:
+            break
+        last_count = tally.count
+        await asyncio.wait([tally.done, stop], timeout=stall)
+    cpu1 = cpu_seconds()
+    hist: dict[int, int] = {}
+    histogram_add(hist, tally.delays)
+    conn.send(("done", {
+        "count": tally.count, "target": tally.target, "disorder": tally.disorder,
+        "last_ns": tally.last, "cpu_s": cpu1 - cpu0, "hist": hist,
+        "other": tally.other,
+        "disconnected": sum(1 for l in listeners if l.closed),
+        "short_receivers": sum(1 for l in listeners if l.got != messages),
+    }))
+    await close_all(listeners)
+
+
+# -- fanout: sender ---------------------------------------------------------------
+
+
+class Sender(Base):
+    def __init__(self) -> None:
+        super().__init__()
+        self.room = ""
+        self.total = 0
+        self.window = 0
+        self.size = 0
+        self.sent = 0
+        self.acked = 0
+        self.errors = 0
+        self.error_samples: list[str] = []
+        self.done: asyncio.Future | None = None
+        self.echo = 0
+        self.last_ack = 0
+
+    def start(self, room: str, total: int, window: int, size: int) -> asyncio.Future:
+        self.room, self.total, self.window, self.size = room, total, window, size
+        self.done = asyncio.get_running_loop().create_future()
+        for _ in range(min(window, total)):
+            self.send_next()
+        return self.done
+
+    def send_next(self) -> None:
+        i = self.sent
+        self.sent += 1
+        self.transport.send(WSMsgType.TEXT, message_request(f"k{i}", self.room, content(i, self.size)))
+
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        if frame.msg_type != WSMsgType.TEXT:
+            self.control(transport, frame)
+            return
+        p = frame.get_payload_as_bytes()
+        if self.done is None:
+            self.ctl.offer(p)
+            return
+        if p.startswith(PUSH):
+            self.echo += 1
+            return
+        if p.startswith(ACK):
+            self.acked += 1
+        elif p.startswith(ERR):
+            self.errors += 1
+            if len(self.error_samples) < 5:
+                self.error_samples.append(p.decode(errors="replace")[:300])
+        else:
+            return
+        self.last_ack = monotonic_ns()
+        if self.sent < self.total:
+            self.send_next()
+        elif self.acked + self.errors == self.total and not self.done.done():
+            self.done.set_result(None)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        super().on_ws_disconnected(transport)
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+
+def start_workers(args):
+    """Fork the receiver processes before any event loop exists."""
+    n = args.receivers
+    workers = max(1, min(args.workers, n))
+    ctx = multiprocessing.get_context("fork")
+    tokens = [mint(args.secret, f"bench-r{i}") for i in range(n)]
+    pipes, procs = [], []
+    for w in range(workers):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=receiver_worker, daemon=True,
+                           args=(child, args.url, tokens[w::workers], args.messages, args.stall))
+        proc.start()
+        child.close()
+        pipes.append(parent)
+        procs.append(proc)
+    return pipes, procs
+
+
+def stop_workers(pipes, procs) -> None:
+    for p in pipes:
+        try:
+            p.send(("stop",))
+        except OSError:
+            pass
+    for proc in procs:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(1)
+
+
+async def _fanout(args, pipes, workers: int) -> dict:
+    n, m = args.receivers, args.messages
+    (sender,) = await open_all(Sender, args.url, [mint(args.secret, "bench-sender")])
+    room = (await sender.call("chat:create", "c", {"name": "bench", "type": "public"}))["room"]["id"]
+    await sender.call("chat:join", "j", {"chatId": room})
+    t_setup = time.monotonic()
+    for p in pipes:
+        p.send(("room", room))
+    setup = {}
+    for p in pipes:
+        reply = await asyncio.wait_for(pipe_future(p), 300)
+        if reply[0] != "ready":
+            raise RuntimeError(f"receiver worker failed: {reply[1]}")
+        setup = {k: max(setup.get(k, 0), v) for k, v in reply[1].items()}
+    setup["total_s"] = time.monotonic() - t_setup
+    done_futures = [pipe_future(p) for p in pipes]
+    server_cpu0 = cpu_seconds(args.server_pid) if args.server_pid else float("nan")
+    own_cpu0 = cpu_seconds()
+    t0 = monotonic_ns()
+    for p in pipes:
+        p.send(("go",))
+    sent_done = sender.start(room, m, args.window, args.size)
+    try:
+        await asyncio.wait_for(sent_done, args.timeout)
+    except asyncio.TimeoutError:
+        pass
+    t_acked = sender.last_ack
+    results = []
+    for fut in done_futures:
+        try:
+            results.append(await asyncio.wait_for(fut, args.stall + 30))
+        except (asyncio.TimeoutError, EOFError, OSError) as e:
+            results.append(("fail", f"no result from a receiver worker: {e!r}"))
+    server_cpu1 = cpu_seconds(args.server_pid) if args.server_pid else float("nan")
+    own_cpu1 = cpu_seconds()
+    failures = [r[1] for r in results if r[0] != "done"]
+    outs = [r[1] for r in results if r[0] == "done"]
+    hist: dict[int, int] = {}
+    for o in outs:
+        for k, v in o["hist"].items():
+            hist[k] = hist.get(k, 0) + v
+    count = sum(o["count"] for o in outs)
+    expected = n * m
+    t1 = max([o["last_ns"] for o in outs] + [t_acked])
+    wall = max(1e-9, (t1 - t0) / 1e9)
+    gen_cpu = (own_cpu1 - own_cpu0) + sum(o["cpu_s"] for o in outs)
+    await close_all([sender])
+    return {
+        "scenario": "fanout",
+        "receivers": n, "messages": m, "window": args.window, "workers": workers, "size": args.size,
+        "expected": expected, "delivered": count, "shortfall": expected - count,
+        "out_of_order": sum(o["disorder"] for o in outs),
+        "short_receivers": sum(o["short_receivers"] for o in outs),
+        "disconnected": sum(o["disconnected"] for o in outs),
+        "acked": sender.acked, "errors": sender.errors, "error_samples": sender.error_samples,
+        "sender_echo": sender.echo,
+        "worker_failures": failures,
+        "seconds": wall,
+        "deliveries_per_s": count / wall,
+        "messages_per_s": sender.acked / wall,
+        "p50_ms": percentile(hist, 0.50), "p99_ms": percentile(hist, 0.99), "max_ms": percentile(hist, 1.0),
+        "server_cpu_pct": 100.0 * (server_cpu1 - server_cpu0) / wall,
+        "generator_cpu_pct": 100.0 * gen_cpu / wall,
+        "setup": setup,
+    }
+
+
+# -- ingest ------------------------------------------------------------------------
+
+
+class IngestConn(Base):
+    def __init__(self, stats: dict) -> None:
+        super().__init__()
+        self.stats = stats
+        self.room = ""
+        self.running = False
+        self.sent = 0
+        self.acked = 0
+        self.inflight = 0
+        self.pushes = 0
+        self.index = 0
+        self.size = 0
+        self.lat = array("q")
+
+    def send_one(self) -> None:
+        now = monotonic_ns()
+        self.sent += 1
+        self.inflight += 1
+        self.transport.send(WSMsgType.TEXT, message_request(str(now), self.room, content(self.sent, self.size)))
+
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        if frame.msg_type != WSMsgType.TEXT:
+            self.control(transport, frame)
+            return
+        p = frame.get_payload_as_bytes()
+        if p.startswith(PUSH):
+            self.pushes += 1
+            return
+        if not self.running and self.inflight == 0:
+            self.ctl.offer(p)
+            return
+        if p.startswith(ACK):
+            now = monotonic_ns()
+            self.acked += 1
+            self.lat.append(now - int(p[20:p.index(b'"', 20)]))
+            self.stats["last_ack"] = now
+        elif p.startswith(ERR):
+            self.stats["errors"] += 1
+            if len(self.stats["error_samples"]) < 5:
+                self.stats["error_samples"].append(p.decode(errors="replace")[:300])
+        else:
+            return
+        self.inflight -= 1
+        if self.running:
+            self.send_one()
+        elif self.inflight == 0:
+            self.stats["idle"] += 1
+            if self.stats["idle"] == self.stats["conns"]:
+                fut = self.stats["all_idle"]
+                if not fut.done():
+                    fut.set_result(None)
+
+
+async def ingest(args) -> dict:
+    k, r = args.connections, max(1, min(args.rooms, args.connections))
+    loop = asyncio.get_running_loop()
+    stats = {"errors": 0, "error_samples": [], "last_ack": 0, "idle": 0, "conns": k,
+             "all_idle": loop.create_future()}
+    tokens = [mint(args.secret, f"bench-i{i}") for i in range(k)]
+    conns = await open_all(lambda: IngestConn(stats), args.url, tokens)
+    rooms = []
+    for i in range(r):
+        rooms.append((await conns[i].call("chat:create", f"c{i}", {"name": f"ingest{i}", "type": "public"}))["room"]["id"])
+    await join_all(conns, [rooms[i % r] for i in range(k)])
+    for i, c in enumerate(conns):
+        c.room, c.size = rooms[i % r], args.size
+    server_cpu0 = cpu_seconds(args.server_pid) if args.server_pid else float("nan")
+    own_cpu0 = cpu_seconds()
+    t0 = monotonic_ns()
+    for c in conns:
+        c.running = True
+    for c in conns:
+        for _ in range(args.window):
+            c.send_one()
+    await asyncio.sleep(args.duration)
+    for c in conns:
+        c.running = False
+    if any(c.inflight for c in conns):
+        stats["idle"] = sum(1 for c in conns if c.inflight == 0)
+        try:
+            await asyncio.wait_for(stats["all_idle"], args.stall)
+        except asyncio.TimeoutError:
+            pass
+    t1 = stats["last_ack"] or monotonic_ns()
+    server_cpu1 = cpu_seconds(args.server_pid) if args.server_pid else float("nan")
+    own_cpu1 = cpu_seconds()
+    wall = max(1e-9, (t1 - t0) / 1e9)
+    acked = sum(c.acked for c in conns)
+    # Every acked message is pushed to every connection joined to its room.
+    per_room: dict[str, list[IngestConn]] = {}
+    for c in conns:
+        per_room.setdefault(c.room, []).append(c)
+    expected_pushes = sum(sum(c.acked for c in cs) * len(cs) for cs in per_room.values())
+    deadline = time.monotonic() + 10
+    while sum(c.pushes for c in conns) < expected_pushes and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    pushes = sum(c.pushes for c in conns)
+    hist: dict[int, int] = {}
+    for c in conns:
+        histogram_add(hist, c.lat)
+    await close_all(conns)
+    return {
+        "scenario": "ingest",
+        "connections": k, "rooms": r, "window": args.window, "duration": args.duration, "size": args.size,
+        "sent": sum(c.sent for c in conns), "acked": acked, "errors": stats["errors"],
+        "error_samples": stats["error_samples"], "unanswered": sum(c.inflight for c in conns),
+        "expected_pushes": expected_pushes, "pushes": pushes, "push_shortfall": expected_pushes - pushes,
+        "disconnected": sum(1 for c in conns if c.closed),
+        "seconds": wall,
+        "acked_per_s": acked / wall,
+        "ack_p50_ms": percentile(hist, 0.50), "ack_p99_ms": percentile(hist, 0.99),
+        "server_cpu_pct": 100.0 * (server_cpu1 - server_cpu0) / wall,
+        "generator_cpu_pct": 100.0 * (own_cpu1 - own_cpu0) / wall,
+    }
+
+
+# -- command line --------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("scenario", choices=["fanout", "ingest"])
+    p.add_argument("--url", required=True, help="ws://host:port/ws")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--secret", help="HS256 secret to mint tokens with")
+    g.add_argument("--secret-file", help="file holding the HS256 secret (chatd's DATA_DIR/jwt-secret)")
+    p.add_argument("--server-pid", type=int, help="sample this process's CPU over the measured window")
+    p.add_argument("--size", type=int, default=64, help="characters of message content (default 64)")
+    p.add_argument("--window", type=int, default=None, help="un-acked messages per sending connection")
+    p.add_argument("--stall", type=float, default=15.0, help="give up after this many seconds without progress")
+    p.add_argument("--timeout", type=float, default=120.0, help="upper bound for the sending phase")
+    f = p.add_argument_group("fanout")
+    f.add_argument("--receivers", type=int, default=1000)
+    f.add_argument("--messages", type=int, default=2000)
+    f.add_argument("--workers", type=int, default=1, help="receiver processes")
+    i = p.add_argument_group("ingest")
+    i.add_argument("--connections", type=int, default=50)
+    i.add_argument("--rooms", type=int, default=5)
+    i.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
+    args = p.parse_args(argv)
+    if args.secret_file:
+        with open(args.secret_file) as fh:
+            args.secret = fh.read().strip()
+    if args.window is None:
+        args.window = 32 if args.scenario == "fanout" else 8
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.scenario == "fanout":
+        pipes, procs = start_workers(args)
+        try:
+            result = uvloop.run(_fanout(args, pipes, len(pipes)))
+        finally:
+            stop_workers(pipes, procs)
+    else:
+        result = uvloop.run(ingest(args))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
