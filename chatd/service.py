@@ -191,6 +191,9 @@ def _one_line(error: BaseException) -> str:
 
 
 def fail_startup(message: str) -> None:
-    sys.stderr.write(f"chatd: {message}\n")
-    sys.stderr.flush()
+    """One line on the real stderr (twistd may have redirected sys.stderr
+    into its log by now), then a non-zero exit."""
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(f"chatd: {message}\n")
+    stream.flush()
     raise SystemExit(1)
