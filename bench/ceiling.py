@@ -7,10 +7,12 @@ every open connection's transport; no storage, no rooms, no validation.
 """
 import json
 import sys
+from functools import partial
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import reactor
 
+dumps = partial(json.dumps, separators=(",", ":"))  # compact, like chatd
 ROOM = {"id": "r_ceiling", "name": "bench", "description": "", "type": "public",
         "memberCount": 0, "createdAt": "2026-01-01T00:00:00.000Z", "lastSeq": 0}
 
@@ -19,7 +21,7 @@ class Broadcast(WebSocketServerProtocol):
     def onOpen(self):
         self.factory.conns[self] = None
         self.user = f"u{id(self):x}"
-        self.sendMessage(json.dumps({"type": "authenticated",
+        self.sendMessage(dumps({"type": "authenticated",
                                      "data": {"userId": self.user, "connectionId": str(id(self))}}).encode())
 
     def onClose(self, wasClean, code, reason):
@@ -33,14 +35,14 @@ class Broadcast(WebSocketServerProtocol):
             f.seq += 1
             msg = {"id": f"m_{f.seq}", "chatId": data.get("chatId"), "seq": f.seq, "userId": self.user,
                    "content": data.get("content"), "createdAt": "2026-01-01T00:00:00.000Z"}
-            frame = f.prepareMessage(json.dumps({"type": "chat:message", "data": msg}).encode()).payloadHybi
+            frame = f.prepareMessage(dumps({"type": "chat:message", "data": msg}).encode()).payloadHybi
             for conn in f.conns:
                 conn.transport.write(frame)
             reply = {"id": msg["id"], "seq": f.seq, "createdAt": msg["createdAt"]}
         else:  # chat:create / chat:join (anything else gets an empty ack)
             reply = {"room": ROOM, "messages": [], "users": [], "hasMore": False} if kind in ("chat:create", "chat:join") else {}
         if rid is not None:
-            self.sendMessage(json.dumps({"type": "ack", "id": rid, "data": reply}).encode())
+            self.sendMessage(dumps({"type": "ack", "id": rid, "data": reply}).encode())
 
 
 if __name__ == "__main__":

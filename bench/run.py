@@ -79,6 +79,7 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.exit_code: int | None = None
         self.stop_seconds: float | None = None
+        self.killed = False
 
     @property
     def url(self) -> str:
@@ -131,6 +132,7 @@ class Server:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(STOP_WAIT)
             except subprocess.TimeoutExpired:
+                self.killed = True
                 kill_group(proc.pid)
                 proc.wait(5)
         kill_group(proc.pid)  # anything it may have left in its group
@@ -200,6 +202,7 @@ def one(opts, scenario: str, kind: str, database: str | None, label: str) -> dic
     finally:
         server.stop()
         result["server_exit_code"] = server.exit_code
+        result["server_killed"] = server.killed
         result["server_stop_s"] = round(server.stop_seconds or 0, 2)
         result["server_log_problems"] = server.log_problems()[:10]
         if "failed" in result:
@@ -286,9 +289,11 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
                 problems.append(f"{name}: {r['push_shortfall']:,} pushes missing")
         if r.get("server_log_problems"):
             problems.append(f"{name}: server log: {r['server_log_problems'][:3]}")
-        if r.get("server_exit_code") not in (0, None) and r["server"] != "ceiling":
-            problems.append(f"{name}: server exit code {r['server_exit_code']} after SIGTERM "
-                            f"(stop took {r['server_stop_s']} s)")
+        # twistd re-raises the signal it stopped on, so -15 is a clean stop.
+        if r.get("server_killed") or (r.get("server_exit_code") not in (0, -signal.SIGTERM, None)
+                                      and r["server"] != "ceiling"):
+            problems.append(f"{name}: server did not stop cleanly on SIGTERM (exit {r['server_exit_code']}, "
+                            f"killed={r.get('server_killed')}, {r['server_stop_s']} s)")
     lines.append("problems: " + ("none" if not problems else ""))
     lines += [f"  - {p}" for p in problems]
     return "\n".join(lines)

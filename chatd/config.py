@@ -251,7 +251,8 @@ def load_config(
     create_secret: bool = True,
 ) -> Config:
     """Merge the sources (command line > environment > file > defaults) and
-    validate the result as a whole."""
+    validate the result as a whole.  ``create_secret=False`` validates
+    without reading or generating the embedded default's secret."""
     environ = os.environ if environ is None else environ
     cli = dict(cli or {})
     config_file = cli.pop("config", None) or config_file or environ.get(ENV_PREFIX + "CONFIG") or None
@@ -286,8 +287,9 @@ def _finish(values: dict[str, Any], create_secret: bool) -> Config:
             raise ConfigError(
                 f"invalid listen ({listen}): refusing a non-loopback address without a configured jwt_secret"
             )
-        values["jwt_secret"] = load_or_create_secret(data_dir, create=create_secret)
-        generated = True
+        if create_secret:
+            values["jwt_secret"] = load_or_create_secret(data_dir)
+            generated = True
     if values.get("jwt_secret") and len(values["jwt_secret"]) < 16:
         raise ConfigError("invalid jwt_secret: use at least 16 characters")
     cfg = Config(**{k: v for k, v in values.items() if k in {f.name for f in fields(Config)}}, secret_generated=generated)
@@ -325,7 +327,7 @@ def is_loopback_endpoint(description: str) -> bool:
     return False
 
 
-def load_or_create_secret(data_dir: str, create: bool = True) -> str:
+def load_or_create_secret(data_dir: str) -> str:
     """The embedded default's HS256 secret, kept in the data directory so
     tokens minted by ``python -m chatd token`` survive a restart."""
     path = Path(data_dir) / SECRET_FILE_NAME
@@ -337,8 +339,6 @@ def load_or_create_secret(data_dir: str, create: bool = True) -> str:
         pass
     except OSError as e:
         raise ConfigError(f"invalid data_dir ({data_dir}): cannot read {path}: {e.strerror}") from None
-    if not create:
-        raise ConfigError(f"no jwt_secret configured and none generated yet in {data_dir}")
     secret = secrets.token_urlsafe(48)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

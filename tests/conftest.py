@@ -32,6 +32,8 @@ def postgres_url() -> str | None:
 def requires_postgres() -> str:
     url = postgres_url()
     if url is None:
+        if os.environ.get("CHATD_TEST_REQUIRE_SERVICES"):
+            pytest.fail(f"{POSTGRES_ENV} is not set but CHATD_TEST_REQUIRE_SERVICES is")
         pytest.skip(f"{POSTGRES_ENV} is not set (CI sets it; see .ci/run)")
     return url
 

@@ -8,8 +8,8 @@ import json
 import time
 
 import jwt
-import websockets
 import pytest_twisted
+import websockets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 

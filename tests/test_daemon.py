@@ -61,7 +61,7 @@ def test_token_command_and_generated_secret_survive_restart(tmp_path):
     env = clean_env()
     args = ["--data-dir", str(data), "--listen", f"tcp:{port}:interface=127.0.0.1"]
     token = None
-    for round_ in range(2):
+    for _ in range(2):
         daemon = Daemon(args, env, str(tmp_path))
         try:
             daemon.wait_healthy(port)

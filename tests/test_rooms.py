@@ -158,14 +158,14 @@ async def test_concurrent_senders_get_one_gap_free_order(server):
         for i in range(50):
             await client.send("chat:message", {"chatId": room["id"], "content": f"{tag}{i}"}, f"{tag}{i}")
 
-    await gather(*(blast(c, t) for c, t in zip(clients, "abc")))
+    await gather(*(blast(c, t) for c, t in zip(clients, "abc", strict=False)))
     seen = []
     for client in clients:
         frames = await client.collect("chat:message", 150)
         seen.append([(f["data"]["seq"], f["data"]["content"]) for f in frames])
     assert [seq for seq, _ in seen[0]] == list(range(1, 151))
     assert seen[0] == seen[1] == seen[2]
-    for client, tag in zip(clients, "abc"):
+    for client, tag in zip(clients, "abc", strict=False):
         for i in range(50):
             assert (await client.reply(f"{tag}{i}"))["type"] == "ack"
     # per-sender order is kept inside the global order
