@@ -111,3 +111,22 @@ async def test_slow_consumer_is_closed_with_4029_and_others_keep_going(server_fa
     assert ack["seq"] == sent + 1
     assert (await healthy.next("chat:message"))["data"]["seq"] == sent + 1
     stalled.writer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_peer_that_never_answers_pings_is_dropped(server_factory):
+    # Autobahn's timers (txaio's batched timer) round deadlines down to
+    # whole seconds, so sub-second values are not meaningful here.
+    server = await server_factory(ping_interval=2, ping_timeout=1.5)
+    silent = await RawReader.open(server.port, server.token("silent"))
+    opcode, payload = await silent.frame()
+    assert opcode == 1 and json.loads(payload)["type"] == "authenticated"
+    opcode, _ = await silent.frame()
+    assert opcode == 9, "the server pings an idle peer"
+    # no pong: the server gives up and drops (aborts) the TCP connection
+    try:
+        await deferred(asyncio.wait_for(silent.reader.read(), 3))
+    except ConnectionResetError:
+        pass
+    assert not server.service.factory.connections
+    silent.writer.close()

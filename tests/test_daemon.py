@@ -139,6 +139,12 @@ def test_sigterm_drains_writes_and_closes_with_1001(tmp_path):
             room = json.loads(ws.recv(timeout=5))["data"]["room"]["id"]
             for i in range(300):
                 ws.send(json.dumps({"type": "chat:message", "id": f"m{i}", "data": {"chatId": room, "content": str(i)}}))
+            # SIGTERM while writes are in flight: after the first ack.
+            while True:
+                frame = json.loads(ws.recv(timeout=10))
+                if frame["type"] == "ack":
+                    acked.append(frame["data"]["id"])
+                    break
             daemon.proc.send_signal(15)
             code = None
             try:
