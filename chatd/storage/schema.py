@@ -1,7 +1,9 @@
 """Versioned SQL migrations, applied at start-up and recorded.
 
-Each engine has a folder of ``NNNN_name.sql`` files under ``migrations/``.
-They run in order inside one transaction per file, under a lock that keeps
+Migrations are ``migrations/NNNN_name.sql`` files written in the SQL both
+engines understand (``BIGINT`` has integer affinity in SQLite); where a
+step must differ, ``NNNN_name.<engine>.sql`` beside it replaces it for that
+engine.  They run in order inside one transaction per file, under a lock that keeps
 several chatd processes starting together from racing, and each applied
 version is written to ``schema_migrations``.  This runs before the reactor
 starts, with a plain blocking connection, so a database that cannot be
@@ -18,7 +20,7 @@ from typing import Any
 from chatd.clock import now_ms
 from chatd.storage.engines import Engine
 
-_FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)(?:\.(sqlite|postgresql))?\.sql$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +31,19 @@ class Migration:
 
 
 def available_migrations(engine: Engine) -> list[Migration]:
-    folder = resources.files("chatd.storage") / "migrations" / engine.name
-    found = []
+    folder = resources.files("chatd.storage") / "migrations"
+    common: dict[int, Migration] = {}
+    specific: dict[int, Migration] = {}
     for entry in folder.iterdir():
         match = _FILE_NAME.match(entry.name)
-        if match:
-            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
-    return sorted(found, key=lambda m: m.version)
+        if not match:
+            continue
+        migration = Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8"))
+        if match.group(3) is None:
+            common[migration.version] = migration
+        elif match.group(3) == engine.name:
+            specific[migration.version] = migration
+    return [m for _, m in sorted({**common, **specific}.items())]
 
 
 def _statements(sql: str) -> list[str]:
