@@ -4,6 +4,7 @@ the connection must still work."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.conftest import TEST_SECRET
-from tests.wsclient import WsClient
+from tests.wsclient import WsClient, deferred
 
 
 def hs256(claims, secret=TEST_SECRET, **headers):
@@ -213,3 +214,37 @@ async def test_second_auth_as_another_user_is_forbidden(server):
     await still_works(alice)
     again = await alice.ok("auth", {"token": server.token("alice")})
     assert again["userId"] == "alice"
+    # a refresh with a bad token is refused, but the proven identity stays
+    await alice.fails("auth", {"token": "expired-or-garbage"}, "UNAUTHORIZED")
+    await still_works(alice)
+    await alice.ok("chat:create", {"name": "still me", "type": "public"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_sustained_flooding_is_closed_even_when_some_requests_pass(server_factory):
+    """The limiter lets a request through now and then while a client
+    floods; that must not reset the count of refusals."""
+    server = await server_factory(rate_limit=50, rate_burst=20)
+    alice = await server.connect("alice")
+    codes = []
+    try:
+        for i in range(2000):
+            await alice.send("ping", None, f"x{i}")
+            if i % 100 == 99:
+                await deferred(asyncio.sleep(0.05))  # long enough for a token or two
+    except websockets.ConnectionClosed:
+        pass
+    codes.append(await alice.closed())
+    assert codes == [4008]
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_root_and_health(server):
+    from twisted.internet import reactor
+    from twisted.web.client import Agent, readBody
+
+    agent = Agent(reactor)
+    for path, expected in ((b"/", b"/ws"), (b"/healthz", b'"status":"ok"')):
+        response = await agent.request(b"GET", server.http.encode() + path)
+        assert response.code == 200
+        assert expected in await readBody(response)

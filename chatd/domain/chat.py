@@ -144,7 +144,7 @@ class ChatService:
             return data
         # Everything up to here is in the snapshot or reachable with
         # chat:history; live events beyond it follow the reply.
-        last_seq = max(room.last_seq, since or 0, page.messages[-1].seq if page.messages else 0)
+        last_seq = max(room.last_seq, page.messages[-1].seq if page.messages else 0)
         return Outcome(data, lambda: self.registry.complete_join(conn, room_id, last_seq))
 
     def leave(self, conn: Connection, room_id: str) -> dict[str, Any]:

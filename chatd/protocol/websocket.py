@@ -80,8 +80,33 @@ class _SendBufferWatch:
         self._conn._backlog = None
 
 
+def _socket_transport(transport: Any) -> Any:
+    """The transport that owns the socket's write buffer (TLS wraps one)."""
+    for _ in range(4):
+        if hasattr(transport, "_tempDataLen"):
+            return transport
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return None
+    return None
+
+
+def _buffered_bytes(transport: Any) -> int | None:
+    if transport is None:
+        return None
+    try:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    except AttributeError:
+        return None
+
+
 class _TokenBucket:
-    __slots__ = ("rate", "burst", "tokens", "stamp", "strikes")
+    """Requests per second per connection.  ``strikes`` counts refused
+    requests and only starts over after a full second without a refusal, so
+    a client that keeps flooding accumulates strikes even though a request
+    squeezes through now and then."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp", "strikes", "last_refusal")
 
     def __init__(self, rate: float, burst: int, now: float) -> None:
         self.rate = rate
@@ -89,16 +114,19 @@ class _TokenBucket:
         self.tokens = float(burst)
         self.stamp = now
         self.strikes = 0
+        self.last_refusal = 0.0
 
     def take(self, now: float) -> bool:
         tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         if tokens >= 1.0:
             self.tokens = tokens - 1.0
-            self.strikes = 0
+            if self.strikes and now - self.last_refusal >= 1.0:
+                self.strikes = 0
             return True
         self.tokens = tokens
         self.strikes += 1
+        self.last_refusal = now
         return False
 
 
@@ -113,6 +141,7 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         self._auth_timer: IDelayedCall | None = None
         self._write: Callable[[bytes], None] = _discard
         self._backlog: int | None = None
+        self._buffer_owner: Any = None
         self._bucket: _TokenBucket | None = None
         self._detached = False
 
@@ -134,6 +163,7 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         factory.connections[self] = None
         self._bucket = _TokenBucket(factory.config.rate_limit, factory.config.rate_burst, factory.clock.seconds())
         self._write = self.transport.write
+        self._buffer_owner = _socket_transport(self.transport)
         self.transport.unregisterProducer()
         self.transport.registerProducer(_SendBufferWatch(self), True)
         if self._offered_token is not None:
@@ -155,7 +185,10 @@ class ChatdServerProtocol(WebSocketServerProtocol):
             log.info("authentication failed on {connection}: {reason}", connection=self.connection_id, reason=str(e))
             self._send(encode_error(ErrorCode.UNAUTHORIZED, f"authentication failed: {e}",
                                     envelope.id if envelope else None, "auth"))
-            self.close_with(CLOSE_UNAUTHENTICATED, "authentication failed")
+            if self.identity is None:
+                self.close_with(CLOSE_UNAUTHENTICATED, "authentication failed")
+            # An authenticated connection whose token refresh failed keeps
+            # the identity it proved; the bad frame alone closes nothing.
             return
         if self.identity is not None:
             if identity.user_id != self.identity.user_id:
@@ -230,14 +263,23 @@ class ChatdServerProtocol(WebSocketServerProtocol):
     # -- Connection (what the domain sends through) ------------------------------
 
     def send_frame(self, frame: bytes) -> None:
-        backlog = self._backlog
-        if backlog is not None:
-            backlog += len(frame)
-            self._backlog = backlog
-            if backlog > self.factory.config.max_send_buffer:
-                self._overflowed()
-                return
+        if self._backlog is not None and self._behind(len(frame)):
+            self._overflowed()
+            return
         self._write(frame)
+
+    def _behind(self, adding: int) -> bool:
+        """Only asked while the transport is paused: is this connection more
+        than ``max_send_buffer`` bytes behind?  Twisted's socket transports
+        expose their buffer, so a client that reads steadily but stays a
+        little behind is not mistaken for a stalled one; for others count
+        what was queued since the pause."""
+        limit = self.factory.config.max_send_buffer
+        buffered = _buffered_bytes(self._buffer_owner)
+        if buffered is None:
+            self._backlog = (self._backlog or 0) + adding
+            return self._backlog > limit
+        return buffered + adding > limit
 
     def send_event(self, event_type: str, data: dict[str, Any]) -> None:
         self._send(encode_push(event_type, data))

@@ -41,14 +41,19 @@ class Health(JsonResource):
         })
 
 
-class Root(Resource):
+class Index(Resource):
+    """``GET /``: says where things are (the web console comes later)."""
+
+    isLeaf = True
+
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"chatd: WebSocket endpoint at /ws, health at /healthz\n"
 
 
 def build_site(ws_factory: Any) -> Site:
-    root = Root()
+    root = Resource()
+    root.putChild(b"", Index())
     root.putChild(b"ws", WebSocketResource(ws_factory))
     root.putChild(b"healthz", Health(ws_factory.connections))
     site = Site(root)
