@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+# Twisted's endpoint-description parser; private, but unchanged for over a
+# decade, and the only way to read a description exactly as Twisted will.
+from twisted.internet.endpoints import _parse as _parse_endpoint
+
 ENV_PREFIX = "CHATD_"
 SECRET_FILE_NAME = "jwt-secret"
 SUPPORTED_ALGORITHMS = frozenset(
@@ -307,24 +311,32 @@ def _check_endpoint(description: str) -> None:
 def is_loopback_endpoint(description: str) -> bool:
     """True when a listen description only accepts local connections.
 
-    A missing interface means all interfaces, so it is not loopback; unix
-    sockets are local by nature; systemd sockets are whatever the unit says,
-    so they count as non-loopback and need a real secret."""
-    kind, _, rest = description.partition(":")
+    The description is read with Twisted's own parser (escaped colons, the
+    last of repeated keys winning, a positional interface for tcp), so this
+    check and what Twisted binds cannot disagree.  A missing interface means
+    all interfaces, so it is not loopback; unix sockets are local by nature;
+    systemd sockets are whatever the unit says, so they count as
+    non-loopback and need a real secret."""
+    try:
+        args, kwargs = _parse_endpoint(description)
+    except Exception:
+        return False
+    kind = args[0] if args else ""
     if kind == "unix":
         return True
     if kind not in ("tcp", "tcp6", "ssl"):
         return False
-    for part in rest.split(":"):
-        if part.startswith("interface="):
-            address = part[len("interface="):].replace("\\:", ":")
-            if address == "localhost":
-                return True
-            try:
-                return ipaddress.ip_address(address).is_loopback
-            except ValueError:
-                return False
-    return False
+    interface = kwargs.get("interface")
+    if interface is None and kind in ("tcp", "tcp6") and len(args) > 2:
+        interface = args[2]
+    if not interface:
+        return False
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
 
 
 def load_or_create_secret(data_dir: str) -> str:
@@ -333,18 +345,21 @@ def load_or_create_secret(data_dir: str) -> str:
     path = Path(data_dir) / SECRET_FILE_NAME
     try:
         secret = path.read_text().strip()
-        if secret:
-            return secret
     except FileNotFoundError:
-        pass
+        secret = ""
     except OSError as e:
         raise ConfigError(f"invalid data_dir ({data_dir}): cannot read {path}: {e.strerror}") from None
+    if secret:
+        return secret
+    # Missing: create it exclusively, so two processes starting together
+    # agree on one secret.  Empty (an interrupted first start): replace it.
     secret = secrets.token_urlsafe(48)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if path.exists() else os.O_EXCL)
+        fd = os.open(path, flags, 0o600)
     except FileExistsError:
-        return path.read_text().strip()
+        return load_or_create_secret(data_dir)
     except OSError as e:
         raise ConfigError(f"invalid data_dir ({data_dir}): cannot create {path}: {e.strerror}") from None
     with os.fdopen(fd, "w") as f:

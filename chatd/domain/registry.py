@@ -207,13 +207,20 @@ class LocalRegistry:
         skip_user = event.skip_user
         skip_connection = event.skip_connection
         if listeners:
-            for conn in tuple(listeners):
-                if (skip_user is not None or skip_connection is not None) and _skipped(conn, skip_user, skip_connection):
-                    continue
-                try:
-                    conn.send_frame(frame)
-                except Exception:
-                    log.failure("delivery to {connection} failed", connection=conn.connection_id)
+            if skip_user is None and skip_connection is None:
+                for conn in tuple(listeners):
+                    try:
+                        conn.send_frame(frame)
+                    except Exception:
+                        log.failure("delivery to {connection} failed", connection=conn.connection_id)
+            else:
+                for conn in tuple(listeners):
+                    if _skipped(conn, skip_user, skip_connection):
+                        continue
+                    try:
+                        conn.send_frame(frame)
+                    except Exception:
+                        log.failure("delivery to {connection} failed", connection=conn.connection_id)
         if joining:
             for conn, pending in joining.items():
                 if not _skipped(conn, skip_user, skip_connection):

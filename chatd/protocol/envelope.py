@@ -40,6 +40,8 @@ def parse_envelope(payload: bytes | str) -> Envelope:
         obj = json.loads(text)
     except (UnicodeDecodeError, ValueError):
         raise EnvelopeError("frame is not valid JSON") from None
+    except RecursionError:
+        raise EnvelopeError("frame is nested too deeply") from None
     if not isinstance(obj, dict):
         raise EnvelopeError("frame must be a JSON object")
     request_id = obj.get("id")

@@ -26,10 +26,14 @@ def _object(data: Any, event: str) -> dict[str, Any]:
 
 
 def _valid_text(value: str, field: str) -> str:
+    """Text every store can keep: encodable as UTF-8 (no lone surrogates)
+    and without NUL, which PostgreSQL text cannot hold."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise invalid(f"'{field}' is not valid Unicode text") from None
+    if "\x00" in value:
+        raise invalid(f"'{field}' must not contain NUL characters")
     return value
 
 

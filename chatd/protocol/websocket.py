@@ -68,16 +68,14 @@ class _SendBufferWatch:
         self._conn = conn
 
     def pauseProducing(self) -> None:
-        # Twisted calls this on every write while the buffer is full; only
-        # the first call starts the count.
-        if self._conn._backlog is None:
-            self._conn._backlog = 0
+        # Twisted calls this on every write while the buffer is full.
+        self._conn._paused()
 
     def resumeProducing(self) -> None:
-        self._conn._backlog = None
+        self._conn._resumed()
 
     def stopProducing(self) -> None:
-        self._conn._backlog = None
+        self._conn._resumed()
 
 
 def _socket_transport(transport: Any) -> Any:
@@ -139,7 +137,10 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         self.identity: Identity | None = None
         self._offered_token: str | None = None
         self._auth_timer: IDelayedCall | None = None
-        self._write: Callable[[bytes], None] = _discard
+        # The fan-out fast path: while the transport takes bytes, send_frame
+        # IS transport.write (no Python frame of ours per recipient); while
+        # it is paused, the checked variant; once closing, a sink.
+        self.send_frame: Callable[[bytes], None] = _discard
         self._backlog: int | None = None
         self._buffer_owner: Any = None
         self._bucket: _TokenBucket | None = None
@@ -162,7 +163,7 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         factory = self.factory
         factory.connections[self] = None
         self._bucket = _TokenBucket(factory.config.rate_limit, factory.config.rate_burst, factory.clock.seconds())
-        self._write = self.transport.write
+        self.send_frame = self.transport.write
         self._buffer_owner = _socket_transport(self.transport)
         self.transport.unregisterProducer()
         self.transport.registerProducer(_SendBufferWatch(self), True)
@@ -209,8 +210,18 @@ class ChatdServerProtocol(WebSocketServerProtocol):
     # -- requests -------------------------------------------------------------
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """No frame, however malformed, may escape into Autobahn (which
+        would drop the connection): anything unexpected is logged and
+        answered with SERVER_ERROR."""
         if self._detached:
             return
+        try:
+            self._on_frame(payload)
+        except Exception:
+            log.failure("unexpected failure handling a frame on {connection}", connection=self.connection_id)
+            self._send(encode_error(ErrorCode.SERVER_ERROR, "internal error; the request was not completed"))
+
+    def _on_frame(self, payload: bytes) -> None:
         bucket = self._bucket
         if bucket is not None and not bucket.take(self.factory.clock.seconds()):
             self._rate_limited(payload, bucket)
@@ -262,11 +273,21 @@ class ChatdServerProtocol(WebSocketServerProtocol):
 
     # -- Connection (what the domain sends through) ------------------------------
 
-    def send_frame(self, frame: bytes) -> None:
-        if self._backlog is not None and self._behind(len(frame)):
+    def _paused(self) -> None:
+        if self._backlog is None and not self._detached:
+            self._backlog = 0
+            self.send_frame = self._send_checked
+
+    def _resumed(self) -> None:
+        if self._backlog is not None and not self._detached:
+            self._backlog = None
+            self.send_frame = self.transport.write
+
+    def _send_checked(self, frame: bytes) -> None:
+        if self._behind(len(frame)):
             self._overflowed()
-            return
-        self._write(frame)
+        else:
+            self.transport.write(frame)
 
     def _behind(self, adding: int) -> bool:
         """Only asked while the transport is paused: is this connection more
@@ -324,7 +345,7 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         if self._detached:
             return
         self._detached = True
-        self._write = _discard
+        self.send_frame = _discard
         if self._auth_timer is not None and self._auth_timer.active():
             self._auth_timer.cancel()
         self._auth_timer = None

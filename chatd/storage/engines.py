@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -47,8 +48,17 @@ class Engine(ABC):
     def is_unavailable(self, error: BaseException) -> bool:
         """True when ``error`` means the database could not be reached."""
 
+    def is_bad_data(self, error: BaseException) -> bool:
+        """True when the database refused a value itself (psycopg2 raises
+        ValueError for a NUL in text): the request's fault, not the server's."""
+        return isinstance(error, ValueError | self.data_error)
+
+    data_error: type[BaseException] = ValueError
+
 
 class SqliteEngine(Engine):
+    data_error = sqlite3.DataError
+
     @property
     def path(self) -> str:
         return self.url[len("sqlite:///"):]
@@ -89,13 +99,24 @@ def _tune_sqlite(conn: sqlite3.Connection) -> None:
     # WAL lets readers (python -m chatd tools) run beside the server;
     # synchronous=FULL keeps "ack means committed" true across power loss;
     # group commit pays the fsync once per batch.
-    conn.execute("PRAGMA journal_mode=WAL")
+    for attempt in range(50):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError:
+            # Switching a brand-new file to WAL fails at once (no busy
+            # wait) when another process does the same; it is done soon.
+            if attempt == 49:
+                raise
+            time.sleep(0.1)
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
 
 
 class PostgresEngine(Engine):
+    data_error = psycopg2.DataError
+
     def connect(self) -> Any:
         return psycopg2.connect(self.url, connect_timeout=5)
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -124,6 +124,8 @@ class SqlStore:
         error = failure.value
         if isinstance(error, _CommitStarted) or self.engine.is_unavailable(error):
             raise StoreUnavailable(_short(error))
+        if self.engine.is_bad_data(error):
+            raise ChatError(ErrorCode.INVALID_MESSAGE, f"the database refused a value: {_short(error)}")
         return failure
 
     # -- rooms ---------------------------------------------------------------
@@ -354,7 +356,7 @@ class SqlStore:
     # -- lifecycle -----------------------------------------------------------
 
     def ping(self) -> Deferred[None]:
-        return self.run(lambda cur: cur.execute("SELECT 1"))
+        return self.run(_select_one)
 
     def close(self) -> Deferred[None]:
         d = self.writer.drain()
@@ -408,6 +410,11 @@ def _rollback_quietly(conn: adbapi.Connection) -> None:
         conn.rollback()
     except Exception:
         pass
+
+
+def _select_one(cursor: Any) -> None:
+    cursor.execute("SELECT 1")
+    cursor.fetchall()
 
 
 def _close_quietly(cursor: Any) -> None:
@@ -468,11 +475,29 @@ class GroupCommitWriter:
             else:
                 d.callback(stored)
 
-    def _failed(self, failure: Failure, batch: list[tuple[NewMessage, Deferred[Message]]]) -> None:
-        if not failure.check(StoreUnavailable):
-            log.failure("message batch of {count} failed", failure, count=len(batch))
-        for _, d in batch:
-            d.errback(failure)
+    def _failed(self, failure: Failure, batch: list[tuple[NewMessage, Deferred[Message]]]) -> Deferred[None] | None:
+        """An outage fails the whole batch (nothing was stored).  Any other
+        error may be one message's fault: write them one by one so that
+        only the guilty one fails."""
+        if failure.check(StoreUnavailable) or len(batch) == 1:
+            if not failure.check(StoreUnavailable, ChatError):
+                log.failure("storing a message failed", failure)
+            for _, d in batch:
+                d.errback(failure)
+            return None
+        log.info("message batch of {count} failed ({error}); storing one by one",
+                 count=len(batch), error=failure.getErrorMessage())
+        return self._one_by_one(batch)
+
+    @inlineCallbacks
+    def _one_by_one(self, batch: list[tuple[NewMessage, Deferred[Message]]]):
+        for item in batch:
+            try:
+                results = yield self._store.run(self._store._write_batch, [item[0]])
+            except Exception:
+                self._failed(Failure(), [item])
+            else:
+                self._written(results, [item])
 
     def _next(self, _: object) -> None:
         self._in_flight = False
