@@ -73,7 +73,7 @@ class ChatdService(Service):
         self.broker = InProcessBroker()
         self.verifier = TokenVerifier.from_config(config)
         self.factory: ChatdWebSocketFactory
-        self.registry = LocalRegistry(self.broker, lambda event: self.factory.frame(event))
+        self.registry = LocalRegistry(self.broker, lambda event: self.factory.frame(event), self.reactor)
         self.chat = ChatService(
             self.store, self.broker, self.registry, self.reactor,
             Limits(max_content_length=config.max_content_length),

@@ -2,6 +2,11 @@
 fan-out: one event from the broker becomes one prepared frame, handed to
 every listening connection.
 
+Delivery is batched per reactor turn: events published during one turn are
+framed once each and flushed together at the end of it, so a recipient of a
+burst gets one write with all its frames (Twisted would coalesce the bytes
+anyway; this saves the Python call per frame per recipient).
+
 Channels are ``room:<id>`` (connections that joined the room) and
 ``user:<id>`` (every authenticated connection of the user).  The registry
 subscribes this node to a channel when its first local listener arrives
@@ -20,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from chatd.domain.interfaces import Broker, Connection
@@ -48,9 +54,12 @@ class _Joining:
 
 
 class LocalRegistry:
-    def __init__(self, broker: Broker, framer: Framer) -> None:
+    def __init__(self, broker: Broker, framer: Framer, clock: IReactorTime | None = None) -> None:
         self._broker = broker
         self._framer = framer
+        self._clock = clock
+        self._queue: dict[str, list[tuple[Published, Any]]] = {}
+        self._flush_call: IDelayedCall | None = None
         self._listeners: dict[str, dict[Connection, None]] = {}
         self._joining: dict[str, dict[Connection, _Joining]] = {}
         self._channels_of: dict[Connection, set[str]] = {}
@@ -123,6 +132,8 @@ class LocalRegistry:
         """The join reply went out: deliver what was held back beyond the
         snapshot and make the connection an ordinary listener."""
         channel = room_channel(room_id)
+        if self._queue:
+            self.flush()  # queued events must meet the join's seq filter
         joining = self._joining.get(channel)
         pending = joining.pop(conn, None) if joining is not None else None
         if pending is None:
@@ -195,36 +206,73 @@ class LocalRegistry:
     # -- delivery ------------------------------------------------------------
 
     def receive(self, channel: str, event: Published) -> None:
-        """The broker's receiver: frame once, hand the same bytes to every
-        local listener.  A failing recipient is logged and skipped; it never
-        stops delivery to the others (try costs nothing on 3.11 until it
-        catches)."""
-        listeners = self._listeners.get(channel)
-        joining = self._joining.get(channel)
-        if not listeners and not joining:
+        """The broker's receiver: frame the event once, then queue it for the
+        end of this reactor turn (see ``flush``).  Without a clock (unit
+        tests of the synchronous path) it is delivered at once."""
+        if channel not in self._listeners and channel not in self._joining:
             return
-        frame = self._framer(event)
-        skip_user = event.skip_user
-        skip_connection = event.skip_connection
+        item = (event, self._framer(event))
+        if self._clock is None:
+            self._deliver(channel, [item])
+            return
+        queued = self._queue.get(channel)
+        if queued is None:
+            self._queue[channel] = [item]
+        else:
+            queued.append(item)
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Deliver everything queued this turn.  Consecutive events of a
+        channel with the same routing go out as ONE write per recipient
+        (the frames concatenated once), so the per-recipient cost of a burst
+        of messages is one ``transport.write`` instead of one per message;
+        order per channel is kept."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        queue, self._queue = self._queue, {}
+        for channel, items in queue.items():
+            self._deliver(channel, items)
+
+    def _deliver(self, channel: str, items: list[tuple[Published, Any]]) -> None:
+        listeners = self._listeners.get(channel)
         if listeners:
-            if skip_user is None and skip_connection is None:
-                for conn in tuple(listeners):
-                    try:
-                        conn.send_frame(frame)
-                    except Exception:
-                        log.failure("delivery to {connection} failed", connection=conn.connection_id)
-            else:
-                for conn in tuple(listeners):
-                    if _skipped(conn, skip_user, skip_connection):
-                        continue
-                    try:
-                        conn.send_frame(frame)
-                    except Exception:
-                        log.failure("delivery to {connection} failed", connection=conn.connection_id)
+            targets = tuple(listeners)
+            for frames, skip_user, skip_connection in _runs(items):
+                payload = frames[0] if len(frames) == 1 else b"".join(frames)
+                if skip_user is None and skip_connection is None:
+                    for conn in targets:
+                        try:
+                            conn.send_frame(payload)
+                        except Exception:
+                            log.failure("delivery to {connection} failed", connection=conn.connection_id)
+                else:
+                    for conn in targets:
+                        if _skipped(conn, skip_user, skip_connection):
+                            continue
+                        try:
+                            conn.send_frame(payload)
+                        except Exception:
+                            log.failure("delivery to {connection} failed", connection=conn.connection_id)
+        joining = self._joining.get(channel)
         if joining:
             for conn, pending in joining.items():
-                if not _skipped(conn, skip_user, skip_connection):
-                    pending.events.append((event.seq, frame))
+                for event, frame in items:
+                    if not _skipped(conn, event.skip_user, event.skip_connection):
+                        pending.events.append((event.seq, frame))
+
+
+def _runs(items: list[tuple[Published, Any]]) -> list[tuple[list[Any], str | None, str | None]]:
+    """Split a channel's queued events into runs of equal routing."""
+    runs: list[tuple[list[Any], str | None, str | None]] = []
+    for event, frame in items:
+        if runs and runs[-1][1] == event.skip_user and runs[-1][2] == event.skip_connection:
+            runs[-1][0].append(frame)
+        else:
+            runs.append(([frame], event.skip_user, event.skip_connection))
+    return runs
 
 
 def _skipped(conn: Connection, skip_user: str | None, skip_connection: str | None) -> bool:

@@ -465,8 +465,11 @@ class GroupCommitWriter:
         if self.observe_batch is not None:
             self.observe_batch(len(batch))
         d = self._store.run(self._store._write_batch, [m for m, _ in batch])
-        d.addCallbacks(self._written, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
+        # Start the next transaction before this batch's callbacks (fan-out,
+        # acks) run, so the database works while the reactor delivers.
         d.addBoth(self._next)
+        d.addCallbacks(self._written, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
+        d.addBoth(self._maybe_drained)
 
     def _written(self, results: list[Message | None], batch: list[tuple[NewMessage, Deferred[Message]]]) -> None:
         for (message, d), stored in zip(batch, results, strict=True):
@@ -499,11 +502,16 @@ class GroupCommitWriter:
             else:
                 self._written(results, [item])
 
-    def _next(self, _: object) -> None:
+    def _next(self, result: T) -> T:
         self._in_flight = False
         if self._pending:
             self._flush()
-        elif self._drained:
+        return result
+
+    def _maybe_drained(self, _: object) -> None:
+        """After a batch's callbacks (so its acks are out): wake drain()
+        waiters when nothing is queued or in flight any more."""
+        if self._drained and not self._in_flight and not self._pending:
             waiting, self._drained = self._drained, []
             for d in waiting:
                 d.callback(None)

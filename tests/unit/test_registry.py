@@ -272,3 +272,73 @@ def test_subscription_counts_balance(registry, broker):
         assert broker.is_subscribed(room_channel("r1")) and broker.is_subscribed(user_channel("u"))
     registry.remove_connection(conns[-1])
     assert not broker.is_subscribed(room_channel("r1")) and not broker.is_subscribed(user_channel("u"))
+
+
+# -- batching per reactor turn (the production path, with a clock) ---------------
+
+def test_a_burst_is_one_write_per_recipient_in_order():
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    broker, framer = InProcessBroker(), CountingFramer()
+    registry = LocalRegistry(broker, framer, clock)
+    a, b = conn("c1", "alice"), conn("c2", "bob")
+    for c in (a, b):
+        registry.add_connection(c)
+        join(registry, c, "r")
+    for n in (1, 2, 3):
+        broker.publish(room_channel("r"), event(n))
+    assert a.frames == [] and b.frames == []  # nothing before the turn ends
+    clock.advance(0)
+    assert len(framer.calls) == 3, "each event framed once"
+    assert len(a.frames) == 1 and a.frames[0] is b.frames[0], "one shared write per recipient"
+    assert a.frames[0] == b"".join(wrap_push("chat:message", json.dumps({"n": n}).encode()) for n in (1, 2, 3))
+
+
+def test_routing_changes_split_the_burst_but_keep_the_order():
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    broker = InProcessBroker()
+    registry = LocalRegistry(broker, CountingFramer(), clock)
+    a, b = conn("c1", "alice"), conn("c2", "bob")
+    for c in (a, b):
+        registry.add_connection(c)
+        join(registry, c, "r")
+    broker.publish(room_channel("r"), event(1))
+    broker.publish(room_channel("r"), event(2, skip_user="alice"))
+    broker.publish(room_channel("r"), event(3))
+    clock.advance(0)
+
+    def numbers(c):
+        return [json.loads(line)["data"]["n"] for f in c.frames for line in _split_frames(f)]
+
+    assert numbers(a) == [1, 3]
+    assert numbers(b) == [1, 2, 3]
+
+
+def _split_frames(blob: bytes) -> list[bytes]:
+    """The test framer emits JSON objects back to back; split them."""
+    decoder = json.JSONDecoder()
+    text, out, i = blob.decode(), [], 0
+    while i < len(text):
+        obj, end = decoder.raw_decode(text, i)
+        out.append(json.dumps(obj).encode())
+        i = end
+    return out
+
+
+def test_join_completing_before_the_flush_still_filters_by_seq():
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    broker = InProcessBroker()
+    registry = LocalRegistry(broker, CountingFramer(), clock)
+    c = conn("c1", "alice")
+    registry.add_connection(c)
+    assert registry.begin_join(c, "r")
+    broker.publish(room_channel("r"), event(5))  # already in the snapshot
+    broker.publish(room_channel("r"), event(6))  # not yet
+    registry.complete_join(c, "r", last_seq=5)
+    clock.advance(0)
+    assert ns(c) == [6]
