@@ -2,6 +2,7 @@
 speaks enough of the chatd protocol for bench/loadgen.py.  Every chat:message
 is framed ONCE (factory.prepareMessage) and the same bytes are written to
 every open connection's transport; no storage, no rooms, no validation.
+Replies come in the shapes chatd uses (compact JSON, same field order).
 
     python bench/ceiling.py PORT
 """
@@ -21,8 +22,8 @@ class Broadcast(WebSocketServerProtocol):
     def onOpen(self):
         self.factory.conns[self] = None
         self.user = f"u{id(self):x}"
-        self.sendMessage(dumps({"type": "authenticated",
-                                     "data": {"userId": self.user, "connectionId": str(id(self))}}).encode())
+        hello = {"type": "authenticated", "data": {"userId": self.user, "connectionId": str(id(self))}}
+        self.sendMessage(dumps(hello).encode())
 
     def onClose(self, wasClean, code, reason):
         self.factory.conns.pop(self, None)
@@ -39,8 +40,10 @@ class Broadcast(WebSocketServerProtocol):
             for conn in f.conns:
                 conn.transport.write(frame)
             reply = {"id": msg["id"], "seq": f.seq, "createdAt": msg["createdAt"]}
-        else:  # chat:create / chat:join (anything else gets an empty ack)
-            reply = {"room": ROOM, "messages": [], "users": [], "hasMore": False} if kind in ("chat:create", "chat:join") else {}
+        elif kind in ("chat:create", "chat:join"):
+            reply = {"room": ROOM, "messages": [], "users": [], "hasMore": False}
+        else:
+            reply = {}
         if rid is not None:
             self.sendMessage(dumps({"type": "ack", "id": rid, "data": reply}).encode())
 

@@ -6,10 +6,12 @@ of stdout:
 * ``fanout``: one sender connection creates a public room, ``--receivers``
   connections (spread over ``--workers`` forked processes) join it, then
   the sender sends ``--messages`` chat:message requests keeping at most
-  ``--window`` un-acked.  Receivers count every chat:message push exactly
-  (expected = receivers x messages), check that each receiver sees the
-  messages in send order with no gap or duplicate, and measure the
-  send-to-receipt delay from the time stamp embedded in the content.
+  ``--window`` un-acked.  Every receiver counts its chat:message pushes
+  exactly (expected = receivers x messages); every ``--sample``-th receiver
+  (a "probe") also checks that it sees the messages in send order with no
+  gap or duplicate and measures the send-to-receipt delay of each from the
+  time stamp embedded in the content.  The others only count, so the
+  generator stays well below the server's cost per delivery.
 * ``ingest``: ``--connections`` connections join ``--rooms`` rooms (round
   robin) and each keeps ``--window`` chat:message requests un-acked for
   ``--duration`` seconds.  Reports acked (= durably stored) messages per
@@ -23,7 +25,10 @@ process on the machine, so sender and receivers can be different processes.
 
 With ``--server-pid`` the server's CPU time (utime+stime from /proc, all its
 threads) is sampled at the start and at the end of the measured window; the
-generator's own CPU (main process plus workers) is measured the same way.
+generator's own CPU (main process plus workers) is measured the same way,
+and so is every other process on the machine (PostgreSQL, or whatever else
+disturbs the run).  The delay is measured when the generator handles the
+frame, so it includes any time the frame waited for the generator.
 
 Used by bench/run.py; can be run by hand against a running server:
 
@@ -64,6 +69,79 @@ def cpu_seconds(pid: int | str = "self") -> float:
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def peak_rss_mb(pid: int | None) -> float | None:
+    """VmHWM (peak resident memory) of a process, in MiB."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def machine_ticks() -> tuple[int, int, int]:
+    """(busy, steal, irq+softirq) clock ticks of the whole machine, all
+    CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    steal = v[7] if len(v) > 7 else 0
+    return sum(v[:8]) - idle - steal, steal, v[5] + v[6]
+
+
+def machine_pct(before: tuple[int, int, int], after: tuple[int, int, int], wall: float) -> dict:
+    """Busy, stolen and interrupt CPU of the whole machine over ``wall``
+    seconds, in percent of one CPU (like the per-process figures)."""
+    return {"machine_cpu_pct": 100.0 * (after[0] - before[0]) / TICK / wall,
+            "steal_pct": 100.0 * (after[1] - before[1]) / TICK / wall,
+            "irq_cpu_pct": 100.0 * (after[2] - before[2]) / TICK / wall}
+
+
+def process_ticks() -> dict[int, tuple[str, int, bool]]:
+    """pid -> (name, utime+stime ticks, is a kernel thread) for every process."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        comm = raw[raw.index(b"(") + 1:raw.rindex(b")")].decode(errors="replace")
+        fields = raw.rsplit(b")", 1)[1].split()
+        out[int(name)] = (comm, int(fields[11]) + int(fields[12]), bool(int(fields[6]) & 0x00200000))
+    return out
+
+
+def other_load(before: dict, after: dict, ours: set[int], wall: float) -> dict:
+    """CPU used during the window by processes that are neither the server
+    nor the generator: user processes by name (postgres, other work on the
+    machine) and kernel threads (ksoftirqd and friends) in total.  Processes
+    that both started and ended inside the window are invisible here; the
+    caller compares the sum with the machine's busy time to see them."""
+    users: dict[str, float] = {}
+    kernel = 0.0
+    for pid, (comm, ticks, kthread) in after.items():
+        if pid in ours:
+            continue
+        # A process that started inside the window spent all its time in it.
+        used = 100.0 * (ticks - (before[pid][1] if pid in before else 0)) / TICK / wall
+        if used <= 0:
+            continue
+        if kthread:
+            kernel += used
+        else:
+            users[comm] = users.get(comm, 0.0) + used
+    top = sorted(users.items(), key=lambda kv: -kv[1])[:4]
+    return {"other_cpu_pct": sum(users.values()), "kernel_threads_cpu_pct": kernel,
+            "other_top": {k: round(v, 1) for k, v in top if v >= 1.0}}
 
 
 def mint(secret: str, user: str) -> str:
@@ -109,6 +187,35 @@ def percentile(hist: dict[int, int], q: float) -> float | None:
     return max(hist) / 1000.0
 
 
+def merge_counts(counts: list[dict]) -> dict:
+    out: dict = {}
+    for c in counts:
+        for k, v in c.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def steady_rate(arrivals: list[int], receivers: int) -> float | None:
+    """Deliveries/s between the 10th and the 90th percent of the messages,
+    as one receiver saw them (leaves out ramp-up and tail)."""
+    if len(arrivals) < 20:
+        return None
+    lo, hi = len(arrivals) // 10, len(arrivals) * 9 // 10
+    span = (arrivals[hi] - arrivals[lo]) / 1e9
+    return (hi - lo) * receivers / span if span > 0 else None
+
+
+def timeline(arrivals: list[int], t0: int, step: float = 0.5) -> list[int]:
+    """Messages per second as one receiver saw them, per ``step`` seconds."""
+    buckets: list[int] = []
+    for a in arrivals:
+        k = int((a - t0) / 1e9 / step)
+        while len(buckets) <= k:
+            buckets.append(0)
+        buckets[k] += 1
+    return [int(b / step) for b in buckets]
+
+
 class ControlWaiter:
     """Waits for one reply (ack/error/authenticated) on a connection during
     set-up, where speed does not matter."""
@@ -135,6 +242,7 @@ class Base(WSListener):
         self.ctl = ControlWaiter()
         self.transport: WSTransport | None = None
         self.closed = False
+        self.close_code: int | None = None  # set when the server closes us
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -148,7 +256,8 @@ class Base(WSListener):
     def control(self, transport: WSTransport, frame) -> None:
         t = frame.msg_type
         if t == WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code())
+            body = frame.get_payload_as_bytes()
+            self.close_code = int.from_bytes(body[:2], "big") if len(body) >= 2 else 1005
             transport.disconnect()
         elif t == WSMsgType.PING:
             transport.send_pong(frame.get_payload_as_bytes())
@@ -189,7 +298,7 @@ async def join_all(listeners, rooms: list[str], concurrency: int = 64) -> None:
         async with sem:
             await listener.call("chat:join", "j", {"chatId": room}, timeout=60.0)
 
-    await asyncio.gather(*(one(l, r) for l, r in zip(listeners, rooms)))
+    await asyncio.gather(*(one(ln, r) for ln, r in zip(listeners, rooms, strict=True)))
 
 
 def pipe_future(conn) -> asyncio.Future:
@@ -200,6 +309,9 @@ def pipe_future(conn) -> asyncio.Future:
     def readable() -> None:
         loop.remove_reader(conn.fileno())
         try:
+            # uvloop makes a watched fd non-blocking; a big message may
+            # still be arriving, so read it in blocking mode.
+            os.set_blocking(conn.fileno(), True)
             fut.set_result(conn.recv())
         except (EOFError, OSError) as e:
             fut.set_exception(e)
@@ -208,10 +320,24 @@ def pipe_future(conn) -> asyncio.Future:
     return fut
 
 
+def close_codes(listeners) -> dict[int, int]:
+    """How many connections the server closed, by close code."""
+    codes: dict[int, int] = {}
+    for ln in listeners:
+        if ln.close_code is not None:
+            codes[ln.close_code] = codes.get(ln.close_code, 0) + 1
+    return codes
+
+
+def pipe_send(conn, obj) -> None:
+    os.set_blocking(conn.fileno(), True)  # see pipe_future
+    conn.send(obj)
+
+
 async def close_all(listeners) -> None:
-    for l in listeners:
-        if l.transport is not None and not l.closed:
-            l.transport.disconnect(graceful=False)
+    for ln in listeners:
+        if ln.transport is not None and not ln.closed:
+            ln.transport.disconnect(graceful=False)
     await asyncio.sleep(0)
 
 
@@ -234,16 +360,43 @@ class Tally:
 
 
 class Receiver(Base):
+    """Counts chat:message pushes; the hot path is one bytes copy, one
+    prefix test and two additions."""
+
     def __init__(self, tally: Tally) -> None:
         super().__init__()
         self.tally = tally
-        self.next = 0
         self.got = 0
 
     def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        if frame.get_payload_as_bytes().startswith(PUSH):
+            self.got += 1
+            t = self.tally
+            t.count += 1
+            if t.count == t.target:
+                t.last = monotonic_ns()
+                t.done.set_result(None)
+        else:
+            self.slow_path(transport, frame)
+
+    def slow_path(self, transport: WSTransport, frame) -> None:
         if frame.msg_type != WSMsgType.TEXT:
             self.control(transport, frame)
-            return
+        else:
+            self.tally.other += 1
+            self.ctl.offer(frame.get_payload_as_bytes())
+
+
+class Probe(Receiver):
+    """A receiver that also measures the send-to-receipt delay of every
+    message and checks that they arrive in send order, once each."""
+
+    def __init__(self, tally: Tally) -> None:
+        super().__init__(tally)
+        self.next = 0
+        self.arrivals = array("q")
+
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
         p = frame.get_payload_as_bytes()
         if p.startswith(PUSH):
             i = p.find(MARK)
@@ -255,61 +408,73 @@ class Receiver(Base):
                 if idx != self.next:
                     t.disorder += 1
                 self.next = idx + 1
+                self.arrivals.append(now)
                 self.got += 1
                 t.count += 1
                 t.last = now
                 if t.count == t.target:
-                    if t.done is not None and not t.done.done():
-                        t.done.set_result(None)
+                    t.done.set_result(None)
                 return
-        self.tally.other += 1
-        self.ctl.offer(p)
+        self.slow_path(transport, frame)
 
 
-def receiver_worker(conn, url: str, tokens: list[str], messages: int, stall: float) -> None:
+def receiver_worker(conn, url: str, tokens: list[str], messages: int, stall: float, sample: int) -> None:
     """A forked process owning a share of the receivers."""
     try:
-        uvloop.run(_receiver_worker(conn, url, tokens, messages, stall))
+        uvloop.run(_receiver_worker(conn, url, tokens, messages, stall, sample))
     except Exception as e:  # report, never hang the parent
         try:
-            conn.send(("fail", f"{type(e).__name__}: {e}"))
+            pipe_send(conn, ("fail", f"{type(e).__name__}: {e}"))
         except OSError:
             pass
 
 
-async def _receiver_worker(conn, url: str, tokens: list[str], messages: int, stall: float) -> None:
+async def _receiver_worker(conn, url: str, tokens: list[str], messages: int, stall: float, sample: int) -> None:
     tally = Tally(len(tokens) * messages)
+    tally.done = asyncio.get_running_loop().create_future()
     room = (await pipe_future(conn))[1]
     t0 = time.monotonic()
-    listeners = await open_all(lambda: Receiver(tally), url, tokens)
+    made = 0
+
+    def make() -> Receiver:
+        nonlocal made
+        made += 1
+        return Probe(tally) if (made - 1) % sample == 0 else Receiver(tally)
+
+    listeners = await open_all(make, url, tokens)
     t1 = time.monotonic()
     await join_all(listeners, [room] * len(listeners))
     t2 = time.monotonic()
     tally.other = 0
-    conn.send(("ready", {"connect_s": t1 - t0, "join_s": t2 - t1}))
+    pipe_send(conn, ("ready", {"connect_s": t1 - t0, "join_s": t2 - t1}))
     command = await pipe_future(conn)
     if command[0] != "go":
         await close_all(listeners)
         return
     cpu0 = cpu_seconds()
-    tally.done = asyncio.get_running_loop().create_future()
     stop = pipe_future(conn)
-    # Wait for every delivery, an explicit stop, or a stall.
-    last_count = -1
+    # Wait for every delivery, an explicit stop, a stall, or the loss of
+    # every connection.
+    last_count, last_change = -1, time.monotonic()
     while not tally.done.done() and not stop.done():
-        if tally.count == last_count:
+        await asyncio.wait([tally.done, stop], timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+        now = time.monotonic()
+        if tally.count != last_count:
+            last_count, last_change = tally.count, now
+        elif now - last_change > stall or all(ln.closed for ln in listeners):
             break
-        last_count = tally.count
-        await asyncio.wait([tally.done, stop], timeout=stall)
     cpu1 = cpu_seconds()
     hist: dict[int, int] = {}
     histogram_add(hist, tally.delays)
-    conn.send(("done", {
+    pipe_send(conn, ("done", {
         "count": tally.count, "target": tally.target, "disorder": tally.disorder,
         "last_ns": tally.last, "cpu_s": cpu1 - cpu0, "hist": hist,
         "other": tally.other,
-        "disconnected": sum(1 for l in listeners if l.closed),
-        "short_receivers": sum(1 for l in listeners if l.got != messages),
+        "disconnected": sum(1 for ln in listeners if ln.closed),
+        "server_closes": close_codes(listeners),
+        "short_receivers": sum(1 for ln in listeners if ln.got != messages),
+        "probes": sum(1 for ln in listeners if isinstance(ln, Probe)),
+        "arrivals": list(listeners[0].arrivals) if isinstance(listeners[0], Probe) else [],
     }))
     await close_all(listeners)
 
@@ -385,7 +550,7 @@ def start_workers(args):
     for w in range(workers):
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=receiver_worker, daemon=True,
-                           args=(child, args.url, tokens[w::workers], args.messages, args.stall))
+                           args=(child, args.url, tokens[w::workers], args.messages, args.stall, max(1, args.sample)))
         proc.start()
         child.close()
         pipes.append(parent)
@@ -413,7 +578,7 @@ async def _fanout(args, pipes, workers: int) -> dict:
     await sender.call("chat:join", "j", {"chatId": room})
     t_setup = time.monotonic()
     for p in pipes:
-        p.send(("room", room))
+        pipe_send(p, ("room", room))
     setup = {}
     for p in pipes:
         reply = await asyncio.wait_for(pipe_future(p), 300)
@@ -424,23 +589,29 @@ async def _fanout(args, pipes, workers: int) -> dict:
     done_futures = [pipe_future(p) for p in pipes]
     server_cpu0 = cpu_seconds(args.server_pid) if args.server_pid else float("nan")
     own_cpu0 = cpu_seconds()
+    mach0 = machine_ticks()
+    procs0 = process_ticks()
     t0 = monotonic_ns()
     for p in pipes:
-        p.send(("go",))
+        pipe_send(p, ("go",))
     sent_done = sender.start(room, m, args.window, args.size)
     try:
         await asyncio.wait_for(sent_done, args.timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     t_acked = sender.last_ack
     results = []
     for fut in done_futures:
         try:
             results.append(await asyncio.wait_for(fut, args.stall + 30))
-        except (asyncio.TimeoutError, EOFError, OSError) as e:
+        except (TimeoutError, EOFError, OSError) as e:
             results.append(("fail", f"no result from a receiver worker: {e!r}"))
     server_cpu1 = cpu_seconds(args.server_pid) if args.server_pid else float("nan")
     own_cpu1 = cpu_seconds()
+    mach1 = machine_ticks()
+    procs1 = process_ticks()
+    # CPU figures are averages over the interval between the two samples.
+    cpu_wall = max(1e-9, (monotonic_ns() - t0) / 1e9)
     failures = [r[1] for r in results if r[0] != "done"]
     outs = [r[1] for r in results if r[0] == "done"]
     hist: dict[int, int] = {}
@@ -449,6 +620,7 @@ async def _fanout(args, pipes, workers: int) -> dict:
             hist[k] = hist.get(k, 0) + v
     count = sum(o["count"] for o in outs)
     expected = n * m
+    arrivals = outs[0]["arrivals"] if outs else []
     t1 = max([o["last_ns"] for o in outs] + [t_acked])
     wall = max(1e-9, (t1 - t0) / 1e9)
     gen_cpu = (own_cpu1 - own_cpu0) + sum(o["cpu_s"] for o in outs)
@@ -458,8 +630,10 @@ async def _fanout(args, pipes, workers: int) -> dict:
         "receivers": n, "messages": m, "window": args.window, "workers": workers, "size": args.size,
         "expected": expected, "delivered": count, "shortfall": expected - count,
         "out_of_order": sum(o["disorder"] for o in outs),
+        "probes": sum(o["probes"] for o in outs),
         "short_receivers": sum(o["short_receivers"] for o in outs),
         "disconnected": sum(o["disconnected"] for o in outs),
+        "server_closes": merge_counts([o["server_closes"] for o in outs] + [close_codes([sender])]),
         "acked": sender.acked, "errors": sender.errors, "error_samples": sender.error_samples,
         "sender_echo": sender.echo,
         "worker_failures": failures,
@@ -467,8 +641,14 @@ async def _fanout(args, pipes, workers: int) -> dict:
         "deliveries_per_s": count / wall,
         "messages_per_s": sender.acked / wall,
         "p50_ms": percentile(hist, 0.50), "p99_ms": percentile(hist, 0.99), "max_ms": percentile(hist, 1.0),
-        "server_cpu_pct": 100.0 * (server_cpu1 - server_cpu0) / wall,
-        "generator_cpu_pct": 100.0 * gen_cpu / wall,
+        "server_cpu_pct": 100.0 * (server_cpu1 - server_cpu0) / cpu_wall,
+        "generator_cpu_pct": 100.0 * gen_cpu / cpu_wall,
+        **machine_pct(mach0, mach1, cpu_wall),
+        **other_load(procs0, procs1, {os.getpid(), os.getppid(), args.server_pid or -1, *args.worker_pids}, cpu_wall),
+        "cpu_sampled_s": cpu_wall,
+        "server_peak_rss_mb": peak_rss_mb(args.server_pid),
+        "steady_deliveries_per_s": steady_rate(arrivals, n) if len(arrivals) == m else None,
+        "timeline_msgs_per_s": timeline(arrivals, t0),
         "setup": setup,
     }
 
@@ -544,6 +724,8 @@ async def ingest(args) -> dict:
         c.room, c.size = rooms[i % r], args.size
     server_cpu0 = cpu_seconds(args.server_pid) if args.server_pid else float("nan")
     own_cpu0 = cpu_seconds()
+    mach0 = machine_ticks()
+    procs0 = process_ticks()
     t0 = monotonic_ns()
     for c in conns:
         c.running = True
@@ -557,11 +739,14 @@ async def ingest(args) -> dict:
         stats["idle"] = sum(1 for c in conns if c.inflight == 0)
         try:
             await asyncio.wait_for(stats["all_idle"], args.stall)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     t1 = stats["last_ack"] or monotonic_ns()
     server_cpu1 = cpu_seconds(args.server_pid) if args.server_pid else float("nan")
     own_cpu1 = cpu_seconds()
+    mach1 = machine_ticks()
+    procs1 = process_ticks()
+    cpu_wall = max(1e-9, (monotonic_ns() - t0) / 1e9)
     wall = max(1e-9, (t1 - t0) / 1e9)
     acked = sum(c.acked for c in conns)
     # Every acked message is pushed to every connection joined to its room.
@@ -584,11 +769,16 @@ async def ingest(args) -> dict:
         "error_samples": stats["error_samples"], "unanswered": sum(c.inflight for c in conns),
         "expected_pushes": expected_pushes, "pushes": pushes, "push_shortfall": expected_pushes - pushes,
         "disconnected": sum(1 for c in conns if c.closed),
+        "server_closes": close_codes(conns),
         "seconds": wall,
         "acked_per_s": acked / wall,
         "ack_p50_ms": percentile(hist, 0.50), "ack_p99_ms": percentile(hist, 0.99),
-        "server_cpu_pct": 100.0 * (server_cpu1 - server_cpu0) / wall,
-        "generator_cpu_pct": 100.0 * (own_cpu1 - own_cpu0) / wall,
+        "server_cpu_pct": 100.0 * (server_cpu1 - server_cpu0) / cpu_wall,
+        "generator_cpu_pct": 100.0 * (own_cpu1 - own_cpu0) / cpu_wall,
+        **machine_pct(mach0, mach1, cpu_wall),
+        **other_load(procs0, procs1, {os.getpid(), os.getppid(), args.server_pid or -1}, cpu_wall),
+        "cpu_sampled_s": cpu_wall,
+        "server_peak_rss_mb": peak_rss_mb(args.server_pid),
     }
 
 
@@ -611,6 +801,8 @@ def parse_args(argv=None):
     f.add_argument("--receivers", type=int, default=1000)
     f.add_argument("--messages", type=int, default=2000)
     f.add_argument("--workers", type=int, default=1, help="receiver processes")
+    f.add_argument("--sample", type=int, default=10,
+                   help="every N-th receiver also measures delay and order (all count exactly; default 10)")
     i = p.add_argument_group("ingest")
     i.add_argument("--connections", type=int, default=50)
     i.add_argument("--rooms", type=int, default=5)
@@ -628,6 +820,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.scenario == "fanout":
         pipes, procs = start_workers(args)
+        args.worker_pids = [proc.pid for proc in procs]
         try:
             result = uvloop.run(_fanout(args, pipes, len(pipes)))
         finally:

@@ -65,6 +65,9 @@ def kill_group(pid: int) -> None:
         pass
 
 
+RUNNING: set = set()  # servers started and not yet stopped (for the last-resort cleanup in main)
+
+
 class Server:
     """A server subprocess in its own session; ``stop`` always leaves
     nothing behind (SIGTERM, then SIGKILL to its process group)."""
@@ -102,6 +105,7 @@ class Server:
             self.proc = subprocess.Popen(self.command(), cwd=self.dir, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True, preexec_fn=pinned(self.cpus))
+            RUNNING.add(self)
         finally:
             log.close()
         deadline = time.monotonic() + timeout
@@ -117,10 +121,12 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError(f"{self.kind} not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
-    def secret(self) -> str:
+    def secret_args(self) -> list[str]:
+        """How the generator gets the key to mint tokens with (a file, so
+        the secret is not on a command line)."""
         if self.kind == "ceiling":
-            return "ceiling-does-not-check-tokens"
-        return Path(self.dir, "jwt-secret").read_text().strip()
+            return ["--secret=ceiling-does-not-check-tokens-padding-to-32-bytes"]
+        return ["--secret-file", os.path.join(self.dir, "jwt-secret")]
 
     def stop(self) -> None:
         proc = self.proc
@@ -139,6 +145,7 @@ class Server:
         self.exit_code = proc.returncode
         self.stop_seconds = time.monotonic() - t
         self.proc = None
+        RUNNING.discard(self)
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -169,7 +176,8 @@ def run_loadgen(args: list[str], cpus: set[int] | None, timeout: float) -> dict:
     except subprocess.TimeoutExpired:
         kill_group(proc.pid)
         out, err = proc.communicate()
-        raise RuntimeError(f"load generator timed out after {timeout:.0f}s:\n{err.decode(errors='replace')[-2000:]}")
+        raise RuntimeError(f"load generator timed out after {timeout:.0f}s:\n"
+                           f"{err.decode(errors='replace')[-2000:]}") from None
     finally:
         kill_group(proc.pid)
     if proc.returncode != 0:
@@ -180,23 +188,48 @@ def run_loadgen(args: list[str], cpus: set[int] | None, timeout: float) -> dict:
 # -- scenarios --------------------------------------------------------------------------
 
 
-def one(opts, scenario: str, kind: str, database: str | None, label: str) -> dict:
+def busy_fraction(seconds: float = 1.0) -> float:
+    """Share of all CPUs busy over ``seconds`` (from /proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:8]]
+        return sum(v) - v[3] - v[4], sum(v)
+
+    b0, t0 = sample()
+    time.sleep(seconds)
+    b1, t1 = sample()
+    return (b1 - b0) / max(1, t1 - t0)
+
+
+def wait_quiet(limit: float) -> None:
+    """Wait (at most ``limit`` seconds) until the machine is nearly idle."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if busy_fraction() < 0.10:
+            return
+    print(" (machine still busy)", end="", flush=True)
+
+
+def one(opts, scenario: str, kind: str, database: str | None, label: str, rnd: int) -> dict:
+    if opts.wait_quiet:
+        wait_quiet(opts.wait_quiet)
     server = Server(kind, database, opts.server_cpus)
-    print(f"  {scenario:7s} {label:22s} ...", end="", flush=True)
+    print(f"  round {rnd}  {scenario:7s} {label:20s} ...", end="", flush=True)
     t = time.monotonic()
-    result: dict = {"scenario": scenario, "server": label}
+    result: dict = {"scenario": scenario, "server": label, "round": rnd}
     try:
         server.start()
-        common = ["--url", server.url, "--secret", server.secret(), "--server-pid", str(server.proc.pid),
+        common = ["--url", server.url, *server.secret_args(), "--server-pid", str(server.proc.pid),
                   "--size", str(opts.size), "--stall", str(opts.stall)]
         if scenario == "fanout":
             extra = ["--receivers", str(opts.receivers), "--messages", str(opts.messages),
-                     "--window", str(opts.window), "--workers", str(opts.workers)]
+                     "--window", str(opts.window), "--workers", str(opts.workers), "--sample", str(opts.sample)]
         else:
             extra = ["--connections", str(opts.connections), "--rooms", str(opts.rooms),
                      "--window", str(opts.ingest_window), "--duration", str(opts.duration)]
         result.update(run_loadgen([scenario, *common, *extra], opts.generator_cpus, opts.loadgen_timeout))
-        result["server"] = label
+        result["server"], result["round"] = label, rnd
     except Exception as e:
         result["failed"] = str(e)
     finally:
@@ -210,7 +243,13 @@ def one(opts, scenario: str, kind: str, database: str | None, label: str) -> dic
         server.cleanup(keep=opts.keep or "failed" in result)
         if "failed" in result or opts.keep:
             result["server_dir"] = server.dir
-    print(f" {time.monotonic() - t:5.1f}s" + ("  FAILED" if "failed" in result else ""), flush=True)
+    if "failed" in result:
+        note = "FAILED"
+    elif scenario == "fanout":
+        note = f"{result['deliveries_per_s']:>10,.0f} deliveries/s, {result['delivered']:,}/{result['expected']:,}"
+    else:
+        note = f"{result['acked_per_s']:>10,.0f} acked msgs/s"
+    print(f" {time.monotonic() - t:5.1f}s  {note}", flush=True)
     return result
 
 
@@ -227,66 +266,174 @@ def fmt(v, spec: str = ",.0f", none: str = "-") -> str:
     return none if v is None else format(v, spec)
 
 
+def pct(v) -> str:
+    return "-" if v is None or v != v else f"{v:.0f}%"
+
+
+def median(values: list[float]) -> float | None:
+    values = sorted(v for v in values if v is not None and v == v)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+FANOUT_METRICS = ("deliveries_per_s", "steady_deliveries_per_s", "messages_per_s", "p50_ms", "p99_ms",
+                  "server_cpu_pct", "generator_cpu_pct", "other_cpu_pct", "kernel_threads_cpu_pct",
+                  "machine_cpu_pct", "steal_pct", "server_peak_rss_mb")
+INGEST_METRICS = ("acked_per_s", "ack_p50_ms", "ack_p99_ms", "server_cpu_pct", "generator_cpu_pct",
+                  "other_cpu_pct", "kernel_threads_cpu_pct", "machine_cpu_pct", "steal_pct", "server_peak_rss_mb")
+
+
+def aggregate(results: list[dict]) -> list[dict]:
+    """One row per (scenario, server): the median of each metric over the
+    rounds that ran, the range of the headline figure, and the counts summed
+    (so one lost delivery in any round shows)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["scenario"], r["server"]), []).append(r)
+    rows = []
+    for (scenario, server), runs in groups.items():
+        ok = [r for r in runs if "failed" not in r]
+        row: dict = {"scenario": scenario, "server": server, "rounds": len(runs), "failed_rounds": len(runs) - len(ok)}
+        metrics = FANOUT_METRICS if scenario == "fanout" else INGEST_METRICS
+        head = "deliveries_per_s" if scenario == "fanout" else "acked_per_s"
+        for m in metrics:
+            row[m] = median([r.get(m) for r in ok])
+        row[head + "_range"] = [min(r[head] for r in ok), max(r[head] for r in ok)] if ok else None
+        if scenario == "fanout":
+            for k in ("delivered", "expected", "out_of_order", "errors", "acked", "messages"):
+                row[k] = sum(r[k] for r in ok)
+        else:
+            for k in ("pushes", "expected_pushes", "errors", "unanswered", "acked", "sent"):
+                row[k] = sum(r[k] for r in ok)
+        rows.append(row)
+    return rows
+
+
 def summary(opts, results: list[dict], pin_note: str) -> str:
-    lines = [f"chatd benchmark — {os.cpu_count()} CPU(s) {cpu_model()}, Python {platform.python_version()}, {pin_note}"]
-    fan = [r for r in results if r["scenario"] == "fanout"]
-    ing = [r for r in results if r["scenario"] == "ingest"]
-    problems: list[str] = []
+    rows = aggregate(results)
+    lines = [f"chatd benchmark — {os.cpu_count()} CPU(s) {cpu_model()}, Python {platform.python_version()}, "
+             f"Linux {platform.release()}",
+             f"{pin_note}; each figure is the median of {opts.repeat} round(s), [min–max] of the headline"]
+    fan = [r for r in rows if r["scenario"] == "fanout"]
+    ing = [r for r in rows if r["scenario"] == "ingest"]
     if fan:
+        lines.append("")
         lines.append(f"fanout: {opts.receivers:,} receivers x {opts.messages:,} messages in one public room, "
                      f"1 sender, window {opts.window}, {opts.size}-char content, "
                      f"{opts.workers} receiver process(es)")
-        lines.append(f"  {'server':18s} {'deliveries/s':>12s} {'msgs/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
-                     f"{'server CPU':>10s} {'gen CPU':>8s}  delivered/expected")
+        lines.append(f"  {'server':18s} {'deliveries/s':>12s} {'[min–max]':>19s} {'msgs/s':>7s} {'p50 ms':>7s} "
+                     f"{'p99 ms':>7s} {'server':>7s} {'gen':>5s} {'other':>6s}  delivered/expected")
         for r in fan:
-            if "failed" in r:
-                lines.append(f"  {r['server']:18s} FAILED: {r['failed'].splitlines()[0]}")
+            if r["deliveries_per_s"] is None:
+                lines.append(f"  {r['server']:18s} FAILED")
                 continue
-            lines.append(f"  {r['server']:18s} {fmt(r['deliveries_per_s']):>12s} {fmt(r['messages_per_s']):>8s} "
-                         f"{fmt(r['p50_ms'], '.1f'):>8s} {fmt(r['p99_ms'], '.1f'):>8s} "
-                         f"{fmt(r['server_cpu_pct'], '.0f') + '%':>10s} {fmt(r['generator_cpu_pct'], '.0f') + '%':>8s}"
-                         f"  {r['delivered']:,}/{r['expected']:,}")
-        ceiling = next((r for r in fan if r["server"] == "ceiling" and "failed" not in r), None)
+            lo, hi = r["deliveries_per_s_range"]
+            lines.append(f"  {r['server']:18s} {fmt(r['deliveries_per_s']):>12s} {f'[{lo:,.0f}–{hi:,.0f}]':>19s} "
+                         f"{fmt(r['messages_per_s']):>7s} {fmt(r['p50_ms'], '.1f'):>7s} {fmt(r['p99_ms'], '.1f'):>7s} "
+                         f"{pct(r['server_cpu_pct']):>7s} {pct(r['generator_cpu_pct']):>5s} "
+                         f"{pct(r['other_cpu_pct']):>6s}  {r['delivered']:,}/{r['expected']:,}")
+        lines.append(rss_line(fan))
+        ceiling = next((r for r in fan if r["server"] == "ceiling" and r["deliveries_per_s"]), None)
         if ceiling:
             for r in fan:
-                if r is not ceiling and "failed" not in r:
-                    lines.append(f"  {r['server']} ÷ ceiling (deliveries/s): "
-                                 f"{r['deliveries_per_s'] / ceiling['deliveries_per_s']:.2f}")
+                if r is not ceiling and r["deliveries_per_s"]:
+                    paired = paired_ratios(results, r["server"])
+                    lines.append(f"  {r['server']} ÷ ceiling, deliveries/s: "
+                                 f"{r['deliveries_per_s'] / ceiling['deliveries_per_s']:.2f} (ratio of medians; "
+                                 f"per round {', '.join(f'{x:.2f}' for x in paired)})")
+
     if ing:
+        lines.append("")
         lines.append(f"ingest: {opts.connections} connections in {opts.rooms} rooms (all joined), "
                      f"window {opts.ingest_window} per connection, {opts.duration:g} s, {opts.size}-char content")
-        lines.append(f"  {'server':18s} {'acked msgs/s':>12s} {'ack p50':>8s} {'ack p99':>8s} "
-                     f"{'server CPU':>10s} {'gen CPU':>8s}  pushes/expected")
+        lines.append(f"  {'server':18s} {'acked msgs/s':>12s} {'[min–max]':>17s} {'ack p50':>8s} {'ack p99':>8s} "
+                     f"{'server':>7s} {'gen':>5s} {'other':>6s}  pushes/expected")
         for r in ing:
-            if "failed" in r:
-                lines.append(f"  {r['server']:18s} FAILED: {r['failed'].splitlines()[0]}")
+            if r["acked_per_s"] is None:
+                lines.append(f"  {r['server']:18s} FAILED")
                 continue
-            lines.append(f"  {r['server']:18s} {fmt(r['acked_per_s']):>12s} {fmt(r['ack_p50_ms'], '.1f'):>8s} "
-                         f"{fmt(r['ack_p99_ms'], '.1f'):>8s} {fmt(r['server_cpu_pct'], '.0f') + '%':>10s} "
-                         f"{fmt(r['generator_cpu_pct'], '.0f') + '%':>8s}  {r['pushes']:,}/{r['expected_pushes']:,}")
+            lo, hi = r["acked_per_s_range"]
+            lines.append(f"  {r['server']:18s} {fmt(r['acked_per_s']):>12s} {f'[{lo:,.0f}–{hi:,.0f}]':>17s} "
+                         f"{fmt(r['ack_p50_ms'], '.1f'):>8s} {fmt(r['ack_p99_ms'], '.1f'):>8s} "
+                         f"{pct(r['server_cpu_pct']):>7s} {pct(r['generator_cpu_pct']):>5s} "
+                         f"{pct(r['other_cpu_pct']):>6s}  {r['pushes']:,}/{r['expected_pushes']:,}")
+        lines.append(rss_line(ing))
+    lines.append("")
+    lines.append("CPU columns: % of one CPU, averaged over the measured window. server = the server process (all "
+                 "its threads); gen = the generator processes; other = every other user process (PostgreSQL's "
+                 "backends in the postgresql rows; anything else is disturbance).")
+    pg = [r for r in results if "postgres" in r["server"] and "failed" not in r]
+    if pg:
+        lines.append(f"PostgreSQL processes used a median {median([r['other_top'].get('postgres', 0) for r in pg]):.0f}% "
+                     f"of a CPU (not pinned) beside chatd.")
+    problems = find_problems(opts, results)
+    lines.append("")
+    lines.append("problems: " + ("none" if not problems else ""))
+    lines += [f"  - {p}" for p in problems]
+    return "\n".join(lines)
+
+
+def rss_line(rows: list[dict]) -> str:
+    parts = [f"{r['server']} {r['server_peak_rss_mb']:.0f}" for r in rows if r.get("server_peak_rss_mb")]
+    return "  server peak RSS (MiB): " + (", ".join(parts) or "-")
+
+
+def paired_ratios(results: list[dict], server: str) -> list[float]:
+    """chatd ÷ ceiling deliveries/s of each round (the two ran back to back)."""
+    by_round: dict[int, dict[str, float]] = {}
     for r in results:
-        name = f"{r['scenario']}/{r['server']}"
+        if r["scenario"] == "fanout" and "failed" not in r and r["deliveries_per_s"]:
+            by_round.setdefault(r["round"], {})[r["server"]] = r["deliveries_per_s"]
+    return [v[server] / v["ceiling"] for _, v in sorted(by_round.items()) if server in v and "ceiling" in v]
+
+
+def find_problems(opts, results: list[dict]) -> list[str]:
+    problems: list[str] = []
+    gen_limit = 90 * len(opts.generator_cpus or [0, 0])
+    for r in results:
+        name = f"{r['scenario']}/{r['server']} round {r['round']}"
         if "failed" in r:
-            problems.append(f"{name}: {r['failed']}")
+            kept = f" (server log kept in {r['server_dir']})" if r.get("server_dir") else ""
+            problems.append(f"{name}: {r['failed']}{kept}")
             continue
         if r["scenario"] == "fanout":
             if r["shortfall"]:
-                problems.append(f"{name}: SHORTFALL {r['shortfall']:,} deliveries missing "
-                                f"({r['short_receivers']} receivers short, {r['disconnected']} disconnected)")
+                problems.append(f"{name}: SHORTFALL: {r['delivered']:,} of {r['expected']:,} delivered "
+                                f"({r['short_receivers']} receivers with a wrong count, "
+                                f"{r['disconnected']} disconnected)")
             if r["out_of_order"]:
-                problems.append(f"{name}: {r['out_of_order']:,} deliveries out of order or duplicated")
+                problems.append(f"{name}: {r['out_of_order']:,} deliveries out of order or duplicated "
+                                f"(checked on {r['probes']} receivers)")
             if r["errors"] or r["acked"] != r["messages"]:
                 problems.append(f"{name}: {r['acked']:,}/{r['messages']:,} acked, {r['errors']} errors "
                                 f"{r['error_samples'][:2]}")
             if r["worker_failures"]:
                 problems.append(f"{name}: receiver worker failures {r['worker_failures']}")
-            if r["generator_cpu_pct"] > 90 * max(1, len(opts.generator_cpus or [1, 1])):
-                problems.append(f"{name}: generator CPU {r['generator_cpu_pct']:.0f}% — the generator may be the limit")
         else:
             if r["errors"] or r["unanswered"]:
                 problems.append(f"{name}: {r['errors']} errors, {r['unanswered']} unanswered {r['error_samples'][:2]}")
             if r["push_shortfall"]:
                 problems.append(f"{name}: {r['push_shortfall']:,} pushes missing")
+        if r["generator_cpu_pct"] > gen_limit:
+            problems.append(f"{name}: generator CPU {r['generator_cpu_pct']:.0f}% — the generator may be the limit")
+        if r.get("server_closes"):
+            problems.append(f"{name}: the server closed connections, by close code: {r['server_closes']}")
+        foreign = {k: v for k, v in r.get("other_top", {}).items() if not k.startswith("postgres")}
+        if sum(foreign.values()) > 10:
+            problems.append(f"{name}: other processes used CPU during the window {foreign} — numbers disturbed")
+        # Busy time no process accounts for: processes that came and went
+        # inside the window (someone else's test run, a compiler...).
+        unexplained = r.get("machine_cpu_pct", 0) - sum(
+            r.get(k) or 0 for k in ("server_cpu_pct", "generator_cpu_pct", "other_cpu_pct",
+                                    "kernel_threads_cpu_pct", "irq_cpu_pct"))
+        r["unexplained_cpu_pct"] = unexplained
+        if unexplained > 25:
+            problems.append(f"{name}: {unexplained:.0f}% of a CPU busy in processes that started and ended "
+                            f"during the window — numbers disturbed")
+        if r.get("steal_pct", 0) > 10:
+            problems.append(f"{name}: {r['steal_pct']:.0f}% CPU stolen by the hypervisor — numbers are noisy")
         if r.get("server_log_problems"):
             problems.append(f"{name}: server log: {r['server_log_problems'][:3]}")
         # twistd re-raises the signal it stopped on, so -15 is a clean stop.
@@ -294,9 +441,7 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
                                       and r["server"] != "ceiling"):
             problems.append(f"{name}: server did not stop cleanly on SIGTERM (exit {r['server_exit_code']}, "
                             f"killed={r.get('server_killed')}, {r['server_stop_s']} s)")
-    lines.append("problems: " + ("none" if not problems else ""))
-    lines += [f"  - {p}" for p in problems]
-    return "\n".join(lines)
+    return problems
 
 
 def cpu_model() -> str:
@@ -328,13 +473,19 @@ def parse_args(argv=None):
     p.add_argument("--ingest-window", type=int, default=8, help="ingest: un-acked messages per connection (default 8)")
     p.add_argument("--duration", type=float, default=10.0, help="ingest: seconds of sending (default 10)")
     p.add_argument("--size", type=int, default=64, help="message content length in characters (default 64)")
+    p.add_argument("--repeat", type=int, default=3, help="rounds of each scenario; medians are reported (default 3)")
+    p.add_argument("--sample", type=int, default=10,
+                   help="fanout: every N-th receiver also measures delay and order (default 10)")
     p.add_argument("--no-ceiling", action="store_true", help="fanout: skip the bench/ceiling.py reference run")
     p.add_argument("--no-pin", action="store_true", help="do not pin server and generator to separate CPUs")
     p.add_argument("--stall", type=float, default=15.0, help="give up after this many seconds without progress")
     p.add_argument("--loadgen-timeout", type=float, default=240.0, help="hard limit per scenario run")
+    p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                   help="before each run wait up to this long for the machine to be idle (<10%% busy)")
     p.add_argument("--keep", action="store_true", help="keep the servers' scratch directories (logs)")
     p.add_argument("--json", metavar="PATH", help="write all results to this JSON file (bench/results/ is gitignored)")
     opts = p.parse_args(argv)
+    opts.repeat = max(1, opts.repeat)
     opts.database = [None if d in ("sqlite", "", None) else d for d in (opts.database or ["sqlite"])]
     cpus = sorted(os.sched_getaffinity(0))
     if not opts.no_pin and len(cpus) >= 2:
@@ -346,8 +497,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     opts = parse_args(argv)
+    if not os.access(TWISTD, os.X_OK):
+        sys.exit(f"run.py: no twistd next to {PYTHON}; run it with the chatd venv's python "
+                 f"(.venv/bin/python bench/run.py)")
     # SIGTERM/SIGHUP stop the run the same way Ctrl-C does: through the
     # finally blocks that stop the servers.
+    # (SIGINT too: a shell may start background jobs with it ignored.)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     if opts.server_cpus:
@@ -359,12 +515,25 @@ def main(argv=None) -> int:
     started = time.monotonic()
     results: list[dict] = []
     scenarios = ["fanout", "ingest"] if opts.scenario == "all" else [opts.scenario]
-    for scenario in scenarios:
-        for database in opts.database:
-            label = f"chatd ({db_label(database)})"
-            results.append(one(opts, scenario, "chatd", database, label))
-        if scenario == "fanout" and not opts.no_ceiling:
-            results.append(one(opts, scenario, "ceiling", None, "ceiling"))
+    interrupted = None
+    try:
+        for scenario in scenarios:
+            # Rounds interleave the servers so slow drift of the machine
+            # hits them alike.
+            for rnd in range(1, opts.repeat + 1):
+                for database in opts.database:
+                    label = f"chatd ({db_label(database)})"
+                    results.append(one(opts, scenario, "chatd", database, label, rnd))
+                if scenario == "fanout" and not opts.no_ceiling:
+                    results.append(one(opts, scenario, "ceiling", None, "ceiling", rnd))
+    except (KeyboardInterrupt, SystemExit) as e:
+        interrupted = e
+        print("\ninterrupted; servers stopped", flush=True)
+    finally:
+        # one() stops its server; this only matters if a second signal
+        # arrived while it was doing so.
+        for server in list(RUNNING):
+            server.stop()
     text = summary(opts, results, pin_note)
     print()
     print(text)
@@ -375,9 +544,12 @@ def main(argv=None) -> int:
         Path(opts.json).write_text(json.dumps({
             "machine": {"cpus": os.cpu_count(), "model": cpu_model(), "python": platform.python_version(),
                         "kernel": platform.release()},
-            "pinning": pin_note, "options": options, "results": results, "summary": text,
+            "pinning": pin_note, "options": options, "medians": aggregate(results), "results": results,
+            "summary": text,
         }, indent=2))
         print(f"results written to {opts.json}")
+    if interrupted is not None:
+        return 130
     failed = any("failed" in r for r in results)
     return 1 if failed else 0
 
