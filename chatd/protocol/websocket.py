@@ -143,6 +143,7 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         self.send_frame: Callable[[bytes], None] = _discard
         self._backlog: int | None = None
         self._buffer_owner: Any = None
+        self._fast_send: Callable[[bytes], None] = _discard
         self._bucket: _TokenBucket | None = None
         self._detached = False
 
@@ -163,8 +164,9 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         factory = self.factory
         factory.connections[self] = None
         self._bucket = _TokenBucket(factory.config.rate_limit, factory.config.rate_burst, factory.clock.seconds())
-        self.send_frame = self.transport.write
         self._buffer_owner = _socket_transport(self.transport)
+        self._fast_send = self._fast_sender()
+        self.send_frame = self._fast_send
         self.transport.unregisterProducer()
         self.transport.registerProducer(_SendBufferWatch(self), True)
         if self._offered_token is not None:
@@ -281,7 +283,41 @@ class ChatdServerProtocol(WebSocketServerProtocol):
     def _resumed(self) -> None:
         if self._backlog is not None and not self._detached:
             self._backlog = None
-            self.send_frame = self.transport.write
+            self.send_frame = self._fast_send
+
+    def _fast_sender(self) -> Callable[[bytes], None]:
+        """The write used for fan-out while the transport keeps up.
+
+        On a plain TCP transport with nothing queued, hand the bytes to the
+        socket at once: Twisted's own path would register the socket for
+        writability, send after the next poll, and unregister it again — two
+        epoll_ctl calls and several Python frames per recipient per turn.
+        Whatever the kernel does not take right away, and everything while
+        Twisted holds queued bytes of this connection (acks, replies), goes
+        through ``transport.write``, so ordering and backpressure stay
+        Twisted's.  TLS and other transports always use ``transport.write``."""
+        transport = self.transport
+        tcp = self._buffer_owner
+        if tcp is not transport or not hasattr(tcp, "socket") or not hasattr(tcp, "dataBuffer"):
+            return transport.write
+        sock_send = tcp.socket.send
+        write = tcp.write
+
+        def send(frame: bytes) -> None:
+            if tcp._tempDataLen or tcp.offset != len(tcp.dataBuffer) or tcp.disconnecting or not tcp.connected:
+                write(frame)
+                return
+            try:
+                sent = sock_send(frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                write(frame)  # let Twisted's path find and report the error
+                return
+            if sent < len(frame):
+                write(frame[sent:])
+
+        return send
 
     def _send_checked(self, frame: bytes) -> None:
         if self._behind(len(frame)):
