@@ -18,6 +18,7 @@ Two rules shape it:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -109,10 +110,8 @@ class SqlStore:
         """Drop this thread's broken connection and try to open a new one;
         False (with a placeholder left behind) when the database is still
         unreachable — the next transaction connects afresh."""
-        try:
+        with contextlib.suppress(Exception):  # it is broken already
             self.pool.disconnect(conn._connection)
-        except Exception:
-            pass
         try:
             conn._connection = self.pool.connect()
             return True
@@ -406,10 +405,10 @@ def _short(error: BaseException) -> str:
 
 
 def _rollback_quietly(conn: adbapi.Connection) -> None:
-    try:
+    """Roll back after a failed statement; the statement's error is the one
+    worth reporting, not a rollback's on a connection in trouble."""
+    with contextlib.suppress(Exception):
         conn.rollback()
-    except Exception:
-        pass
 
 
 def _select_one(cursor: Any) -> None:
@@ -418,10 +417,8 @@ def _select_one(cursor: Any) -> None:
 
 
 def _close_quietly(cursor: Any) -> None:
-    try:
+    with contextlib.suppress(Exception):
         cursor.close()
-    except Exception:
-        pass
 
 
 class GroupCommitWriter:
