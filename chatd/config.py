@@ -94,6 +94,13 @@ def _non_negative_number(value: Any) -> float:
     return number
 
 
+def _dm_policy(value: Any) -> str:
+    text = _text(value)
+    if text not in ("anyone", "friends"):
+        raise ValueError("expected 'anyone' or 'friends'")
+    return text
+
+
 def _algorithms(value: Any) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list | tuple):
@@ -168,6 +175,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rate_limit", _positive_number, 200.0, "sustained requests per second allowed per connection"),
     Setting("rate_burst", _positive_int, 400, "requests a connection may send in a burst above rate_limit"),
     Setting("shutdown_timeout", _positive_number, 10.0, "seconds SIGTERM waits for pending writes and closing handshakes"),
+    Setting("dm_policy", _dm_policy, "anyone", "who may send a direct message to whom: 'anyone' or 'friends'"),
+    Setting("presence_grace", _non_negative_number, 3.0, "seconds after a user's last connection closes before user:offline"),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -198,6 +207,8 @@ class Config:
     rate_limit: float = 200.0
     rate_burst: int = 400
     shutdown_timeout: float = 10.0
+    dm_policy: str = "anyone"
+    presence_grace: float = 3.0
     secret_generated: bool = False
 
     @property

@@ -26,7 +26,9 @@ from chatd.broker.memory import InProcessBroker
 from chatd.config import Config
 from chatd.domain.chat import ChatService, Limits
 from chatd.domain.registry import LocalRegistry
-from chatd.protocol.dispatch import Dispatcher, chat_routes
+from chatd.domain.sessions import Sessions
+from chatd.domain.social import Presence, SocialService
+from chatd.protocol.dispatch import Dispatcher, chat_routes, social_routes
 from chatd.protocol.websocket import ChatdWebSocketFactory
 from chatd.storage.engines import engine_for
 from chatd.storage.schema import migrate
@@ -78,10 +80,11 @@ class ChatdService(Service):
             self.store, self.broker, self.registry, self.reactor,
             Limits(max_content_length=config.max_content_length),
         )
-        self.dispatcher = Dispatcher(chat_routes(self.chat))
-        self.factory = ChatdWebSocketFactory(
-            config, self.reactor, self.verifier, self.registry, self.chat, self.dispatcher
-        )
+        self.presence = Presence(self.reactor, config.presence_grace)
+        self.social = SocialService(self.chat, self.registry, self.presence, config.dm_policy)
+        self.sessions = Sessions(self.registry, self.chat, self.social)
+        self.dispatcher = Dispatcher({**chat_routes(self.chat), **social_routes(self.social)})
+        self.factory = ChatdWebSocketFactory(config, self.reactor, self.verifier, self.sessions, self.dispatcher)
         self.site = build_site(self.factory)
         self._built = True
 
@@ -169,6 +172,7 @@ class ChatdService(Service):
             log.failure("pending writes failed during shutdown")
         yield self.factory.shutdown(self.config.shutdown_timeout)
         self.chat.typing.stop_all()
+        self.presence.stop()
         self.factory.stopFactory()
         yield self.broker.stop()
         yield self.store.close()

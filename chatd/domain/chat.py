@@ -92,6 +92,11 @@ class ChatService:
     def publish_to_room(self, room_id: str, event_type: str, data: dict[str, Any], **routing: Any) -> None:
         self.publish(room_channel(room_id), Published(event_type, encode(data), **routing))
 
+    @staticmethod
+    def guard(d: Deferred[Any]) -> Deferred[Any]:
+        """Storage outages become UNAVAILABLE (for the other services)."""
+        return _guard(d)
+
     # -- create ----------------------------------------------------------------
 
     @inlineCallbacks
@@ -159,7 +164,7 @@ class ChatService:
 
     def send_message(self, conn: Connection, room_id: str, content: str, temp_id: str | None) -> Deferred[dict[str, Any]]:
         user = _user(conn)
-        self._check_content(content)
+        self.check_content(content)
         message = NewMessage(new_id("m_"), room_id, user, content, temp_id, now_ms())
         if self.registry.is_joined(conn, room_id):
             d = self.store.append_message(message)
@@ -169,15 +174,20 @@ class ChatService:
         d.addCallback(self._message_stored)
         return _guard(d)
 
-    def _message_stored(self, message: Message) -> dict[str, Any]:
+    def message_stored(self, message: Message) -> dict[str, Any]:
+        """Publish a stored message to its room; return its wire form."""
         wire = message.to_wire()
         self.publish(room_channel(message.chat_id), Published("chat:message", encode(wire), seq=message.seq))
+        return wire
+
+    def _message_stored(self, message: Message) -> dict[str, Any]:
+        wire = self.message_stored(message)
         ack: dict[str, Any] = {"id": message.id, "seq": message.seq, "createdAt": wire["createdAt"]}
         if message.temp_id is not None:
             ack["tempId"] = message.temp_id
         return ack
 
-    def _check_content(self, content: str) -> None:
+    def check_content(self, content: str) -> None:
         if not content.strip():
             raise ChatError(ErrorCode.INVALID_MESSAGE, "content must not be empty")
         if len(content) > self.limits.max_content_length:

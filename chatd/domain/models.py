@@ -114,3 +114,42 @@ class Published:
     skip_user: str | None = None
     skip_connection: str | None = None
     seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    id: str
+    user_id: str
+    type: str
+    title: str
+    message: str
+    data: Any
+    created_at_ms: int
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "id": self.id,
+            "type": self.type,
+            "title": self.title,
+            "message": self.message,
+            "createdAt": iso_from_ms(self.created_at_ms),
+        }
+        if self.data is not None:
+            wire["data"] = self.data
+        return wire
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRequest:
+    user_id: str
+    created_at_ms: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"userId": self.user_id, "createdAt": iso_from_ms(self.created_at_ms)}
+
+
+@dataclass(frozen=True, slots=True)
+class FriendLists:
+    friends: list[str]
+    incoming: list[PendingRequest]
+    outgoing: list[PendingRequest]

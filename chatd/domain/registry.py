@@ -36,6 +36,10 @@ log = Logger()
 Framer = Callable[[Published], Any]
 
 
+BROADCAST_CHANNEL = "all"
+"""Every authenticated connection listens here (backend broadcasts)."""
+
+
 def room_channel(room_id: str) -> str:
     return "room:" + room_id
 
@@ -75,6 +79,7 @@ class LocalRegistry:
         self._users.setdefault(user_id, {})[conn] = None
         self._channels_of.setdefault(conn, set())
         self._listen(user_channel(user_id), conn)
+        self._listen(BROADCAST_CHANNEL, conn)
 
     def remove_connection(self, conn: Connection) -> list[str]:
         """Forget a connection everywhere; return the room ids it had joined."""

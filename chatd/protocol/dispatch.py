@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from chatd.clock import now_iso
 from chatd.domain.chat import ChatService, Outcome
 from chatd.domain.interfaces import Connection
+from chatd.domain.social import SocialService
 from chatd.errors import ChatError, ErrorCode
 from chatd.protocol import requests as rq
 from chatd.protocol.envelope import Envelope
@@ -42,6 +43,29 @@ class Route:
     parse: Callable[[Any], Any]
     handle: Callable[[Connection, Any], Any]
     confirmation: str | None
+    error_event: str | None = None
+    """Seed-compatible failure event for requests without an id
+    (``message:error``) instead of the generic ``error`` frame."""
+
+
+def social_routes(social: SocialService) -> dict[str, Route]:
+    return {
+        "message:send": Route(
+            rq.MessageSend.parse,
+            lambda c, r: social.send_direct(c, r.recipient_id, r.content, r.temp_id, r.session_id),
+            "message:sent",
+            "message:error",
+        ),
+        "status:request": Route(rq.NoData.parse, lambda c, r: social.online_status(c), "users:online"),
+        "friend:request": Route(rq.UserTarget.parse, lambda c, r: social.request_friend(c, r.user_id), None),
+        "friend:accept": Route(rq.UserTarget.parse, lambda c, r: social.accept_friend(c, r.user_id), None),
+        "friend:decline": Route(rq.UserTarget.parse, lambda c, r: social.decline_friend(c, r.user_id), None),
+        "friend:remove": Route(rq.UserTarget.parse, lambda c, r: social.remove_friend(c, r.user_id), None),
+        "friends:list": Route(rq.NoData.parse, lambda c, r: social.friends(c), "friends:list"),
+        "notification:ack": Route(
+            rq.NotificationAck.parse, lambda c, r: social.ack_notification(c, r.notification_id), None
+        ),
+    }
 
 
 def chat_routes(chat: ChatService) -> dict[str, Route]:
@@ -84,15 +108,15 @@ class Dispatcher:
             request = route.parse(envelope.data)
             result = route.handle(responder, request)
         except ChatError as e:
-            responder.reply_error(envelope, e.code, e.message)
+            self._refuse(responder, envelope, route, e.code, e.message)
             return
         except Exception:
-            self._server_error(Failure(), responder, envelope)
+            self._server_error(Failure(), responder, envelope, route)
             return
         if isinstance(result, Deferred):
             result.addCallbacks(
                 self._succeeded, self._failed,
-                callbackArgs=(responder, envelope, route), errbackArgs=(responder, envelope),
+                callbackArgs=(responder, envelope, route), errbackArgs=(responder, envelope, route),
             )
         else:
             self._succeeded(result, responder, envelope, route)
@@ -105,17 +129,27 @@ class Dispatcher:
         else:
             responder.reply(envelope, route.confirmation, result)
 
-    def _failed(self, failure: Failure, responder: Responder, envelope: Envelope) -> None:
+    def _failed(self, failure: Failure, responder: Responder, envelope: Envelope, route: Route) -> None:
         if failure.check(ChatError):
             error = failure.value
-            responder.reply_error(envelope, error.code, error.message)
+            self._refuse(responder, envelope, route, error.code, error.message)
         else:
-            self._server_error(failure, responder, envelope)
+            self._server_error(failure, responder, envelope, route)
 
     @staticmethod
-    def _server_error(failure: Failure, responder: Responder, envelope: Envelope) -> None:
+    def _refuse(responder: Responder, envelope: Envelope, route: Route, code: str, message: str) -> None:
+        if envelope.id is None and route.error_event is not None:
+            data: dict[str, Any] = {"code": code, "message": message}
+            temp_id = envelope.data.get("tempId") if isinstance(envelope.data, dict) else None
+            if isinstance(temp_id, str):
+                data["tempId"] = temp_id
+            responder.send_event(route.error_event, data)
+        else:
+            responder.reply_error(envelope, code, message)
+
+    def _server_error(self, failure: Failure, responder: Responder, envelope: Envelope, route: Route) -> None:
         log.failure(
             "handler for {event} failed on connection {connection}",
             failure, event=envelope.type, connection=responder.connection_id,
         )
-        responder.reply_error(envelope, ErrorCode.SERVER_ERROR, "internal error; the request was not completed")
+        self._refuse(responder, envelope, route, ErrorCode.SERVER_ERROR, "internal error; the request was not completed")

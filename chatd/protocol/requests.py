@@ -235,3 +235,52 @@ class ChatHistory:
             optional_seq(fields, "after"),
             min(limit, 100),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSend:
+    recipient_id: str
+    content: str
+    session_id: str | None
+    temp_id: str | None
+
+    @classmethod
+    def parse(cls, data: Any) -> MessageSend:
+        fields = _object(data, "message:send")
+        return cls(
+            identifier(fields, "recipientId", MAX_USER_ID),
+            required_str(fields, "content"),
+            optional_str(fields, "sessionId", MAX_TEMP_ID),
+            optional_str(fields, "tempId", MAX_TEMP_ID),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NoData:
+    """Requests whose data is ignored (``status:request``, ``friends:list``)."""
+
+    @classmethod
+    def parse(cls, data: Any) -> NoData:
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class UserTarget:
+    """``friend:*`` requests: ``{userId}``."""
+
+    user_id: str
+
+    @classmethod
+    def parse(cls, data: Any) -> UserTarget:
+        fields = _object(data, "friend request")
+        return cls(identifier(fields, "userId", MAX_USER_ID))
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationAck:
+    notification_id: str
+
+    @classmethod
+    def parse(cls, data: Any) -> NotificationAck:
+        fields = _object(data, "notification:ack")
+        return cls(identifier(fields, "id", MAX_MESSAGE_ID))

@@ -30,9 +30,8 @@ from zope.interface import implementer
 
 from chatd.auth import AuthError, TokenVerifier
 from chatd.config import Config
-from chatd.domain.chat import ChatService
 from chatd.domain.models import Identity, Published
-from chatd.domain.registry import LocalRegistry
+from chatd.domain.sessions import Sessions
 from chatd.errors import ChatError, ErrorCode
 from chatd.protocol.dispatch import Dispatcher
 from chatd.protocol.envelope import (
@@ -193,7 +192,8 @@ class ChatdServerProtocol(WebSocketServerProtocol):
             # An authenticated connection whose token refresh failed keeps
             # the identity it proved; the bad frame alone closes nothing.
             return
-        if self.identity is not None:
+        first = self.identity is None
+        if not first:
             if identity.user_id != self.identity.user_id:
                 self.reply_error(envelope, ErrorCode.FORBIDDEN, "connection is already authenticated as another user")
                 return
@@ -203,11 +203,12 @@ class ChatdServerProtocol(WebSocketServerProtocol):
             if self._auth_timer is not None and self._auth_timer.active():
                 self._auth_timer.cancel()
             self._auth_timer = None
-            self.factory.registry.add_connection(self)
         data = {"userId": identity.user_id, "connectionId": self.connection_id}
         self.send_event("authenticated", data)
         if envelope is not None and envelope.id is not None:
             self._send(encode_ack(envelope.id, data))
+        if first:
+            self.factory.sessions.opened(self)
 
     # -- requests -------------------------------------------------------------
 
@@ -386,8 +387,7 @@ class ChatdServerProtocol(WebSocketServerProtocol):
             self._auth_timer.cancel()
         self._auth_timer = None
         if self.identity is not None:
-            self.factory.registry.remove_connection(self)
-            self.factory.chat.connection_closed(self)
+            self.factory.sessions.closed(self)
 
 
 class ChatdWebSocketFactory(WebSocketServerFactory):
@@ -398,16 +398,14 @@ class ChatdWebSocketFactory(WebSocketServerFactory):
         config: Config,
         clock: IReactorTime,
         verifier: TokenVerifier,
-        registry: LocalRegistry,
-        chat: ChatService,
+        sessions: Sessions,
         dispatcher: Dispatcher,
     ) -> None:
         super().__init__(server="chatd")
         self.config = config
         self.clock = clock
         self.verifier = verifier
-        self.registry = registry
-        self.chat = chat
+        self.sessions = sessions
         self.dispatcher = dispatcher
         self.connections: dict[ChatdServerProtocol, None] = {}
         self.closed_waiters: dict[ChatdServerProtocol, Deferred[None]] = {}

@@ -1,0 +1,272 @@
+"""Storage of the social layer (users, friends, requests, notifications,
+direct-message rooms), as methods mixed into ``SqlStore`` so they share its
+transactions, retry and error translation."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from chatd.domain.models import FriendLists, Notification, PendingRequest, Room
+
+
+class SocialQueries:
+    """Mixed into SqlStore: ``self.run`` and ``self.engine`` come from it."""
+
+    engine: Any
+
+    def run(self, work: Any, *args: Any) -> Deferred[Any]:  # provided by SqlStore
+        raise TypeError("SocialQueries is a mixin of SqlStore")
+
+    # -- users -------------------------------------------------------------------
+
+    def touch_user(self, user_id: str, name: str | None, at_ms: int) -> Deferred[None]:
+        return self.run(self._touch_user, user_id, name, at_ms)
+
+    def _touch_user(self, cur: Any, user_id: str, name: str | None, at_ms: int) -> None:
+        cur.execute(
+            self.engine.sql(
+                "INSERT INTO users (user_id, name, first_seen) VALUES (?, ?, ?)"
+                " ON CONFLICT (user_id) DO UPDATE SET name = COALESCE(excluded.name, users.name)"
+            ),
+            (user_id, name, at_ms),
+        )
+
+    def user_exists(self, user_id: str) -> Deferred[bool]:
+        return self.run(self._user_exists, user_id)
+
+    def _user_exists(self, cur: Any, user_id: str) -> bool:
+        """Known: has connected once, or was made a member of a room."""
+        cur.execute(
+            self.engine.sql(
+                "SELECT 1 FROM users WHERE user_id = ?"
+                " UNION ALL SELECT 1 FROM room_members WHERE user_id = ? LIMIT 1"
+            ),
+            (user_id, user_id),
+        )
+        return cur.fetchone() is not None
+
+    def set_last_seen(self, user_id: str, at_ms: int) -> Deferred[None]:
+        return self.run(self._set_last_seen, user_id, at_ms)
+
+    def _set_last_seen(self, cur: Any, user_id: str, at_ms: int) -> None:
+        cur.execute(
+            self.engine.sql(
+                "INSERT INTO users (user_id, first_seen, last_seen) VALUES (?, ?, ?)"
+                " ON CONFLICT (user_id) DO UPDATE SET last_seen = excluded.last_seen"
+            ),
+            (user_id, at_ms, at_ms),
+        )
+
+    def last_seen(self, user_id: str) -> Deferred[int | None]:
+        return self.run(self._last_seen, user_id)
+
+    def _last_seen(self, cur: Any, user_id: str) -> int | None:
+        cur.execute(self.engine.sql("SELECT last_seen FROM users WHERE user_id = ?"), (user_id,))
+        row = cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    def presence_audience(self, user_id: str) -> Deferred[list[str]]:
+        return self.run(self._presence_audience, user_id)
+
+    def _presence_audience(self, cur: Any, user_id: str) -> list[str]:
+        """Who may see this user's presence: friends and the members of the
+        rooms the user belongs to.  Nobody else."""
+        cur.execute(
+            self.engine.sql(
+                "SELECT friend_id FROM friendships WHERE user_id = ?"
+                " UNION SELECT other.user_id FROM room_members mine"
+                " JOIN room_members other ON other.room_id = mine.room_id"
+                " WHERE mine.user_id = ? AND other.user_id <> ?"
+            ),
+            (user_id, user_id, user_id),
+        )
+        return sorted(row[0] for row in cur.fetchall())
+
+    def in_audience(self, viewer: str, subject: str) -> Deferred[bool]:
+        return self.run(self._in_audience, viewer, subject)
+
+    def _in_audience(self, cur: Any, viewer: str, subject: str) -> bool:
+        cur.execute(
+            self.engine.sql(
+                "SELECT 1 FROM friendships WHERE user_id = ? AND friend_id = ?"
+                " UNION ALL SELECT 1 FROM room_members mine JOIN room_members other"
+                " ON other.room_id = mine.room_id WHERE mine.user_id = ? AND other.user_id = ? LIMIT 1"
+            ),
+            (subject, viewer, subject, viewer),
+        )
+        return cur.fetchone() is not None
+
+    # -- friends -----------------------------------------------------------------
+
+    def are_friends(self, user_id: str, other: str) -> Deferred[bool]:
+        return self.run(self._are_friends, user_id, other)
+
+    def _are_friends(self, cur: Any, user_id: str, other: str) -> bool:
+        cur.execute(
+            self.engine.sql("SELECT 1 FROM friendships WHERE user_id = ? AND friend_id = ?"),
+            (user_id, other),
+        )
+        return cur.fetchone() is not None
+
+    def request_friend(self, from_user: str, to_user: str, at_ms: int) -> Deferred[str]:
+        return self.run(self._request_friend, from_user, to_user, at_ms)
+
+    def _request_friend(self, cur: Any, from_user: str, to_user: str, at_ms: int) -> str:
+        """'friends' (already), 'accepted' (the other had asked us: now
+        friends), 'pending' (asked before) or 'requested' (new request)."""
+        if self._are_friends(cur, from_user, to_user):
+            return "friends"
+        if self._delete_request(cur, to_user, from_user):
+            self._befriend(cur, from_user, to_user, at_ms)
+            return "accepted"
+        cur.execute(
+            self.engine.sql(
+                "INSERT INTO friend_requests (from_user, to_user, created_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (from_user, to_user) DO NOTHING"
+            ),
+            (from_user, to_user, at_ms),
+        )
+        return "requested" if cur.rowcount == 1 else "pending"
+
+    def accept_friend(self, user_id: str, requester: str, at_ms: int) -> Deferred[bool]:
+        return self.run(self._accept_friend, user_id, requester, at_ms)
+
+    def _accept_friend(self, cur: Any, user_id: str, requester: str, at_ms: int) -> bool:
+        if not self._delete_request(cur, requester, user_id):
+            return False
+        self._befriend(cur, user_id, requester, at_ms)
+        return True
+
+    def decline_friend(self, user_id: str, requester: str) -> Deferred[bool]:
+        return self.run(self._delete_request, requester, user_id)
+
+    def remove_friend(self, user_id: str, other: str) -> Deferred[bool]:
+        return self.run(self._remove_friend, user_id, other)
+
+    def _remove_friend(self, cur: Any, user_id: str, other: str) -> bool:
+        """End a friendship, or withdraw this user's own pending request."""
+        cur.execute(
+            self.engine.sql(
+                "DELETE FROM friendships WHERE (user_id = ? AND friend_id = ?) OR (user_id = ? AND friend_id = ?)"
+            ),
+            (user_id, other, other, user_id),
+        )
+        removed = cur.rowcount > 0
+        return self._delete_request(cur, user_id, other) or removed
+
+    def set_friendship(self, user_id: str, other: str, present: bool, at_ms: int) -> Deferred[bool]:
+        """The backend's view of the graph (HTTP API): make or end it."""
+        return self.run(self._set_friendship, user_id, other, present, at_ms)
+
+    def _set_friendship(self, cur: Any, user_id: str, other: str, present: bool, at_ms: int) -> bool:
+        if not present:
+            return self._remove_friend(cur, user_id, other)
+        if self._are_friends(cur, user_id, other):
+            return False
+        self._delete_request(cur, user_id, other)
+        self._delete_request(cur, other, user_id)
+        self._befriend(cur, user_id, other, at_ms)
+        return True
+
+    def _befriend(self, cur: Any, a: str, b: str, at_ms: int) -> None:
+        self.engine.insert_many(
+            cur,
+            "INSERT INTO friendships (user_id, friend_id, created_at) VALUES (?, ?, ?)",
+            [(a, b, at_ms), (b, a, at_ms)],
+        )
+
+    def _delete_request(self, cur: Any, from_user: str, to_user: str) -> bool:
+        cur.execute(
+            self.engine.sql("DELETE FROM friend_requests WHERE from_user = ? AND to_user = ?"),
+            (from_user, to_user),
+        )
+        return cur.rowcount == 1
+
+    def friend_lists(self, user_id: str) -> Deferred[FriendLists]:
+        return self.run(self._friend_lists, user_id)
+
+    def _friend_lists(self, cur: Any, user_id: str) -> FriendLists:
+        sql = self.engine.sql
+        cur.execute(sql("SELECT friend_id FROM friendships WHERE user_id = ? ORDER BY friend_id"), (user_id,))
+        friends = [row[0] for row in cur.fetchall()]
+        cur.execute(
+            sql("SELECT from_user, created_at FROM friend_requests WHERE to_user = ? ORDER BY created_at, from_user"),
+            (user_id,),
+        )
+        incoming = [PendingRequest(row[0], int(row[1])) for row in cur.fetchall()]
+        cur.execute(
+            sql("SELECT to_user, created_at FROM friend_requests WHERE from_user = ? ORDER BY created_at, to_user"),
+            (user_id,),
+        )
+        outgoing = [PendingRequest(row[0], int(row[1])) for row in cur.fetchall()]
+        return FriendLists(friends, incoming, outgoing)
+
+    # -- notifications -------------------------------------------------------------
+
+    def add_notification(self, notification: Notification) -> Deferred[Notification]:
+        return self.run(self._add_notification, notification)
+
+    def _add_notification(self, cur: Any, n: Notification) -> Notification:
+        cur.execute(
+            self.engine.sql(
+                "INSERT INTO notifications (id, user_id, type, title, message, data, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)"
+            ),
+            (n.id, n.user_id, n.type, n.title, n.message,
+             None if n.data is None else json.dumps(n.data), n.created_at_ms),
+        )
+        return n
+
+    def unread_notifications(self, user_id: str, limit: int) -> Deferred[list[Notification]]:
+        return self.run(self._unread_notifications, user_id, limit)
+
+    def _unread_notifications(self, cur: Any, user_id: str, limit: int) -> list[Notification]:
+        cur.execute(
+            self.engine.sql(
+                "SELECT id, user_id, type, title, message, data, created_at FROM notifications"
+                " WHERE user_id = ? AND read_at IS NULL ORDER BY created_at, id LIMIT ?"
+            ),
+            (user_id, limit),
+        )
+        return [
+            Notification(row[0], row[1], row[2], row[3], row[4],
+                         None if row[5] is None else json.loads(row[5]), int(row[6]))
+            for row in cur.fetchall()
+        ]
+
+    def ack_notification(self, user_id: str, notification_id: str, at_ms: int) -> Deferred[bool]:
+        return self.run(self._ack_notification, user_id, notification_id, at_ms)
+
+    def _ack_notification(self, cur: Any, user_id: str, notification_id: str, at_ms: int) -> bool:
+        """True when the notification is the user's (acking twice is fine)."""
+        cur.execute(
+            self.engine.sql(
+                "UPDATE notifications SET read_at = COALESCE(read_at, ?) WHERE id = ? AND user_id = ?"
+            ),
+            (at_ms, notification_id, user_id),
+        )
+        return cur.rowcount == 1
+
+    # -- direct-message rooms ----------------------------------------------------------
+
+    def ensure_dm_room(self, room: Room, a: str, b: str) -> Deferred[None]:
+        return self.run(self._ensure_dm_room, room, a, b)
+
+    def _ensure_dm_room(self, cur: Any, room: Room, a: str, b: str) -> None:
+        sql = self.engine.sql
+        cur.execute(
+            sql(
+                "INSERT INTO rooms (id, name, description, type, created_by, created_at, last_seq, kind)"
+                " VALUES (?, ?, '', 'private', ?, ?, 0, 'dm') ON CONFLICT (id) DO NOTHING"
+            ),
+            (room.id, room.name, a, room.created_at_ms),
+        )
+        if cur.rowcount == 1:
+            self.engine.insert_many(
+                cur,
+                "INSERT INTO room_members (room_id, user_id, joined_at) VALUES (?, ?, ?)",
+                [(room.id, a, room.created_at_ms), (room.id, b, room.created_at_ms)],
+            )
