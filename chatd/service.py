@@ -76,11 +76,11 @@ class ChatdService(Service):
         self.verifier = TokenVerifier.from_config(config)
         self.factory: ChatdWebSocketFactory
         self.registry = LocalRegistry(self.broker, lambda event: self.factory.frame(event), self.reactor)
+        self.presence = Presence(self.reactor, config.presence_grace)
         self.chat = ChatService(
             self.store, self.broker, self.registry, self.reactor,
-            Limits(max_content_length=config.max_content_length),
+            Limits(max_content_length=config.max_content_length), online=self.presence,
         )
-        self.presence = Presence(self.reactor, config.presence_grace)
         self.social = SocialService(self.chat, self.registry, self.presence, config.dm_policy)
         self.sessions = Sessions(self.registry, self.chat, self.social)
         self.dispatcher = Dispatcher({**chat_routes(self.chat), **social_routes(self.social)})

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatd.clock import now_ms
-from chatd.domain.interfaces import Broker, Connection, Store
+from chatd.domain.interfaces import Broker, Connection, OnlineDirectory, Store
 from chatd.domain.models import Message, NewMessage, Published, Room
 from chatd.domain.registry import LocalRegistry, room_channel
 from chatd.domain.typing import TYPING_TIMEOUT, TypingTracker
@@ -70,10 +70,12 @@ class ChatService:
         clock: IReactorTime,
         limits: Limits | None = None,
         typing_timeout: float = TYPING_TIMEOUT,
+        online: OnlineDirectory | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
         self.registry = registry
+        self.online: OnlineDirectory = online if online is not None else registry
         self.limits = limits or Limits()
         self.typing = TypingTracker(clock, self._announce_typing, typing_timeout)
 
@@ -142,7 +144,7 @@ class ChatService:
         data = {
             "room": room.to_wire(),
             "messages": [m.to_wire() for m in page.messages],
-            "users": self.registry.online_among(members),
+            "users": self.online.online_among(members),
             "hasMore": page.has_more,
         }
         if not holding:

@@ -92,3 +92,20 @@ class OnlineDirectory(Protocol):
     """Answers whether users have at least one open connection."""
 
     def online_among(self, user_ids: list[str]) -> list[str]: ...
+
+
+class PresenceTracker(OnlineDirectory, Protocol):
+    """Counts connections per user and reports the transitions.  The local
+    one counts this process's connections; a cluster-wide one (Redis) keeps
+    the same interface, so the social service does not change."""
+
+    on_online: Callable[[str], None] | None
+    on_offline: Callable[[str], None] | None
+
+    def is_online(self, user_id: str) -> bool: ...
+
+    def opened(self, user_id: str) -> None: ...
+
+    def closed(self, user_id: str) -> None: ...
+
+    def stop(self) -> None: ...

@@ -19,6 +19,7 @@ one can replace the local counts.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -27,7 +28,7 @@ from twisted.logger import Logger
 
 from chatd.clock import iso_from_ms, now_iso, now_ms
 from chatd.domain.chat import ChatService, encode, new_id
-from chatd.domain.interfaces import Connection
+from chatd.domain.interfaces import Connection, PresenceTracker
 from chatd.domain.models import Message, NewMessage, Notification, Published, Room
 from chatd.domain.registry import BROADCAST_CHANNEL, LocalRegistry, user_channel
 from chatd.errors import ChatError, ErrorCode
@@ -56,8 +57,8 @@ class Presence:
         self._grace = grace
         self._counts: dict[str, int] = {}
         self._going: dict[str, IDelayedCall] = {}
-        self.on_online: Any = None
-        self.on_offline: Any = None
+        self.on_online: Callable[[str], None] | None = None
+        self.on_offline: Callable[[str], None] | None = None
 
     def is_online(self, user_id: str) -> bool:
         return user_id in self._counts or user_id in self._going
@@ -106,7 +107,7 @@ class SocialService:
         self,
         chat: ChatService,
         registry: LocalRegistry,
-        presence: Presence,
+        presence: PresenceTracker,
         dm_policy: str = "anyone",
     ) -> None:
         self.chat = chat
