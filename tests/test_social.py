@@ -226,6 +226,28 @@ async def test_strangers_learn_nothing_about_presence(server_factory):
     assert (await stranger.ok("friends:list"))["friends"] == []
 
 
+@pytest_twisted.ensureDeferred
+async def test_writing_a_direct_message_does_not_reveal_presence(server_factory):
+    """A stranger who DMs you shares a room with you, but a DM room does not
+    put them in your presence audience."""
+    server = await fast_presence(server_factory)
+    alice = await server.connect("alice")
+    stranger = await server.connect("stranger")
+    room = (await stranger.ok("message:send", {"recipientId": "alice", "content": "hello?"}))["message"]["chatId"]
+    assert (await stranger.ok("chat:join", room))["users"] == ["stranger"]
+    assert (await stranger.ok("status:request"))["userIds"] == []
+    await alice.close()
+    await stranger.nothing("user:offline", within=GRACE + 0.3)
+    alice = await server.connect("alice")
+    await stranger.nothing("user:online", within=0.3)
+    # alice answering does not change that either; friendship does
+    await alice.ok("message:send", {"recipientId": "stranger", "content": "who are you?"})
+    assert (await stranger.ok("status:request"))["userIds"] == []
+    await befriend(alice, stranger)
+    assert (await stranger.ok("status:request"))["userIds"] == ["alice"]
+    assert sorted((await stranger.ok("chat:join", room))["users"]) == ["alice", "stranger"]
+
+
 # -- friends -------------------------------------------------------------------------
 
 @pytest_twisted.ensureDeferred

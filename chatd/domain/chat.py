@@ -41,6 +41,15 @@ def encode(data: dict[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
+DIRECT_ROOM_PREFIX = "dm_"
+
+
+def is_direct_room(room_id: str) -> bool:
+    """Direct-message rooms have ids of their own (see social.dm_room_id);
+    no other room may take that prefix."""
+    return room_id.startswith(DIRECT_ROOM_PREFIX)
+
+
 def new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(10)
 
@@ -141,10 +150,19 @@ class ChatService:
                 self.registry.abort_join(conn, room_id)
             raise
         page = snapshot.page
+        online = self.online.online_among(members)
+        if is_direct_room(room_id):
+            # A direct-message partner's presence is shown only to those in
+            # their audience (friends, room-mates), as everywhere else.
+            visible = []
+            for other in online:
+                if other == user or (yield _guard(self.store.in_audience(user, other))):
+                    visible.append(other)
+            online = visible
         data = {
             "room": room.to_wire(),
             "messages": [m.to_wire() for m in page.messages],
-            "users": self.online.online_among(members),
+            "users": online,
             "hasMore": page.has_more,
         }
         if not holding:

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from chatd.clock import iso_from_ms, now_iso, now_ms
-from chatd.domain.chat import ChatService, encode, new_id
+from chatd.domain.chat import DIRECT_ROOM_PREFIX, ChatService, encode, new_id
 from chatd.domain.interfaces import Connection, PresenceTracker
 from chatd.domain.models import Message, NewMessage, Notification, Published, Room
 from chatd.domain.registry import BROADCAST_CHANNEL, LocalRegistry, user_channel
@@ -45,7 +45,7 @@ def dm_room_id(a: str, b: str) -> str:
     (a hash, so any characters in user ids are safe in a room id)."""
     first, second = sorted((a, b))
     digest = hashlib.sha256(f"{first}\x00{second}".encode()).hexdigest()[:32]
-    return "dm_" + digest
+    return DIRECT_ROOM_PREFIX + digest
 
 
 class Presence:

@@ -73,11 +73,14 @@ class SocialQueries:
 
     def _presence_audience(self, cur: Any, user_id: str) -> list[str]:
         """Who may see this user's presence: friends and the members of the
-        rooms the user belongs to.  Nobody else."""
+        rooms the user belongs to.  Nobody else — and a direct-message room
+        does not count: a stranger who writes to you does not get to watch
+        your presence."""
         cur.execute(
             self.engine.sql(
                 "SELECT friend_id FROM friendships WHERE user_id = ?"
                 " UNION SELECT other.user_id FROM room_members mine"
+                " JOIN rooms r ON r.id = mine.room_id AND r.kind <> 'dm'"
                 " JOIN room_members other ON other.room_id = mine.room_id"
                 " WHERE mine.user_id = ? AND other.user_id <> ?"
             ),
@@ -92,8 +95,10 @@ class SocialQueries:
         cur.execute(
             self.engine.sql(
                 "SELECT 1 FROM friendships WHERE user_id = ? AND friend_id = ?"
-                " UNION ALL SELECT 1 FROM room_members mine JOIN room_members other"
-                " ON other.room_id = mine.room_id WHERE mine.user_id = ? AND other.user_id = ? LIMIT 1"
+                " UNION ALL SELECT 1 FROM room_members mine"
+                " JOIN rooms r ON r.id = mine.room_id AND r.kind <> 'dm'"
+                " JOIN room_members other ON other.room_id = mine.room_id"
+                " WHERE mine.user_id = ? AND other.user_id = ? LIMIT 1"
             ),
             (subject, viewer, subject, viewer),
         )
