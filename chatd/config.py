@@ -177,6 +177,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shutdown_timeout", _positive_number, 10.0, "seconds SIGTERM waits for pending writes and closing handshakes"),
     Setting("dm_policy", _dm_policy, "anyone", "who may send a direct message to whom: 'anyone' or 'friends'"),
     Setting("presence_grace", _non_negative_number, 3.0, "seconds after a user's last connection closes before user:offline"),
+    Setting("reaction_rate", _positive_number, 10.0, "live reactions per second allowed per user (burst: twice that)"),
+    Setting("viewer_count_interval", _positive_number, 0.5, "least seconds between two live:viewer-count pushes of a stream"),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -209,6 +211,8 @@ class Config:
     shutdown_timeout: float = 10.0
     dm_policy: str = "anyone"
     presence_grace: float = 3.0
+    reaction_rate: float = 10.0
+    viewer_count_interval: float = 0.5
     secret_generated: bool = False
 
     @property

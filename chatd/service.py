@@ -25,10 +25,11 @@ from chatd.auth import TokenVerifier
 from chatd.broker.memory import InProcessBroker
 from chatd.config import Config
 from chatd.domain.chat import ChatService, Limits
+from chatd.domain.live import LiveService
 from chatd.domain.registry import LocalRegistry
 from chatd.domain.sessions import Sessions
 from chatd.domain.social import Presence, SocialService
-from chatd.protocol.dispatch import Dispatcher, chat_routes, social_routes
+from chatd.protocol.dispatch import Dispatcher, chat_routes, live_routes, social_routes
 from chatd.protocol.websocket import ChatdWebSocketFactory
 from chatd.storage.engines import engine_for
 from chatd.storage.schema import migrate
@@ -82,8 +83,14 @@ class ChatdService(Service):
             Limits(max_content_length=config.max_content_length), online=self.presence,
         )
         self.social = SocialService(self.chat, self.registry, self.presence, config.dm_policy)
-        self.sessions = Sessions(self.registry, self.chat, self.social)
-        self.dispatcher = Dispatcher({**chat_routes(self.chat), **social_routes(self.social)})
+        self.live = LiveService(
+            self.chat, self.registry, self.reactor,
+            count_interval=config.viewer_count_interval, reaction_rate=config.reaction_rate,
+        )
+        self.sessions = Sessions(self.registry, self.chat, self.social, self.live)
+        self.dispatcher = Dispatcher(
+            {**chat_routes(self.chat), **social_routes(self.social), **live_routes(self.live)}
+        )
         self.factory = ChatdWebSocketFactory(config, self.reactor, self.verifier, self.sessions, self.dispatcher)
         self.site = build_site(self.factory)
         self._built = True
@@ -173,6 +180,7 @@ class ChatdService(Service):
         yield self.factory.shutdown(self.config.shutdown_timeout)
         self.chat.typing.stop_all()
         self.presence.stop()
+        self.live.stop()
         self.factory.stopFactory()
         yield self.broker.stop()
         yield self.store.close()

@@ -172,6 +172,17 @@ class LocalRegistry:
         self._unlisten(channel, conn)
         return True
 
+    def listen(self, conn: Connection, channel: str) -> None:
+        """Let an authenticated connection listen on any channel (streams)."""
+        if conn in self._channels_of:
+            self._listen(channel, conn)
+
+    def unlisten(self, conn: Connection, channel: str) -> None:
+        channels = self._channels_of.get(conn)
+        if channels is not None and channel in channels:
+            channels.discard(channel)
+            self._unlisten(channel, conn)
+
     def room_connections(self, room_id: str) -> Iterator[Connection]:
         return iter(tuple(self._listeners.get(room_channel(room_id), ())))
 

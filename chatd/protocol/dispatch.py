@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from chatd.clock import now_iso
 from chatd.domain.chat import ChatService, Outcome
 from chatd.domain.interfaces import Connection
+from chatd.domain.live import LiveService
 from chatd.domain.social import SocialService
 from chatd.errors import ChatError, ErrorCode
 from chatd.protocol import requests as rq
@@ -65,6 +66,16 @@ def social_routes(social: SocialService) -> dict[str, Route]:
         "notification:ack": Route(
             rq.NotificationAck.parse, lambda c, r: social.ack_notification(c, r.notification_id), None
         ),
+    }
+
+
+def live_routes(live: LiveService) -> dict[str, Route]:
+    return {
+        "live:join": Route(rq.LiveTarget.parse, lambda c, r: live.join(c, r.stream_id), "live:joined"),
+        "live:leave": Route(rq.LiveTarget.parse, lambda c, r: live.leave(c, r.stream_id), "live:left"),
+        "live:message": Route(rq.LiveMessage.parse, lambda c, r: live.message(c, r.stream_id, r.content), None),
+        "live:reaction": Route(rq.LiveReaction.parse, lambda c, r: live.react(c, r.stream_id, r.emoji), None),
+        "live:status": Route(rq.LiveStatus.parse, lambda c, r: live.set_status(c, r.stream_id, r.status), None),
     }
 
 

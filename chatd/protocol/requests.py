@@ -284,3 +284,64 @@ class NotificationAck:
     def parse(cls, data: Any) -> NotificationAck:
         fields = _object(data, "notification:ack")
         return cls(identifier(fields, "id", MAX_MESSAGE_ID))
+
+
+MAX_STREAM_ID = 128
+MAX_EMOJI = 32
+STREAM_STATUSES = ("started", "ended")
+
+
+def _stream_id_from(data: Any, event: str) -> tuple[str, dict[str, Any]]:
+    """``streamId`` from an object, or the data itself as a bare string."""
+    if isinstance(data, str):
+        return identifier({"streamId": data}, "streamId", MAX_STREAM_ID), {}
+    fields = _object(data, event)
+    return identifier(fields, "streamId", MAX_STREAM_ID), fields
+
+
+@dataclass(frozen=True, slots=True)
+class LiveTarget:
+    """``live:join`` / ``live:leave``: a bare string or ``{streamId}``."""
+
+    stream_id: str
+
+    @classmethod
+    def parse(cls, data: Any) -> LiveTarget:
+        stream_id, _ = _stream_id_from(data, "live request")
+        return cls(stream_id)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveMessage:
+    stream_id: str
+    content: str
+
+    @classmethod
+    def parse(cls, data: Any) -> LiveMessage:
+        stream_id, fields = _stream_id_from(data, "live:message")
+        return cls(stream_id, required_str(fields, "content"))
+
+
+@dataclass(frozen=True, slots=True)
+class LiveReaction:
+    stream_id: str
+    emoji: str
+
+    @classmethod
+    def parse(cls, data: Any) -> LiveReaction:
+        stream_id, fields = _stream_id_from(data, "live:reaction")
+        return cls(stream_id, identifier(fields, "emoji", MAX_EMOJI))
+
+
+@dataclass(frozen=True, slots=True)
+class LiveStatus:
+    stream_id: str
+    status: str
+
+    @classmethod
+    def parse(cls, data: Any) -> LiveStatus:
+        stream_id, fields = _stream_id_from(data, "live:status")
+        status = required_str(fields, "status")
+        if status not in STREAM_STATUSES:
+            raise invalid("'status' must be \"started\" or \"ended\"")
+        return cls(stream_id, status)

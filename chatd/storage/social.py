@@ -275,3 +275,56 @@ class SocialQueries:
                 "INSERT INTO room_members (room_id, user_id, joined_at) VALUES (?, ?, ?)",
                 [(room.id, a, room.created_at_ms), (room.id, b, room.created_at_ms)],
             )
+
+
+class StreamQueries:
+    """Mixed into SqlStore: persisted stream host and status."""
+
+    engine: Any
+
+    def run(self, work: Any, *args: Any) -> Deferred[Any]:  # provided by SqlStore
+        raise TypeError("StreamQueries is a mixin of SqlStore")
+
+    def get_stream(self, stream_id: str) -> Deferred[tuple[str, str, str] | None]:
+        """(host_id, status, title) or None."""
+        return self.run(self._get_stream, stream_id)
+
+    def _get_stream(self, cur: Any, stream_id: str) -> tuple[str, str, str] | None:
+        cur.execute(self.engine.sql("SELECT host_id, status, title FROM streams WHERE id = ?"), (stream_id,))
+        row = cur.fetchone()
+        return (row[0], row[1], row[2]) if row else None
+
+    def set_stream_status(self, stream_id: str, user_id: str, status: str, at_ms: int) -> Deferred[tuple[str, str] | None]:
+        return self.run(self._set_stream_status, stream_id, user_id, status, at_ms)
+
+    def _set_stream_status(self, cur: Any, stream_id: str, user_id: str, status: str, at_ms: int) -> tuple[str, str] | None:
+        """Start or end a stream as ``user_id``.  The first to start an
+        unknown stream becomes its host.  Returns (host, previous status),
+        or None when the user is not the host (nothing changed)."""
+        sql = self.engine.sql
+        cur.execute(
+            sql("INSERT INTO streams (id, host_id, status, created_at, updated_at) VALUES (?, ?, 'idle', ?, ?)"
+                " ON CONFLICT (id) DO NOTHING"),
+            (stream_id, user_id, at_ms, at_ms),
+        )
+        found = self._get_stream(cur, stream_id)
+        assert found is not None
+        host, previous, _ = found
+        if host != user_id:
+            return None
+        cur.execute(sql("UPDATE streams SET status = ?, updated_at = ? WHERE id = ?"), (status, at_ms, stream_id))
+        return host, previous
+
+    def put_stream(self, stream_id: str, host_id: str, title: str | None, at_ms: int) -> Deferred[None]:
+        """The backend names the host (HTTP API): create or update."""
+        return self.run(self._put_stream, stream_id, host_id, title, at_ms)
+
+    def _put_stream(self, cur: Any, stream_id: str, host_id: str, title: str | None, at_ms: int) -> None:
+        cur.execute(
+            self.engine.sql(
+                "INSERT INTO streams (id, host_id, title, status, created_at, updated_at) VALUES (?, ?, ?, 'idle', ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET host_id = excluded.host_id,"
+                " title = COALESCE(?, streams.title), updated_at = excluded.updated_at"
+            ),
+            (stream_id, host_id, title or "", at_ms, at_ms, title),
+        )

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from chatd.domain.models import JoinSnapshot, Message, MessagePage, NewMessage, Room
 from chatd.errors import ChatError, ErrorCode, StoreUnavailable
 from chatd.storage.engines import Engine
-from chatd.storage.social import SocialQueries
+from chatd.storage.social import SocialQueries, StreamQueries
 
 T = TypeVar("T")
 log = Logger()
@@ -61,7 +61,7 @@ class _CommitStarted(Exception):
     transaction's outcome is unknown and it must not be retried."""
 
 
-class SqlStore(SocialQueries):
+class SqlStore(SocialQueries, StreamQueries):
     """``Store`` on an adbapi pool."""
 
     def __init__(self, engine: Engine, pool: adbapi.ConnectionPool | None = None, max_batch: int = 500) -> None:

@@ -1,0 +1,262 @@
+"""Live streams (PROTOCOL.md section 4 "Live streams"): viewers, live chat,
+reactions and host control.
+
+A stream is a broker channel ``stream:<id>`` that viewers' connections
+listen on, so live chat and reactions use the same one-encode, batched,
+prepared-frame fan-out as rooms.  Live chat and reactions are not stored;
+the host and the status are.
+
+The viewer count counts users, not connections, and is pushed as
+``live:viewer-count`` coalesced: at most one push per ``count_interval``
+per stream, however fast viewers come and go, and always a last push with
+the settled value.  Counting sits behind ``ViewerCounter`` so the Redis
+issue can make it cluster-wide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from chatd.clock import iso_from_ms, now_ms
+from chatd.domain.chat import ChatService, encode, new_id
+from chatd.domain.interfaces import Connection
+from chatd.domain.models import Published
+from chatd.domain.registry import LocalRegistry
+from chatd.errors import ChatError, ErrorCode
+
+STATUS_CACHE_SECONDS = 1.0
+
+
+def stream_channel(stream_id: str) -> str:
+    return "stream:" + stream_id
+
+
+class ViewerCounter(Protocol):
+    def add(self, stream_id: str, user_id: str) -> None: ...
+
+    def remove(self, stream_id: str, user_id: str) -> None: ...
+
+    def count(self, stream_id: str) -> int: ...
+
+
+class LocalViewers:
+    """Viewers of this process: per stream, per user, how many connections."""
+
+    def __init__(self) -> None:
+        self._streams: dict[str, dict[str, int]] = {}
+
+    def add(self, stream_id: str, user_id: str) -> None:
+        users = self._streams.setdefault(stream_id, {})
+        users[user_id] = users.get(user_id, 0) + 1
+
+    def remove(self, stream_id: str, user_id: str) -> None:
+        users = self._streams.get(stream_id)
+        if not users or user_id not in users:
+            return
+        if users[user_id] > 1:
+            users[user_id] -= 1
+            return
+        del users[user_id]
+        if not users:
+            del self._streams[stream_id]
+
+    def count(self, stream_id: str) -> int:
+        return len(self._streams.get(stream_id, ()))
+
+
+class CoalescedCounts:
+    """Pushes a stream's count at most once per ``interval``, and once more
+    after the last change so the final value always goes out."""
+
+    def __init__(self, clock: IReactorTime, interval: float, count: Callable[[str], int],
+                 push: Callable[[str, int], None]) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._count = count
+        self._push = push
+        self._scheduled: dict[str, IDelayedCall] = {}
+        self._last_at: dict[str, float] = {}
+        self._last_value: dict[str, int] = {}
+
+    def changed(self, stream_id: str) -> None:
+        if stream_id in self._scheduled:
+            return
+        earliest = self._last_at.get(stream_id, float("-inf")) + self._interval
+        delay = max(0.0, earliest - self._clock.seconds())
+        self._scheduled[stream_id] = self._clock.callLater(delay, self._fire, stream_id)
+
+    def _fire(self, stream_id: str) -> None:
+        del self._scheduled[stream_id]
+        value = self._count(stream_id)
+        if value != self._last_value.get(stream_id):
+            self._push(stream_id, value)
+            self._last_at[stream_id] = self._clock.seconds()
+        if value == 0:
+            self._last_value.pop(stream_id, None)
+        else:
+            self._last_value[stream_id] = value
+
+    def stop(self) -> None:
+        for call in self._scheduled.values():
+            if call.active():
+                call.cancel()
+        self._scheduled.clear()
+
+
+class _Bucket:
+    __slots__ = ("tokens", "stamp")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
+
+
+class LiveService:
+    def __init__(
+        self,
+        chat: ChatService,
+        registry: LocalRegistry,
+        clock: IReactorTime,
+        viewers: ViewerCounter | None = None,
+        count_interval: float = 0.5,
+        reaction_rate: float = 10.0,
+    ) -> None:
+        self.chat = chat
+        self.store: Any = chat.store
+        self.registry = registry
+        self.clock = clock
+        self.viewers: ViewerCounter = viewers if viewers is not None else LocalViewers()
+        self.counts = CoalescedCounts(clock, count_interval, self.viewers.count, self._push_count)
+        self.reaction_rate = reaction_rate
+        self._watching: dict[Connection, set[str]] = {}
+        self._reaction_buckets: dict[str, _Bucket] = {}
+        self._status_cache: dict[str, tuple[float, tuple[str, str, str] | None]] = {}
+
+    def _publish(self, stream_id: str, event_type: str, data: dict[str, Any], **routing: Any) -> None:
+        self.chat.publish(stream_channel(stream_id), Published(event_type, encode(data), **routing))
+
+    def _push_count(self, stream_id: str, count: int) -> None:
+        self._publish(stream_id, "live:viewer-count", {"streamId": stream_id, "count": count})
+
+    # -- stream state (cached briefly: every chat line and reaction asks) ----------------
+
+    @inlineCallbacks
+    def _stream(self, stream_id: str):
+        cached = self._status_cache.get(stream_id)
+        now = self.clock.seconds()
+        if cached is not None and now - cached[0] < STATUS_CACHE_SECONDS:
+            return cached[1]
+        found = yield self.chat.guard(self.store.get_stream(stream_id))
+        self._status_cache[stream_id] = (now, found)
+        if len(self._status_cache) > 10000:
+            self._status_cache.clear()
+        return found
+
+    # -- viewers ----------------------------------------------------------------------
+
+    @inlineCallbacks
+    def join(self, conn: Connection, stream_id: str):
+        user = _user(conn)
+        stream = yield self._stream(stream_id)
+        watching = self._watching.setdefault(conn, set())
+        if stream_id not in watching:
+            watching.add(stream_id)
+            self.registry.listen(conn, stream_channel(stream_id))
+            self.viewers.add(stream_id, user)
+            self.counts.changed(stream_id)
+        return {
+            "streamId": stream_id,
+            "viewerCount": self.viewers.count(stream_id),
+            "status": stream[1] if stream else "idle",
+        }
+
+    def leave(self, conn: Connection, stream_id: str) -> dict[str, Any]:
+        watching = self._watching.get(conn)
+        if watching is not None and stream_id in watching:
+            watching.discard(stream_id)
+            self._stop_watching(conn, stream_id)
+        return {"streamId": stream_id}
+
+    def _stop_watching(self, conn: Connection, stream_id: str) -> None:
+        self.registry.unlisten(conn, stream_channel(stream_id))
+        self.viewers.remove(stream_id, _user(conn))
+        self.counts.changed(stream_id)
+
+    def connection_closed(self, conn: Connection) -> None:
+        for stream_id in self._watching.pop(conn, set()):
+            self._stop_watching(conn, stream_id)
+
+    # -- chat and reactions ----------------------------------------------------------------
+
+    @inlineCallbacks
+    def _open_stream(self, conn: Connection, stream_id: str):
+        watching = self._watching.get(conn)
+        if watching is None or stream_id not in watching:
+            raise ChatError(ErrorCode.NOT_A_MEMBER, f"join stream {stream_id} first (live:join)")
+        stream = yield self._stream(stream_id)
+        if stream is None:
+            raise ChatError(ErrorCode.ROOM_NOT_FOUND, f"stream {stream_id} does not exist")
+        if stream[1] == "ended":
+            raise ChatError(ErrorCode.FORBIDDEN, f"stream {stream_id} has ended")
+
+    @inlineCallbacks
+    def message(self, conn: Connection, stream_id: str, content: str):
+        self.chat.check_content(content)
+        yield self._open_stream(conn, stream_id)
+        message_id = new_id("l_")
+        self._publish(stream_id, "live:message", {
+            "id": message_id, "streamId": stream_id, "userId": _user(conn),
+            "content": content, "createdAt": iso_from_ms(now_ms()),
+        })
+        return {"id": message_id}
+
+    @inlineCallbacks
+    def react(self, conn: Connection, stream_id: str, emoji: str):
+        user = _user(conn)
+        if not self._take_reaction(user):
+            raise ChatError(ErrorCode.RATE_LIMIT_EXCEEDED, f"at most {self.reaction_rate:g} reactions per second")
+        yield self._open_stream(conn, stream_id)
+        self._publish(stream_id, "live:reaction", {"streamId": stream_id, "userId": user, "emoji": emoji})
+        return {}
+
+    def _take_reaction(self, user_id: str) -> bool:
+        """Per user (all tabs together): ``reaction_rate`` per second with a
+        burst of twice that, so a flooding viewer cannot crowd out the rest."""
+        now = self.clock.seconds()
+        burst = 2 * self.reaction_rate
+        bucket = self._reaction_buckets.get(user_id)
+        if bucket is None:
+            if len(self._reaction_buckets) > 100000:
+                self._reaction_buckets.clear()
+            bucket = self._reaction_buckets[user_id] = _Bucket(burst, now)
+        bucket.tokens = min(burst, bucket.tokens + (now - bucket.stamp) * self.reaction_rate)
+        bucket.stamp = now
+        if bucket.tokens < 1:
+            return False
+        bucket.tokens -= 1
+        return True
+
+    # -- host control ----------------------------------------------------------------------
+
+    @inlineCallbacks
+    def set_status(self, conn: Connection, stream_id: str, status: str):
+        user = _user(conn)
+        changed = yield self.chat.guard(self.store.set_stream_status(stream_id, user, status, now_ms()))
+        if changed is None:
+            raise ChatError(ErrorCode.FORBIDDEN, f"only the host of stream {stream_id} may change its status")
+        host = changed[0]
+        self._status_cache[stream_id] = (self.clock.seconds(), (host, status, ""))
+        self._publish(stream_id, "live:status", {"streamId": stream_id, "status": status})
+        return {}
+
+    def stop(self) -> None:
+        self.counts.stop()
+
+
+def _user(conn: Connection) -> str:
+    assert conn.identity is not None
+    return conn.identity.user_id
