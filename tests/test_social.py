@@ -31,6 +31,11 @@ async def befriend(a, b):
         assert (await me.next("user:online"))["data"] == {"userId": other.user_id}
     await b.next("friend:request")
     await b.next("notification")
+    # A presence announcement still in flight from before the friendship
+    # may repeat user:online (announcements are idempotent); let it land.
+    await settle(0.5)
+    for client in (a, b):
+        client.inbox = [f for f in client.inbox if f["type"] != "user:online"]
 
 
 # -- direct messages -----------------------------------------------------------------
@@ -355,3 +360,58 @@ async def test_free_form_message_push_to_users_and_to_everyone(server):
     server.service.social.push_message(None, "system", {"text": "maintenance"})
     for client in (alice, bob):
         assert (await client.next("message"))["data"]["data"] == {"text": "maintenance"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_message_into_a_dm_room_follows_the_dm_rules(server_factory):
+    server = await server_factory(dm_policy="friends")
+    alice = await server.connect("alice")
+    bob = await server.connect("bob")
+    await befriend(alice, bob)
+    room = (await alice.ok("message:send", {"recipientId": "bob", "content": "one"}))["message"]["chatId"]
+    await bob.next("message:receive")
+    ack = await bob.ok("chat:message", {"chatId": room, "content": "two", "tempId": "t2"})
+    assert ack["seq"] == 2 and ack["tempId"] == "t2"
+    assert (await alice.next("message:receive"))["data"]["message"]["content"] == "two"
+    await alice.ok("friend:remove", {"userId": "bob"})
+    await bob.fails("chat:message", {"chatId": room, "content": "three"}, "FORBIDDEN")
+    mallory = await server.connect("mallory")
+    await mallory.fails("chat:message", {"chatId": room, "content": "hi"}, "NOT_A_MEMBER")
+
+
+@pytest_twisted.ensureDeferred
+async def test_friend_answers_check_the_other_user(server):
+    alice = await server.connect("alice")
+    for event in ("friend:accept", "friend:decline", "friend:remove"):
+        await alice.fails(event, {"userId": "ghost"}, "USER_NOT_FOUND")
+        await alice.fails(event, {"userId": "alice"}, "INVALID_MESSAGE")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dm_to_an_offline_user_leaves_a_notification(server):
+    bob = await server.connect("bob")
+    await bob.close()
+    alice = await server.connect("alice")
+    sent = (await alice.ok("message:send", {"recipientId": "bob", "content": "are you there?"}))["message"]
+    bob = await server.connect("bob")
+    note = (await bob.next("notification"))["data"]
+    assert note["type"] == "direct_message" and note["message"] == "are you there?"
+    assert note["data"] == {"chatId": sent["chatId"], "messageId": sent["id"], "senderId": "alice"}
+    # online recipients get message:receive, not a notification
+    await alice.ok("message:send", {"recipientId": "bob", "content": "good"})
+    await bob.next("message:receive")
+    await bob.nothing("notification", within=0.2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_answering_a_request_settles_its_notification(server):
+    bob = await server.connect("bob")
+    alice = await server.connect("alice")
+    carol = await server.connect("carol")
+    await alice.ok("friend:request", {"userId": "bob"})
+    await carol.ok("friend:request", {"userId": "bob"})
+    await bob.ok("friend:accept", {"userId": "alice"})
+    await bob.ok("friend:decline", {"userId": "carol"})
+    await bob.close()
+    bob = await server.connect("bob")
+    await bob.nothing("notification", within=0.3)

@@ -85,6 +85,9 @@ class ChatService:
         self.broker = broker
         self.registry = registry
         self.online: OnlineDirectory = online if online is not None else registry
+        # The social service handles chat:message into direct-message rooms
+        # (dm_policy, message:receive); set by it, None without one.
+        self.direct_rooms: Any = None
         self.limits = limits or Limits()
         self.typing = TypingTracker(clock, self._announce_typing, typing_timeout)
 
@@ -185,6 +188,8 @@ class ChatService:
     def send_message(self, conn: Connection, room_id: str, content: str, temp_id: str | None) -> Deferred[dict[str, Any]]:
         user = _user(conn)
         self.check_content(content)
+        if self.direct_rooms is not None and is_direct_room(room_id):
+            return self.direct_rooms.send_in_direct_room(conn, room_id, content, temp_id)
         message = NewMessage(new_id("m_"), room_id, user, content, temp_id, now_ms())
         if self.registry.is_joined(conn, room_id):
             d = self.store.append_message(message)

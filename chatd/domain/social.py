@@ -52,13 +52,16 @@ class Presence:
     """Counts each user's local connections and announces the transitions
     (through ``SocialService``) with a grace period before offline."""
 
-    def __init__(self, clock: IReactorTime, grace: float = PRESENCE_GRACE) -> None:
+    def __init__(self, clock: IReactorTime, grace: float = PRESENCE_GRACE,
+                 wall_clock: Callable[[], int] = now_ms) -> None:
         self._clock = clock
         self._grace = grace
+        self._wall_clock = wall_clock
         self._counts: dict[str, int] = {}
         self._going: dict[str, IDelayedCall] = {}
+        self._closed_at: dict[str, int] = {}
         self.on_online: Callable[[str], None] | None = None
-        self.on_offline: Callable[[str], None] | None = None
+        self.on_offline: Callable[[str, int], None] | None = None
 
     def is_online(self, user_id: str) -> bool:
         return user_id in self._counts or user_id in self._going
@@ -77,6 +80,7 @@ class Presence:
         going = self._going.pop(user_id, None)
         if going is not None:
             going.cancel()  # back within the grace period: never went offline
+            self._closed_at.pop(user_id, None)
             return
         if self.on_online is not None:
             self.on_online(user_id)
@@ -88,12 +92,16 @@ class Presence:
             return
         self._counts.pop(user_id, None)
         if user_id not in self._going:
+            self._closed_at[user_id] = self._wall_clock()
             self._going[user_id] = self._clock.callLater(self._grace, self._gone, user_id)
 
     def _gone(self, user_id: str) -> None:
+        """The grace period ran out: offline, last seen when the last
+        connection closed (not now)."""
         self._going.pop(user_id, None)
+        closed_at = self._closed_at.pop(user_id, self._wall_clock())
         if self.on_offline is not None:
-            self.on_offline(user_id)
+            self.on_offline(user_id, closed_at)
 
     def stop(self) -> None:
         for call in self._going.values():
@@ -117,6 +125,7 @@ class SocialService:
         self.dm_policy = dm_policy
         presence.on_online = self._announce_online
         presence.on_offline = self._went_offline
+        chat.direct_rooms = self
 
     def _push_to_user(self, user_id: str, event_type: str, data: dict[str, Any], **routing: Any) -> None:
         self.chat.publish(user_channel(user_id), Published(event_type, encode(data), **routing))
@@ -155,8 +164,7 @@ class SocialService:
         d.addCallback(self._tell, "user:online", {"userId": user_id})
         d.addErrback(lambda f: log.failure("announcing {user} online failed", f, user=user_id))
 
-    def _went_offline(self, user_id: str) -> None:
-        at = now_ms()
+    def _went_offline(self, user_id: str, at: int) -> None:
         d = self.store.set_last_seen(user_id, at)
         d.addCallback(lambda _: self._audience_online(user_id))
         d.addCallback(self._tell, "user:offline", {"userId": user_id, "lastSeen": iso_from_ms(at)})
@@ -195,7 +203,35 @@ class SocialService:
         wire = self._dm_wire(message, recipient, session_id)
         self._push_to_user(recipient, "message:receive", {"message": wire})
         self._push_to_user(sender, "message:receive", {"message": wire}, skip_connection=conn.connection_id)
+        if not self.presence.connections(recipient):
+            # Nobody to push to (a user in the presence grace period counts
+            # as online, but has no connection to receive this): leave a notification, delivered on the
+            # recipient's next connection, that says where to look.
+            name = conn.identity.name if conn.identity is not None and conn.identity.name else sender
+            yield self._notify_quietly(
+                recipient, "direct_message", f"New message from {name}", content[:200],
+                {"chatId": message.chat_id, "messageId": message.id, "senderId": sender},
+            )
         return {"message": wire}
+
+    @inlineCallbacks
+    def send_in_direct_room(self, conn: Connection, room_id: str, content: str, temp_id: str | None):
+        """``chat:message`` into a DM room: the same rules and pushes as
+        ``message:send`` (dm_policy, message:receive), answered in the shape
+        of a chat:message ack."""
+        user = _user(conn)
+        members = yield self._guarded(self.store.members(room_id))
+        if user not in members:
+            raise ChatError(ErrorCode.NOT_A_MEMBER, f"you are not a member of room {room_id}")
+        others = [m for m in members if m != user]
+        if not others:
+            raise ChatError(ErrorCode.INVALID_MESSAGE, f"room {room_id} has no other member")
+        result = yield self.send_direct(conn, others[0], content, temp_id, None)
+        message = result["message"]
+        ack = {"id": message["id"], "seq": message["seq"], "createdAt": message["createdAt"]}
+        if temp_id is not None:
+            ack["tempId"] = temp_id
+        return ack
 
     @staticmethod
     def _dm_wire(message: Message, recipient: str, session_id: str | None) -> dict[str, Any]:
@@ -210,23 +246,29 @@ class SocialService:
 
     @inlineCallbacks
     def request_friend(self, conn: Connection, target: str):
-        user = _user(conn)
-        if target == user:
-            raise ChatError(ErrorCode.INVALID_MESSAGE, "userId must be another user")
-        yield self._require_known(target)
+        user = yield self._other_known_user(conn, target)
         outcome = yield self._guarded(self.store.request_friend(user, target, now_ms()))
         if outcome == "requested":
             self._push_to_user(target, "friend:request", {"fromUserId": user})
-            yield self.notify(target, "friend_request", "Friend request",
-                              f"{conn.identity.name or user} sent you a friend request",
-                              {"fromUserId": user})
+            yield self._notify_quietly(
+                target, "friend_request", "Friend request",
+                f"{conn.identity.name or user} sent you a friend request", {"fromUserId": user},
+            )
         elif outcome == "accepted":
             self._became_friends(user, target)
         return {}
 
     @inlineCallbacks
-    def accept_friend(self, conn: Connection, requester: str):
+    def _other_known_user(self, conn: Connection, other: str):
         user = _user(conn)
+        if other == user:
+            raise ChatError(ErrorCode.INVALID_MESSAGE, "userId must be another user")
+        yield self._require_known(other)
+        return user
+
+    @inlineCallbacks
+    def accept_friend(self, conn: Connection, requester: str):
+        user = yield self._other_known_user(conn, requester)
         if not (yield self._guarded(self.store.accept_friend(user, requester, now_ms()))):
             if (yield self._guarded(self.store.are_friends(user, requester))):
                 return {}
@@ -244,12 +286,14 @@ class SocialService:
 
     @inlineCallbacks
     def decline_friend(self, conn: Connection, requester: str):
-        yield self._guarded(self.store.decline_friend(_user(conn), requester))
+        user = yield self._other_known_user(conn, requester)
+        yield self._guarded(self.store.decline_friend(user, requester, now_ms()))
         return {}
 
     @inlineCallbacks
     def remove_friend(self, conn: Connection, other: str):
-        yield self._guarded(self.store.remove_friend(_user(conn), other))
+        user = yield self._other_known_user(conn, other)
+        yield self._guarded(self.store.remove_friend(user, other))
         return {}
 
     @inlineCallbacks
@@ -272,6 +316,15 @@ class SocialService:
         yield self._guarded(self.store.add_notification(notification))
         self._push_to_user(user_id, "notification", notification.to_wire())
         return notification
+
+    def _notify_quietly(self, user_id: str, kind: str, title: str, message: str, data: Any) -> Deferred[None]:
+        """A notification that accompanies something already stored (a DM,
+        a friend request): stored before the answer goes out, so a client
+        that connects after the answer gets it exactly once on connect; its
+        failure is logged and does not turn the answer into an error."""
+        d = self.notify(user_id, kind, title, message, data)
+        d.addErrback(lambda f: log.failure("{kind} notification for {user} failed", f, kind=kind, user=user_id))
+        return d.addCallback(lambda _: None)
 
     @inlineCallbacks
     def ack_notification(self, conn: Connection, notification_id: str):

@@ -126,6 +126,7 @@ class SocialQueries:
             return "friends"
         if self._delete_request(cur, to_user, from_user):
             self._befriend(cur, from_user, to_user, at_ms)
+            self._settle_request_notification(cur, from_user, to_user, at_ms)
             return "accepted"
         cur.execute(
             self.engine.sql(
@@ -143,10 +144,27 @@ class SocialQueries:
         if not self._delete_request(cur, requester, user_id):
             return False
         self._befriend(cur, user_id, requester, at_ms)
+        self._settle_request_notification(cur, user_id, requester, at_ms)
         return True
 
-    def decline_friend(self, user_id: str, requester: str) -> Deferred[bool]:
-        return self.run(self._delete_request, requester, user_id)
+    def decline_friend(self, user_id: str, requester: str, at_ms: int = 0) -> Deferred[bool]:
+        return self.run(self._decline_friend, user_id, requester, at_ms)
+
+    def _decline_friend(self, cur: Any, user_id: str, requester: str, at_ms: int) -> bool:
+        declined = self._delete_request(cur, requester, user_id)
+        self._settle_request_notification(cur, user_id, requester, at_ms)
+        return declined
+
+    def _settle_request_notification(self, cur: Any, user_id: str, requester: str, at_ms: int) -> None:
+        """An answered request's notification is read: no need to hand it
+        over again on the next connection."""
+        cur.execute(
+            self.engine.sql(
+                "UPDATE notifications SET read_at = ? WHERE user_id = ? AND type = 'friend_request'"
+                " AND data = ? AND read_at IS NULL"
+            ),
+            (at_ms, user_id, json.dumps({"fromUserId": requester})),
+        )
 
     def remove_friend(self, user_id: str, other: str) -> Deferred[bool]:
         return self.run(self._remove_friend, user_id, other)

@@ -12,7 +12,7 @@ def tracker(grace: float = 3.0):
     presence = Presence(clock, grace)
     events: list[tuple[str, str]] = []
     presence.on_online = lambda user: events.append(("online", user))
-    presence.on_offline = lambda user: events.append(("offline", user))
+    presence.on_offline = lambda user, closed_at: events.append(("offline", user))
     return clock, presence, events
 
 
@@ -37,6 +37,18 @@ def test_offline_only_after_the_last_connection_and_the_grace_period():
     clock.advance(0.2)
     assert events == [("online", "alice"), ("offline", "alice")]
     assert not presence.is_online("alice")
+
+
+def test_last_seen_is_when_the_last_connection_closed():
+    clock = Clock()
+    presence = Presence(clock, 3.0, wall_clock=lambda: int(clock.seconds() * 1000))
+    seen: list[int] = []
+    presence.on_offline = lambda user, closed_at: seen.append(closed_at)
+    clock.advance(10)
+    presence.opened("alice")
+    presence.closed("alice")
+    clock.advance(3.1)
+    assert seen == [10_000]  # not 13,100: the grace period is not part of it
 
 
 def test_reconnect_within_grace_is_silent():
