@@ -34,6 +34,8 @@ from chatd.protocol.websocket import ChatdWebSocketFactory
 from chatd.storage.engines import engine_for
 from chatd.storage.schema import migrate
 from chatd.storage.store import SqlStore
+from chatd.web.api import HttpApi
+from chatd.web.endpoints import BackendApi
 from chatd.web.site import build_site
 
 log = Logger()
@@ -92,7 +94,9 @@ class ChatdService(Service):
             {**chat_routes(self.chat), **social_routes(self.social), **live_routes(self.live)}
         )
         self.factory = ChatdWebSocketFactory(config, self.reactor, self.verifier, self.sessions, self.dispatcher)
-        self.site = build_site(self.factory)
+        self.backend_api = BackendApi(self.registry, self.social)
+        self.api = HttpApi(self.verifier, config.api_key, self.backend_api.endpoints())
+        self.site = build_site(self.factory, self.api, {"storage": self.store.ping})
         self._built = True
 
     # -- listening ----------------------------------------------------------------

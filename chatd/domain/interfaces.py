@@ -31,6 +31,9 @@ class Connection(Protocol):
     def send_event(self, event_type: str, data: dict[str, Any]) -> None:
         """Encode and send one event to this connection only."""
 
+    def disconnect(self, code: int, reason: str) -> None:
+        """Close the connection with a close code of PROTOCOL.md section 3."""
+
 
 class Store(Protocol):
     """Durable storage.  Every method returns a Deferred; failures to reach

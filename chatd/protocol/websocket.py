@@ -357,6 +357,11 @@ class ChatdServerProtocol(WebSocketServerProtocol):
 
     # -- closing --------------------------------------------------------------
 
+    def disconnect(self, code: int, reason: str) -> None:
+        log.info("closing {connection} ({user}) with {code}: {reason}", connection=self.connection_id,
+                 user=self.identity.user_id if self.identity else None, code=code, reason=reason)
+        self.close_with(code, reason)
+
     def close_with(self, code: int, reason: str) -> None:
         """Close with a code of PROTOCOL.md section 3 (1001 included, which
         Autobahn's public sendClose does not allow)."""

@@ -5,11 +5,13 @@ same root."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from chatd import __version__
 from chatd.clock import now_iso
@@ -51,11 +53,44 @@ class Index(Resource):
         return b"chatd: WebSocket endpoint at /ws, health at /healthz\n"
 
 
-def build_site(ws_factory: Any) -> Site:
+class Ready(JsonResource):
+    """``GET /readyz``: 200 only when storage answers; the body says which
+    part failed."""
+
+    def __init__(self, checks: dict[str, Callable[[], Deferred[Any]]]) -> None:
+        super().__init__()
+        self._checks = checks
+
+    def render_GET(self, request: Request) -> Any:
+        d = ensureDeferred(self._probe())
+        d.addCallback(lambda result: self._answer(request, *result))
+        return NOT_DONE_YET
+
+    async def _probe(self) -> tuple[int, dict[str, Any]]:
+        parts: dict[str, str] = {}
+        for name, check in self._checks.items():
+            try:
+                await check()
+                parts[name] = "ok"
+            except Exception as e:
+                parts[name] = f"unavailable: {' '.join(str(e).split()) or type(e).__name__}"
+        ready = all(v == "ok" for v in parts.values())
+        return (200 if ready else 503), {"status": "ready" if ready else "unavailable", **parts}
+
+    def _answer(self, request: Request, status: int, body: dict[str, Any]) -> None:
+        if not request.finished and not request._disconnected:
+            request.write(self.json(request, status, body))
+            request.finish()
+
+
+def build_site(ws_factory: Any, api: Resource, ready_checks: dict[str, Callable[[], Deferred[Any]]]) -> Site:
     root = Resource()
     root.putChild(b"", Index())
     root.putChild(b"ws", WebSocketResource(ws_factory))
     root.putChild(b"healthz", Health(ws_factory.connections))
+    root.putChild(b"readyz", Ready(ready_checks))
+    root.putChild(b"websocket", api)
+    root.putChild(b"api", api)
     site = Site(root)
     site.displayTracebacks = False
     site.noisy = False

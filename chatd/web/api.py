@@ -1,0 +1,232 @@
+"""The HTTP API for backends (PROTOCOL.md section 6) on the same Site as
+``/ws``.
+
+Every push it makes goes through the same services, broker and fan-out as
+WebSocket events.  JSON in and out; errors are ``{"error": {"code",
+"message"}}`` with 400 (a bad body, naming the field), 401 (no or bad
+credentials), 403 (a plain user on an admin endpoint), 404, 413 (body too
+large) or 503 (storage down).  Credentials: ``Authorization: Bearer`` with a
+JWT (verified like WebSocket tokens; ``role: "admin"`` for admin endpoints)
+or the configured API key.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from chatd.auth import AuthError, TokenVerifier
+from chatd.domain.models import Identity
+from chatd.errors import ChatError, ErrorCode, StoreUnavailable
+
+log = Logger()
+
+MAX_BODY = 1 << 20
+MAX_ID = 128
+
+_STATUS_OF_CODE = {
+    ErrorCode.INVALID_MESSAGE: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_A_MEMBER: 403,
+    ErrorCode.ROOM_NOT_FOUND: 404,
+    ErrorCode.USER_NOT_FOUND: 404,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.RATE_LIMIT_EXCEEDED: 429,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.SERVER_ERROR: 500,
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, ErrorCode.INVALID_MESSAGE, message)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: a user from a JWT, or the backend with the API key."""
+
+    identity: Identity | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.identity is None or self.identity.is_admin
+
+    @property
+    def user_id(self) -> str | None:
+        return self.identity.user_id if self.identity is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    caller: Caller
+    params: dict[str, str]
+    query: dict[str, str]
+    body: Any
+
+    def field(self, name: str, kind: type | tuple[type, ...] = str, required: bool = True) -> Any:
+        if not isinstance(self.body, dict):
+            raise bad_request("the body must be a JSON object")
+        value = self.body.get(name)
+        if value is None:
+            if required:
+                raise bad_request(f"'{name}' is required")
+            return None
+        if isinstance(value, bool) and kind is not bool:
+            raise bad_request(f"'{name}' has the wrong type")
+        if not isinstance(value, kind):
+            raise bad_request(f"'{name}' has the wrong type")
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise bad_request(f"'{name}' must not contain NUL characters")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise bad_request(f"'{name}' is not valid Unicode text") from None
+        return value
+
+    def user_id_field(self, name: str) -> str:
+        value = self.field(name)
+        if not value.strip() or len(value) > MAX_ID:
+            raise bad_request(f"'{name}' must be a user id of 1 to {MAX_ID} characters")
+        return value
+
+
+Handler = Callable[[Call], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    method: bytes
+    pattern: re.Pattern[str]
+    handler: Handler
+    admin: bool
+
+
+def endpoint(method: str, path: str, handler: Handler, admin: bool = True) -> Endpoint:
+    regex = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path) + "$"
+    return Endpoint(method.encode(), re.compile(regex), handler, admin)
+
+
+class HttpApi(Resource):
+    """One leaf resource for ``/websocket/…`` and ``/api/…``: routing by
+    method and path, authentication, body parsing and JSON errors."""
+
+    isLeaf = True
+
+    def __init__(self, verifier: TokenVerifier, api_key: str | None, endpoints: list[Endpoint]) -> None:
+        super().__init__()
+        self._verifier = verifier
+        self._api_key = api_key
+        self._endpoints = endpoints
+
+    def render(self, request: Request) -> Any:
+        d = ensureDeferred(self._respond(request))
+        d.addErrback(self._unexpected, request)
+        return NOT_DONE_YET
+
+    async def _respond(self, request: Request) -> None:
+        try:
+            status, body = 200, await self._dispatch(request)
+        except ApiError as e:
+            status, body = e.status, {"error": {"code": e.code, "message": e.message}}
+        except ChatError as e:
+            status, body = _STATUS_OF_CODE.get(e.code, 400), {"error": {"code": e.code, "message": e.message}}
+        except StoreUnavailable:
+            status, body = 503, {"error": {"code": "UNAVAILABLE", "message": "storage is unavailable"}}
+        _finish(request, status, body)
+
+    def _unexpected(self, failure: Failure, request: Request) -> None:
+        log.failure("HTTP {method} {path} failed", failure, method=request.method, path=request.path)
+        _finish(request, 500, {"error": {"code": "SERVER_ERROR", "message": "internal error"}})
+
+    async def _dispatch(self, request: Request) -> Any:
+        path = "/" + "/".join(unquote(p.decode("utf-8", "replace")) for p in request.prepath + request.postpath)
+        path = path.rstrip("/") or "/"
+        matched = None
+        allowed = False
+        for candidate in self._endpoints:
+            match = candidate.pattern.match(path)
+            if match is None:
+                continue
+            allowed = True
+            if candidate.method == request.method:
+                matched = (candidate, match.groupdict())
+                break
+        if matched is None:
+            if allowed:
+                raise ApiError(405, "METHOD_NOT_ALLOWED", f"{request.method.decode()} is not allowed on {path}")
+            raise ApiError(404, "NOT_FOUND", f"no endpoint {path}")
+        target, params = matched
+        caller = self._authenticate(request)
+        if target.admin and not caller.is_admin:
+            raise ApiError(403, ErrorCode.FORBIDDEN, "this endpoint needs an admin token or the API key")
+        body = _read_body(request)
+        query = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
+        result = target.handler(Call(caller, params, query, body))
+        if isinstance(result, Deferred):
+            result = await result
+        elif hasattr(result, "__await__"):
+            result = await result
+        return result
+
+    def _authenticate(self, request: Request) -> Caller:
+        header = request.getHeader(b"authorization")
+        if not header:
+            raise ApiError(401, ErrorCode.UNAUTHORIZED, "an Authorization: Bearer header is required")
+        scheme, _, credentials = header.decode("latin-1").partition(" ")
+        credentials = credentials.strip()
+        if scheme.lower() != "bearer" or not credentials:
+            raise ApiError(401, ErrorCode.UNAUTHORIZED, "use Authorization: Bearer <token or API key>")
+        if self._api_key and hmac.compare_digest(credentials.encode(), self._api_key.encode()):
+            return Caller(None)
+        try:
+            return Caller(self._verifier.verify(credentials))
+        except AuthError as e:
+            raise ApiError(401, ErrorCode.UNAUTHORIZED, f"authentication failed: {e}") from None
+
+
+def _read_body(request: Request) -> Any:
+    length = request.getHeader(b"content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, f"the body is larger than {MAX_BODY} bytes")
+    raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, f"the body is larger than {MAX_BODY} bytes")
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise bad_request("the body is not valid JSON") from None
+
+
+def _finish(request: Request, status: int, body: Any) -> None:
+    if request.finished or request._disconnected:
+        return
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"content-length", str(len(payload)).encode())
+    request.write(payload)
+    request.finish()

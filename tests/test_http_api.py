@@ -1,0 +1,173 @@
+"""The HTTP API for backends (PROTOCOL.md section 6, seed-compatible
+endpoints), over real HTTP on the same port as /ws: credentials, bodies,
+and pushes that arrive on real WebSockets."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.web.http_headers import Headers
+
+API_KEY = "backend-api-key-0123456789"
+
+
+async def http(server, method: str, path: str, token: str | None = None, body: Any = None,
+               raw: bytes | None = None) -> tuple[int, Any]:
+    from io import BytesIO
+
+    from twisted.internet import reactor
+
+    headers = Headers({b"content-type": [b"application/json"]})
+    if token is not None:
+        headers.addRawHeader(b"authorization", f"Bearer {token}".encode())
+    payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    producer = FileBodyProducer(BytesIO(payload)) if payload is not None else None
+    response = await Agent(reactor).request(method.encode(), (server.http + path).encode(), headers, producer)
+    text = await readBody(response)
+    return response.code, json.loads(text) if text else None
+
+
+@pytest.fixture
+def api_server(server_factory):
+    return server_factory(api_key=API_KEY, presence_grace=0.2)
+
+
+ADMIN_ENDPOINTS = [
+    ("POST", "/websocket/message/user", {"userId": "u1", "type": "chat", "data": {"x": 1}}),
+    ("POST", "/websocket/message/users", {"userIds": ["u1", "u2"], "type": "chat", "data": {}}),
+    ("POST", "/websocket/message/broadcast", {"type": "system", "data": {"message": "hi"}}),
+    ("POST", "/websocket/notification", {"userId": "u1", "title": "T", "body": "B"}),
+    ("GET", "/websocket/users/connected", None),
+    ("GET", "/websocket/users/u1/status", None),
+    ("DELETE", "/websocket/users/u1/disconnect", None),
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_credentials_on_every_endpoint(api_server):
+    server = await api_server
+    admin = server.token("root", admin=True)
+    plain = server.token("plain")
+    for method, path, body in ADMIN_ENDPOINTS:
+        status, answer = await http(server, method, path, None, body)
+        assert status == 401 and answer["error"]["code"] == "UNAUTHORIZED", (path, answer)
+        status, answer = await http(server, method, path, "not-a-token", body)
+        assert status == 401, (path, answer)
+        status, answer = await http(server, method, path, plain, body)
+        assert status == 403 and answer["error"]["code"] == "FORBIDDEN", (path, answer)
+        for credential in (admin, API_KEY):
+            status, answer = await http(server, method, path, credential, body)
+            assert status == 200, (path, status, answer)
+    status, me = await http(server, "GET", "/websocket/me/status", plain)
+    assert status == 200 and me == {"userId": "plain", "online": False, "connections": 0, "lastSeen": None}
+    assert (await http(server, "GET", "/websocket/me/status"))[0] == 401
+    assert (await http(server, "GET", "/websocket/me/status", API_KEY))[0] == 400
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_requests_name_the_field(api_server):
+    server = await api_server
+    key = API_KEY
+    cases = [
+        ("/websocket/message/user", {"type": "chat", "data": {}}, "'userId'"),
+        ("/websocket/message/user", {"userId": 5, "type": "chat", "data": {}}, "'userId'"),
+        ("/websocket/message/user", {"userId": "u", "data": {}}, "'type'"),
+        ("/websocket/message/user", {"userId": "u", "type": "chat"}, "'data'"),
+        ("/websocket/message/users", {"userIds": "u", "type": "chat", "data": {}}, "'userIds'"),
+        ("/websocket/message/users", {"userIds": [], "type": "chat", "data": {}}, "'userIds'"),
+        ("/websocket/notification", {"userId": "u", "body": "b"}, "'title'"),
+        ("/websocket/message/broadcast", [1, 2], "JSON object"),
+    ]
+    for path, body, named in cases:
+        status, answer = await http(server, "POST", path, key, body)
+        assert status == 400 and named in answer["error"]["message"], (path, body, answer)
+    status, answer = await http(server, "POST", "/websocket/message/broadcast", key, raw=b"{nope")
+    assert status == 400 and "JSON" in answer["error"]["message"]
+    status, answer = await http(server, "POST", "/websocket/message/broadcast", key,
+                                raw=b'{"type":"x","data":"' + b"a" * (1 << 20) + b'"}')
+    assert status == 413 and answer["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    assert (await http(server, "GET", "/websocket/nothing-here", key))[0] == 404
+    assert (await http(server, "GET", "/websocket/message/user", key))[0] == 405
+
+
+@pytest_twisted.ensureDeferred
+async def test_pushes_reach_real_websockets(api_server):
+    server = await api_server
+    alice = await server.connect("alice")
+    alice2 = await server.connect("alice")
+    bob = await server.connect("bob")
+
+    status, answer = await http(server, "POST", "/websocket/message/user", API_KEY,
+                                {"userId": "alice", "type": "chat", "data": {"message": "Hello!"}})
+    assert status == 200 and answer == {"delivered": 2}
+    for client in (alice, alice2):
+        pushed = (await client.next("message"))["data"]
+        assert pushed["type"] == "chat" and pushed["data"] == {"message": "Hello!"} and pushed["timestamp"]
+    await bob.nothing("message", within=0.2)
+
+    answer = (await http(server, "POST", "/websocket/message/users", API_KEY,
+                         {"userIds": ["alice", "bob", "ghost"], "type": "announcement", "data": {"t": 1}}))[1]
+    assert answer == {"delivered": 3}
+    for client in (alice, alice2, bob):
+        assert (await client.next("message"))["data"]["type"] == "announcement"
+
+    answer = (await http(server, "POST", "/websocket/message/broadcast", API_KEY,
+                         {"type": "system", "data": {"level": "info"}}))[1]
+    assert answer == {"delivered": 3}
+    for client in (alice, alice2, bob):
+        assert (await client.next("message"))["data"]["data"] == {"level": "info"}
+
+    status, answer = await http(server, "POST", "/websocket/notification", API_KEY,
+                                {"userId": "bob", "title": "New", "body": "You have mail", "data": {"p": "n"}})
+    assert status == 200 and answer["delivered"] == 1 and answer["id"]
+    note = (await bob.next("notification"))["data"]
+    assert note["id"] == answer["id"] and note["title"] == "New" and note["message"] == "You have mail"
+    assert note["data"] == {"p": "n"} and note["type"] == "notification"
+
+
+@pytest_twisted.ensureDeferred
+async def test_notification_to_an_offline_user_is_kept(api_server):
+    server = await api_server
+    status, answer = await http(server, "POST", "/websocket/notification", API_KEY,
+                                {"userId": "carol", "title": "While away", "body": "kept"})
+    assert status == 200 and answer["delivered"] == 0
+    carol = await server.connect("carol")
+    assert (await carol.next("notification"))["data"]["id"] == answer["id"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_connected_and_disconnect(api_server):
+    server = await api_server
+    admin = server.token("root", admin=True)
+    alice = await server.connect("alice")
+    alice2 = await server.connect("alice")
+    bob = await server.connect("bob")
+    connected = (await http(server, "GET", "/websocket/users/connected", admin))[1]
+    assert connected == {"users": [{"userId": "alice", "connections": 2}, {"userId": "bob", "connections": 1}], "count": 2}
+    status = (await http(server, "GET", "/websocket/users/alice/status", admin))[1]
+    assert status == {"userId": "alice", "online": True, "connections": 2, "lastSeen": None}
+    never = (await http(server, "GET", "/websocket/users/nobody/status", admin))[1]
+    assert never == {"userId": "nobody", "online": False, "connections": 0, "lastSeen": None}
+    mine = (await http(server, "GET", "/websocket/me/status", server.token("bob")))[1]
+    assert mine["online"] is True and mine["connections"] == 1
+
+    answer = (await http(server, "DELETE", "/websocket/users/alice/disconnect", admin))[1]
+    assert answer == {"disconnected": 2}
+    assert await alice.closed() == 4003 and await alice2.closed() == 4003
+    assert bob.is_open
+    from tests.test_social import settle
+
+    await settle(0.5)
+    after = (await http(server, "GET", "/websocket/users/alice/status", admin))[1]
+    assert after["online"] is False and after["connections"] == 0 and after["lastSeen"].endswith("Z")
+
+
+@pytest_twisted.ensureDeferred
+async def test_readyz_answers_when_storage_does(api_server):
+    server = await api_server
+    status, body = await http(server, "GET", "/readyz")
+    assert status == 200 and body == {"status": "ready", "storage": "ok"}
