@@ -156,3 +156,27 @@ async def test_host_and_status_survive_a_restart(tmp_path, database_url):
         await host.ok("live:status", {"streamId": "kept", "status": "ended"})
     finally:
         await second.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_connections_reactions_keep_their_order(server_factory):
+    """Across the expiry of the cached stream status, too (it used to let a
+    later reaction overtake the ones waiting for the refresh)."""
+    server = await live_server(server_factory, reaction_rate=100000)
+    host = await server.connect("host")
+    await host.ok("live:status", {"streamId": "order", "status": "started"})
+    sender = await server.connect("sender")
+    viewer = await server.connect("viewer")
+    for client in (sender, viewer):
+        await client.ok("live:join", "order")
+    sent = []
+    for burst in range(3):
+        for i in range(60):
+            emoji = f"{burst}-{i}"
+            sent.append(emoji)
+            await sender.send("live:reaction", {"streamId": "order", "emoji": emoji}, f"r{emoji}")
+        await deferred(asyncio.sleep(1.1))  # let the cached status expire
+    received = [(await viewer.next("live:reaction"))["data"]["emoji"] for _ in sent]
+    assert received == sent
+    for emoji in sent:
+        assert (await sender.reply(f"r{emoji}"))["type"] == "ack"

@@ -18,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 
 from chatd.clock import iso_from_ms, now_ms
 from chatd.domain.chat import ChatService, encode, new_id
@@ -135,6 +136,7 @@ class LiveService:
         self._watching: dict[Connection, set[str]] = {}
         self._reaction_buckets: dict[str, _Bucket] = {}
         self._status_cache: dict[str, tuple[float, tuple[str, str, str] | None]] = {}
+        self._loading: dict[str, list[Deferred[Any]]] = {}
 
     def _publish(self, stream_id: str, event_type: str, data: dict[str, Any], **routing: Any) -> None:
         self.chat.publish(stream_channel(stream_id), Published(event_type, encode(data), **routing))
@@ -144,17 +146,51 @@ class LiveService:
 
     # -- stream state (cached briefly: every chat line and reaction asks) ----------------
 
-    @inlineCallbacks
-    def _stream(self, stream_id: str):
-        cached = self._status_cache.get(stream_id)
+    def _stream(self, stream_id: str) -> Deferred[tuple[str, str, str] | None]:
+        """The stream's (host, status, title), without reordering requests.
+
+        A cached entry answers at once, even when stale (a refresh runs in
+        the background and other nodes' status changes show within about
+        ``STATUS_CACHE_SECONDS``).  Without one, every request waits on the
+        same load and they resume in arrival order, so one connection's
+        chat lines and reactions are published in the order they came."""
         now = self.clock.seconds()
-        if cached is not None and now - cached[0] < STATUS_CACHE_SECONDS:
-            return cached[1]
-        found = yield self.chat.guard(self.store.get_stream(stream_id))
+        cached = self._status_cache.get(stream_id)
+        if cached is not None:
+            if now - cached[0] >= STATUS_CACHE_SECONDS and stream_id not in self._loading:
+                self._load_stream(stream_id)
+            return succeed(cached[1])
+        waiter: Deferred[tuple[str, str, str] | None] = Deferred()
+        if stream_id not in self._loading:
+            self._load_stream(stream_id)
+        self._loading[stream_id].append(waiter)
+        return waiter
+
+    def _load_stream(self, stream_id: str) -> None:
+        waiters: list[Deferred[Any]] = []
+        self._loading[stream_id] = waiters
+        d = self.chat.guard(self.store.get_stream(stream_id))
+
+        def loaded(found: tuple[str, str, str] | None) -> None:
+            del self._loading[stream_id]
+            self._remember(stream_id, found)
+            for waiter in waiters:
+                waiter.callback(found)
+
+        def failed(failure: Failure) -> None:
+            del self._loading[stream_id]
+            for waiter in waiters:
+                waiter.errback(failure)
+
+        d.addCallbacks(loaded, failed)
+
+    def _remember(self, stream_id: str, found: tuple[str, str, str] | None) -> None:
+        now = self.clock.seconds()
+        if len(self._status_cache) >= 10000:
+            for key, (stamp, _) in list(self._status_cache.items()):
+                if now - stamp >= STATUS_CACHE_SECONDS:
+                    del self._status_cache[key]
         self._status_cache[stream_id] = (now, found)
-        if len(self._status_cache) > 10000:
-            self._status_cache.clear()
-        return found
 
     # -- viewers ----------------------------------------------------------------------
 
@@ -230,8 +266,8 @@ class LiveService:
         burst = 2 * self.reaction_rate
         bucket = self._reaction_buckets.get(user_id)
         if bucket is None:
-            if len(self._reaction_buckets) > 100000:
-                self._reaction_buckets.clear()
+            if len(self._reaction_buckets) >= 100000:
+                self._forget_full_buckets(now, burst)
             bucket = self._reaction_buckets[user_id] = _Bucket(burst, now)
         bucket.tokens = min(burst, bucket.tokens + (now - bucket.stamp) * self.reaction_rate)
         bucket.stamp = now
@@ -239,6 +275,15 @@ class LiveService:
             return False
         bucket.tokens -= 1
         return True
+
+    def _forget_full_buckets(self, now: float, burst: float) -> None:
+        """Drop buckets that have refilled completely (their users have
+        been quiet): forgetting them changes nothing, unlike clearing all,
+        which would hand every flooder a fresh burst."""
+        refill = burst / self.reaction_rate
+        for user_id, bucket in list(self._reaction_buckets.items()):
+            if now - bucket.stamp >= refill:
+                del self._reaction_buckets[user_id]
 
     # -- host control ----------------------------------------------------------------------
 
@@ -249,7 +294,7 @@ class LiveService:
         if changed is None:
             raise ChatError(ErrorCode.FORBIDDEN, f"only the host of stream {stream_id} may change its status")
         host = changed[0]
-        self._status_cache[stream_id] = (self.clock.seconds(), (host, status, ""))
+        self._remember(stream_id, (host, status, ""))
         self._publish(stream_id, "live:status", {"streamId": stream_id, "status": status})
         return {}
 

@@ -343,8 +343,11 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         self._send(encode_push(event_type, data))
 
     def _send(self, payload: bytes) -> None:
+        """A reply or an event for this connection only: framed here and
+        handed to the same write as fan-out, so an ack goes out at once
+        instead of queueing behind the turn's fan-out to everyone else."""
         if not self._detached:
-            self.sendMessage(payload)
+            self.send_frame(self.factory.prepareMessage(payload).payloadHybi)
 
     def _overflowed(self) -> None:
         log.warn(
