@@ -1,6 +1,6 @@
 """Load generator for chatd (and bench/ceiling.py) on picows + uvloop.
 
-Two scenarios, each printing one JSON object (its results) as the last line
+Three scenarios, each printing one JSON object (its results) as the last line
 of stdout:
 
 * ``fanout``: one sender connection creates a public room, ``--receivers``
@@ -17,10 +17,22 @@ of stdout:
   ``--duration`` seconds.  Reports acked (= durably stored) messages per
   second, ack latency, and checks that every push that the acks imply
   arrived.
+* ``live``: a host connection starts a live stream, ``--viewers``
+  connections (spread over ``--workers`` forked processes) join it, and
+  ``--senders`` more connections join it too and send ``--reactions``
+  live:reaction requests between them, open loop at ``--reaction-rate``
+  per second (round robin).  Every viewer counts its live:reaction pushes
+  exactly (expected = viewers x acked reactions; the senders receive every
+  reaction as well and count those copies apart); every ``--sample``-th
+  viewer also measures the send-to-receipt delay and checks that no
+  reaction arrives twice or after a later one of the same sender.
+  live:viewer-count pushes are not counted as deliveries; the last count
+  each viewer was told is checked against viewers + senders.
 
 The content of every message starts with ``~T<20-digit monotonic_ns><8-digit
-index>``; receivers find it with ``bytes.find``, never parse JSON on the hot
-path.  ``time.monotonic_ns()`` is CLOCK_MONOTONIC, the same clock in every
+index>`` (a reaction's ``emoji`` is exactly that, 30 of its 32 characters);
+receivers find it with ``bytes.find``, never parse JSON on the hot path.
+``time.monotonic_ns()`` is CLOCK_MONOTONIC, the same clock in every
 process on the machine, so sender and receivers can be different processes.
 
 With ``--server-pid`` the server's CPU time (utime+stime from /proc, all its
@@ -782,12 +794,448 @@ async def ingest(args) -> dict:
     }
 
 
+# -- live ----------------------------------------------------------------------------
+
+
+REACTION = b'{"type":"live:reaction"'
+VIEWER_COUNT = b'{"type":"live:viewer-count"'
+
+
+class Viewer(Base):
+    """A live-stream viewer: counts live:reaction pushes exactly (the same
+    hot path as Receiver) and remembers the last viewer count it was told
+    (join ack, then live:viewer-count pushes, which are otherwise ignored)."""
+
+    def __init__(self, tally: Tally) -> None:
+        super().__init__()
+        self.tally = tally
+        self.got = 0
+        self.viewer_count: int | None = None
+
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        if frame.get_payload_as_bytes().startswith(REACTION):
+            self.got += 1
+            t = self.tally
+            t.count += 1
+            if t.count == t.target:
+                t.last = monotonic_ns()
+                t.done.set_result(None)
+        else:
+            self.slow_path(transport, frame)
+
+    def slow_path(self, transport: WSTransport, frame) -> None:
+        if frame.msg_type != WSMsgType.TEXT:
+            self.control(transport, frame)
+            return
+        p = frame.get_payload_as_bytes()
+        if p.startswith(VIEWER_COUNT):
+            self.tally.other += 1
+            self.viewer_count = json.loads(p)["data"]["count"]
+        else:
+            self.ctl.offer(p)
+
+
+class LiveTally(Tally):
+    __slots__ = ("duplicates",)
+
+    def __init__(self, target: int) -> None:
+        super().__init__(target)
+        self.duplicates = 0
+
+
+class LiveProbe(Viewer):
+    """A viewer that also measures the send-to-receipt delay of every
+    reaction and checks that each arrives once, and after no later reaction
+    of the same sender connection (reaction i comes from sender i % senders;
+    ``disorder`` counts the reactions that were overtaken)."""
+
+    def __init__(self, tally: LiveTally, senders: int, reactions: int) -> None:
+        super().__init__(tally)
+        self.senders = senders
+        self.high = [-1] * senders  # highest index seen per sender
+        self.seen = bytearray(reactions)
+        self.arrivals = array("q")
+        self.disorder_samples: list[tuple[int, int]] = []  # (late index, highest of its sender by then)
+
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        p = frame.get_payload_as_bytes()
+        if p.startswith(REACTION):
+            i = p.find(MARK)
+            if i >= 0:
+                now = monotonic_ns()
+                t = self.tally
+                t.delays.append(now - int(p[i + 2:i + 22]))
+                idx = int(p[i + 22:i + 30])
+                if idx >= len(self.seen) or self.seen[idx]:
+                    t.duplicates += 1
+                else:
+                    self.seen[idx] = 1
+                    s = idx % self.senders
+                    if idx < self.high[s]:
+                        t.disorder += 1
+                        if len(self.disorder_samples) < 10:
+                            self.disorder_samples.append((idx, self.high[s]))
+                    else:
+                        self.high[s] = idx
+                self.arrivals.append(now)
+                self.got += 1
+                t.count += 1
+                t.last = now
+                if t.count == t.target:
+                    t.done.set_result(None)
+                return
+        self.slow_path(transport, frame)
+
+
+async def live_join_all(listeners, stream: str, concurrency: int = 64) -> dict[str, int]:
+    """live:join every listener (the bare-string form of the request);
+    returns how many acks reported each stream status."""
+    sem = asyncio.Semaphore(concurrency)
+    statuses: dict[str, int] = {}
+
+    async def one(listener):
+        async with sem:
+            reply = await listener.call("live:join", "j", stream, timeout=60.0)
+            listener.viewer_count = reply["viewerCount"]
+            statuses[reply["status"]] = statuses.get(reply["status"], 0) + 1
+
+    await asyncio.gather(*(one(ln) for ln in listeners))
+    return statuses
+
+
+def live_worker(conn, url: str, tokens: list[str], reactions: int, senders: int, stall: float,
+                sample: int) -> None:
+    """A forked process owning a share of the viewers."""
+    try:
+        uvloop.run(_live_worker(conn, url, tokens, reactions, senders, stall, sample))
+    except Exception as e:  # report, never hang the parent
+        try:
+            pipe_send(conn, ("fail", f"{type(e).__name__}: {e}"))
+        except OSError:
+            pass
+
+
+async def _live_worker(conn, url: str, tokens: list[str], reactions: int, senders: int, stall: float,
+                       sample: int) -> None:
+    n = len(tokens)
+    tally = LiveTally(n * reactions)
+    tally.done = asyncio.get_running_loop().create_future()
+    stream = (await pipe_future(conn))[1]
+    t0 = time.monotonic()
+    made = 0
+
+    def make() -> Viewer:
+        nonlocal made
+        made += 1
+        return LiveProbe(tally, senders, reactions) if (made - 1) % sample == 0 else Viewer(tally)
+
+    listeners = await open_all(make, url, tokens)
+    t1 = time.monotonic()
+    statuses = await live_join_all(listeners, stream)
+    t2 = time.monotonic()
+    pipe_send(conn, ("ready", {"connect_s": t1 - t0, "join_s": t2 - t1, "statuses": statuses}))
+    command = await pipe_future(conn)
+    if command[0] != "go":
+        await close_all(listeners)
+        return
+    tally.other = 0  # viewer-count pushes inside the measured window
+    cpu0 = cpu_seconds()
+    per_viewer = reactions
+    ctl = pipe_future(conn)
+    # Wait for every delivery, a stop, a stall, or the loss of every
+    # connection.  ("target", k): only k reactions were accepted.
+    last_count, last_change = -1, time.monotonic()
+    while not tally.done.done():
+        await asyncio.wait([tally.done, ctl], timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+        if ctl.done():
+            try:
+                command = ctl.result()
+            except (EOFError, OSError):
+                break
+            if command[0] != "target":
+                break
+            per_viewer = command[1]
+            tally.target = n * per_viewer
+            if tally.count >= tally.target:
+                break
+            ctl = pipe_future(conn)
+        now = time.monotonic()
+        if tally.count != last_count:
+            last_count, last_change = tally.count, now
+        elif now - last_change > stall or all(ln.closed for ln in listeners):
+            break
+    if not ctl.done():
+        ctl.cancel()
+        loop = asyncio.get_running_loop()
+        try:
+            loop.remove_reader(conn.fileno())
+        except (OSError, ValueError):
+            pass
+    cpu1 = cpu_seconds()
+    hist: dict[int, int] = {}
+    histogram_add(hist, tally.delays)
+    seen = [ln.viewer_count for ln in listeners if ln.viewer_count is not None]
+    pipe_send(conn, ("done", {
+        "count": tally.count, "target": tally.target, "disorder": tally.disorder,
+        "duplicates": tally.duplicates,
+        "last_ns": tally.last, "cpu_s": cpu1 - cpu0, "hist": hist,
+        "count_pushes": tally.other,
+        "viewer_count_min": min(seen, default=None), "viewer_count_max": max(seen, default=None),
+        "disconnected": sum(1 for ln in listeners if ln.closed),
+        "server_closes": close_codes(listeners),
+        "short_receivers": sum(1 for ln in listeners if ln.got != per_viewer),
+        "probes": sum(1 for ln in listeners if isinstance(ln, LiveProbe)),
+        "arrivals": list(listeners[0].arrivals) if isinstance(listeners[0], LiveProbe) else [],
+        "disorder_samples": listeners[0].disorder_samples if isinstance(listeners[0], LiveProbe) else [],
+    }))
+    await close_all(listeners)
+
+
+class Host(Base):
+    """The stream's host: starts it, then only answers pings."""
+
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        if frame.msg_type != WSMsgType.TEXT:
+            self.control(transport, frame)
+        else:
+            self.ctl.offer(frame.get_payload_as_bytes())
+
+
+class ReactionSender(Base):
+    """One reacting connection.  It has joined the stream (chatd only takes
+    reactions from viewers), so it receives every reaction as well; those
+    copies are counted apart from the viewers'."""
+
+    def __init__(self, shared: dict) -> None:
+        super().__init__()
+        self.shared = shared
+        self.running = False
+        self.sent = 0
+        self.acked = 0
+        self.errors = 0
+        self.echo = 0
+        self.viewer_count: int | None = None
+
+    def send(self, index: int, now: int) -> None:
+        self.sent += 1
+        self.shared["sent_at"][index] = now
+        self.transport.send(WSMsgType.TEXT, b'{"type":"live:reaction","id":"%d","data":{"streamId":"%s",'
+                                            b'"emoji":"~T%020d%08d"}}' % (index, self.shared["stream"], now, index))
+
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        if frame.msg_type != WSMsgType.TEXT:
+            self.control(transport, frame)
+            return
+        p = frame.get_payload_as_bytes()
+        if p.startswith(REACTION):
+            self.echo += 1
+            return
+        if not self.running:
+            if p.startswith(VIEWER_COUNT):
+                return
+            self.ctl.offer(p)
+            return
+        s = self.shared
+        if p.startswith(ACK):
+            now = monotonic_ns()
+            self.acked += 1
+            s["ack_lat"].append(now - s["sent_at"][int(p[20:p.index(b'"', 20)])])
+            s["last_ack"] = now
+        elif p.startswith(ERR):
+            self.errors += 1
+            if len(s["error_samples"]) < 5:
+                s["error_samples"].append(p.decode(errors="replace")[:300])
+        else:
+            return  # live:viewer-count
+        s["answered"] += 1
+        if s["answered"] == s["total"] and not s["all_answered"].done():
+            s["all_answered"].set_result(None)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        super().on_ws_disconnected(transport)
+        fut = self.shared.get("all_answered")
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+
+def start_live_workers(args):
+    """Fork the viewer processes before any event loop exists."""
+    n = args.viewers
+    workers = max(1, min(args.workers, n))
+    ctx = multiprocessing.get_context("fork")
+    tokens = [mint(args.secret, f"bench-v{i}") for i in range(n)]
+    pipes, procs = [], []
+    for w in range(workers):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=live_worker, daemon=True,
+                           args=(child, args.url, tokens[w::workers], args.reactions, args.senders, args.stall,
+                                 max(1, args.sample)))
+        proc.start()
+        child.close()
+        pipes.append(parent)
+        procs.append(proc)
+    return pipes, procs
+
+
+async def _live(args, pipes, workers: int) -> dict:
+    n, total, rate, k = args.viewers, args.reactions, args.reaction_rate, max(1, args.senders)
+    loop = asyncio.get_running_loop()
+    # A fresh stream id per run, so a PostgreSQL database used before holds
+    # no state for it (host, status).
+    stream = f"bench-{os.urandom(4).hex()}"
+    (host,) = await open_all(Host, args.url, [mint(args.secret, "host")])
+    await host.call("live:status", "s", {"streamId": stream, "status": "started"})
+    shared = {"stream": stream.encode(), "sent_at": array("q", bytes(8 * total)), "ack_lat": array("q"),
+              "error_samples": [], "answered": 0, "total": total, "last_ack": 0,
+              "all_answered": loop.create_future()}
+    senders = await open_all(lambda: ReactionSender(shared), args.url,
+                             [mint(args.secret, f"bench-s{i}") for i in range(k)])
+    for s in senders:
+        reply = await s.call("live:join", "j", {"streamId": stream})
+        s.viewer_count = reply["viewerCount"]
+    t_setup = time.monotonic()
+    for p in pipes:
+        pipe_send(p, ("stream", stream))
+    setup: dict = {"statuses": {}}
+    for p in pipes:
+        reply = await asyncio.wait_for(pipe_future(p), 300)
+        if reply[0] != "ready":
+            raise RuntimeError(f"viewer worker failed: {reply[1]}")
+        for st, c in reply[1].pop("statuses").items():
+            setup["statuses"][st] = setup["statuses"].get(st, 0) + c
+        setup.update({key: max(setup.get(key, 0), v) for key, v in reply[1].items()})
+    setup["total_s"] = time.monotonic() - t_setup
+    # Let the coalesced live:viewer-count push of the last joins go out
+    # before the measured window (viewer_count_interval is 0.5 s by default).
+    await asyncio.sleep(1.0)
+    done_futures = [pipe_future(p) for p in pipes]
+    server_cpu0 = cpu_seconds(args.server_pid) if args.server_pid else float("nan")
+    own_cpu0 = cpu_seconds()
+    mach0 = machine_ticks()
+    procs0 = process_ticks()
+    for p in pipes:
+        pipe_send(p, ("go",))
+    for s in senders:
+        s.running = True
+
+    # Open loop at a fixed rate: reaction i is due at t0 + i / rate and goes
+    # out at the first timer tick at or after that (in a burst if the
+    # generator fell behind), round robin over the sender connections.
+    pace = {"sent": 0, "max_lag": 0, "last_send": 0}
+    sent_all = loop.create_future()
+    t0 = monotonic_ns()
+
+    def tick() -> None:
+        now = monotonic_ns()
+        i = pace["sent"]
+        due = min(total, (now - t0) * rate // 1_000_000_000 + 1)
+        if i < due:
+            pace["max_lag"] = max(pace["max_lag"], now - (t0 + i * 1_000_000_000 // rate))
+            while i < due:
+                senders[i % k].send(i, monotonic_ns())
+                i += 1
+            pace["sent"], pace["last_send"] = i, monotonic_ns()
+        if i >= total:
+            sent_all.set_result(None)
+            return
+        delay = (t0 + i * 1_000_000_000 // rate - monotonic_ns()) / 1e9
+        loop.call_later(max(0.0, delay), tick)
+
+    tick()
+    timeout = total / rate + args.stall
+    try:
+        await asyncio.wait_for(sent_all, timeout)
+        await asyncio.wait_for(asyncio.shield(shared["all_answered"]), args.stall)
+    except TimeoutError:
+        pass
+    acked = sum(s.acked for s in senders)
+    if acked != total:
+        for p in pipes:
+            try:
+                pipe_send(p, ("target", acked))
+            except OSError:
+                pass
+    results = []
+    for fut in done_futures:
+        try:
+            results.append(await asyncio.wait_for(fut, args.stall + 30))
+        except (TimeoutError, EOFError, OSError) as e:
+            results.append(("fail", f"no result from a viewer worker: {e!r}"))
+    server_cpu1 = cpu_seconds(args.server_pid) if args.server_pid else float("nan")
+    own_cpu1 = cpu_seconds()
+    mach1 = machine_ticks()
+    procs1 = process_ticks()
+    cpu_wall = max(1e-9, (monotonic_ns() - t0) / 1e9)
+    # The senders' own copies (they arrive with the viewers').
+    deadline = time.monotonic() + 2
+    while sum(s.echo for s in senders) < k * acked and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    failures = [r[1] for r in results if r[0] != "done"]
+    outs = [r[1] for r in results if r[0] == "done"]
+    hist: dict[int, int] = {}
+    for o in outs:
+        for key, v in o["hist"].items():
+            hist[key] = hist.get(key, 0) + v
+    ack_hist: dict[int, int] = {}
+    histogram_add(ack_hist, shared["ack_lat"])
+    count = sum(o["count"] for o in outs)
+    expected = n * acked
+    sent = pace["sent"]
+    t1 = max([o["last_ns"] for o in outs] + [shared["last_ack"], t0 + 1])
+    wall = max(1e-9, (t1 - t0) / 1e9)
+    send_span = (pace["last_send"] - t0) / 1e9
+    gen_cpu = (own_cpu1 - own_cpu0) + sum(o["cpu_s"] for o in outs)
+    server_cpu = server_cpu1 - server_cpu0
+    seen_min = [o["viewer_count_min"] for o in outs if o["viewer_count_min"] is not None]
+    seen_max = [o["viewer_count_max"] for o in outs if o["viewer_count_max"] is not None]
+    arrivals = outs[0]["arrivals"] if outs else []
+    own_closed = sum(1 for c in (*senders, host) if c.closed)
+    own_closes = close_codes([*senders, host])
+    await close_all([*senders, host])
+    return {
+        "scenario": "live",
+        "viewers": n, "reactions": total, "reaction_rate": rate, "senders": k, "workers": workers,
+        "stream": stream,
+        "sent": sent, "acked": acked, "errors": sum(s.errors for s in senders),
+        "error_samples": shared["error_samples"],
+        "expected": expected, "delivered": count, "shortfall": expected - count,
+        "sender_copies": sum(s.echo for s in senders), "sender_copies_expected": k * acked,
+        "out_of_order": sum(o["disorder"] for o in outs),
+        "duplicates": sum(o["duplicates"] for o in outs),
+        "disorder_samples": [x for o in outs for x in o["disorder_samples"]],
+        "probes": sum(o["probes"] for o in outs),
+        "short_receivers": sum(o["short_receivers"] for o in outs),
+        "disconnected": sum(o["disconnected"] for o in outs) + own_closed,
+        "server_closes": merge_counts([o["server_closes"] for o in outs] + [own_closes]),
+        "viewer_count_pushes": sum(o["count_pushes"] for o in outs),
+        "viewer_count_seen": [min(seen_min, default=None), max(seen_max, default=None)],
+        "viewer_count_expected": n + k,
+        "worker_failures": failures,
+        "seconds": wall,
+        "send_rate": (sent - 1) / send_span if sent > 1 and send_span > 0 else None,
+        "send_max_lag_ms": pace["max_lag"] / 1e6,
+        "drain_ms": (t1 - pace["last_send"]) / 1e6 if pace["last_send"] else None,
+        "deliveries_per_s": count / wall,
+        "p50_ms": percentile(hist, 0.50), "p99_ms": percentile(hist, 0.99), "max_ms": percentile(hist, 1.0),
+        "ack_p50_ms": percentile(ack_hist, 0.50), "ack_p99_ms": percentile(ack_hist, 0.99),
+        "server_cpu_pct": 100.0 * server_cpu / cpu_wall,
+        "server_us_per_delivery": 1e6 * server_cpu / count if count else None,
+        "generator_cpu_pct": 100.0 * gen_cpu / cpu_wall,
+        **machine_pct(mach0, mach1, cpu_wall),
+        **other_load(procs0, procs1, {os.getpid(), os.getppid(), args.server_pid or -1, *args.worker_pids}, cpu_wall),
+        "cpu_sampled_s": cpu_wall,
+        "server_peak_rss_mb": peak_rss_mb(args.server_pid),
+        "timeline_reactions_per_s": timeline(arrivals, t0),
+        "setup": setup,
+    }
+
+
 # -- command line --------------------------------------------------------------------
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("scenario", choices=["fanout", "ingest"])
+    p.add_argument("scenario", choices=["fanout", "ingest", "live"])
     p.add_argument("--url", required=True, help="ws://host:port/ws")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--secret", help="HS256 secret to mint tokens with")
@@ -800,14 +1248,21 @@ def parse_args(argv=None):
     f = p.add_argument_group("fanout")
     f.add_argument("--receivers", type=int, default=1000)
     f.add_argument("--messages", type=int, default=2000)
-    f.add_argument("--workers", type=int, default=1, help="receiver processes")
+    f.add_argument("--workers", type=int, default=1, help="receiver (fanout) or viewer (live) processes")
     f.add_argument("--sample", type=int, default=10,
-                   help="every N-th receiver also measures delay and order (all count exactly; default 10)")
+                   help="every N-th receiver or viewer also measures delay and order (all count exactly; default 10)")
     i = p.add_argument_group("ingest")
     i.add_argument("--connections", type=int, default=50)
     i.add_argument("--rooms", type=int, default=5)
     i.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
+    lv = p.add_argument_group("live")
+    lv.add_argument("--viewers", type=int, default=1000, help="connections that join the stream and count")
+    lv.add_argument("--reactions", type=int, default=5000, help="reactions sent in all")
+    lv.add_argument("--reaction-rate", type=float, default=500.0, help="reactions per second, all senders together")
+    lv.add_argument("--senders", type=int, default=4, help="reacting connections (users of their own)")
     args = p.parse_args(argv)
+    if args.scenario == "live" and (args.reactions < 1 or args.reaction_rate <= 0 or args.viewers < 1):
+        p.error("live needs --viewers >= 1, --reactions >= 1 and --reaction-rate > 0")
     if args.secret_file:
         with open(args.secret_file) as fh:
             args.secret = fh.read().strip()
@@ -823,6 +1278,13 @@ def main(argv=None) -> int:
         args.worker_pids = [proc.pid for proc in procs]
         try:
             result = uvloop.run(_fanout(args, pipes, len(pipes)))
+        finally:
+            stop_workers(pipes, procs)
+    elif args.scenario == "live":
+        pipes, procs = start_live_workers(args)
+        args.worker_pids = [proc.pid for proc in procs]
+        try:
+            result = uvloop.run(_live(args, pipes, len(pipes)))
         finally:
             stop_workers(pipes, procs)
     else:

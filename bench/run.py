@@ -4,6 +4,7 @@ always stops it, prints a summary.
     .venv/bin/python bench/run.py                       # everything, SQLite
     .venv/bin/python bench/run.py --database sqlite --database postgresql://127.0.0.1:5432/test
     .venv/bin/python bench/run.py --scenario fanout --receivers 200 --messages 500 --json bench/results/x.json
+    .venv/bin/python bench/run.py --scenario live --viewers 1000 --reactions 5000 --reaction-rate 500
 
 Scenarios (each on a fresh server on a free loopback port):
 
@@ -14,6 +15,11 @@ Scenarios (each on a fresh server on a free loopback port):
 * ingest  — ``--connections`` connections in ``--rooms`` rooms, each keeping
   ``--ingest-window`` messages un-acked for ``--duration`` s: acked (=
   committed) messages/s, ack latency, server CPU.
+* live    — ``--viewers`` connections join one live stream (started by a
+  host connection) while ``--senders`` more connections, viewers too, send
+  ``--reactions`` live:reaction requests at a fixed ``--reaction-rate``:
+  deliveries/s, p50/p99 send-to-receipt delay, achieved send rate, server
+  and generator CPU.  chatd's per-user reaction limit is lifted.
 
 On a machine with two or more CPUs the server is pinned to CPU 0 and the
 generator to CPU 1 (``--no-pin`` to let the scheduler decide).
@@ -93,7 +99,8 @@ class Server:
             return [PYTHON, str(HERE / "ceiling.py"), str(self.port)]
         cmd = [TWISTD, "-n", "--pidfile=", "chatd", "--data-dir", self.dir,
                "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-               "--rate-limit", "1000000", "--rate-burst", "1000000", "--max-send-buffer", "67108864"]
+               "--rate-limit", "1000000", "--rate-burst", "1000000", "--max-send-buffer", "67108864",
+               "--reaction-rate", "1000000"]
         if self.database:
             cmd += ["--database", self.database]
         return cmd
@@ -225,6 +232,10 @@ def one(opts, scenario: str, kind: str, database: str | None, label: str, rnd: i
         if scenario == "fanout":
             extra = ["--receivers", str(opts.receivers), "--messages", str(opts.messages),
                      "--window", str(opts.window), "--workers", str(opts.workers), "--sample", str(opts.sample)]
+        elif scenario == "live":
+            extra = ["--viewers", str(opts.viewers), "--reactions", str(opts.reactions),
+                     "--reaction-rate", str(opts.reaction_rate), "--senders", str(opts.senders),
+                     "--workers", str(opts.workers), "--sample", str(opts.sample)]
         else:
             extra = ["--connections", str(opts.connections), "--rooms", str(opts.rooms),
                      "--window", str(opts.ingest_window), "--duration", str(opts.duration)]
@@ -247,6 +258,9 @@ def one(opts, scenario: str, kind: str, database: str | None, label: str, rnd: i
         note = "FAILED"
     elif scenario == "fanout":
         note = f"{result['deliveries_per_s']:>10,.0f} deliveries/s, {result['delivered']:,}/{result['expected']:,}"
+    elif scenario == "live":
+        note = (f"{result['deliveries_per_s']:>10,.0f} deliveries/s, {result['delivered']:,}/{result['expected']:,}, "
+                f"p50/p99 {fmt(result['p50_ms'], '.1f')}/{fmt(result['p99_ms'], '.1f')} ms")
     else:
         note = f"{result['acked_per_s']:>10,.0f} acked msgs/s"
     print(f" {time.monotonic() - t:5.1f}s  {note}", flush=True)
@@ -281,6 +295,9 @@ def median(values: list[float]) -> float | None:
 FANOUT_METRICS = ("deliveries_per_s", "steady_deliveries_per_s", "messages_per_s", "p50_ms", "p99_ms",
                   "server_cpu_pct", "generator_cpu_pct", "other_cpu_pct", "kernel_threads_cpu_pct",
                   "machine_cpu_pct", "steal_pct", "server_peak_rss_mb")
+LIVE_METRICS = ("deliveries_per_s", "send_rate", "p50_ms", "p99_ms", "max_ms", "ack_p50_ms", "ack_p99_ms",
+                "drain_ms", "send_max_lag_ms", "server_cpu_pct", "server_us_per_delivery", "generator_cpu_pct",
+                "other_cpu_pct", "kernel_threads_cpu_pct", "machine_cpu_pct", "steal_pct", "server_peak_rss_mb")
 INGEST_METRICS = ("acked_per_s", "ack_p50_ms", "ack_p99_ms", "server_cpu_pct", "generator_cpu_pct",
                   "other_cpu_pct", "kernel_threads_cpu_pct", "machine_cpu_pct", "steal_pct", "server_peak_rss_mb")
 
@@ -296,13 +313,17 @@ def aggregate(results: list[dict]) -> list[dict]:
     for (scenario, server), runs in groups.items():
         ok = [r for r in runs if "failed" not in r]
         row: dict = {"scenario": scenario, "server": server, "rounds": len(runs), "failed_rounds": len(runs) - len(ok)}
-        metrics = FANOUT_METRICS if scenario == "fanout" else INGEST_METRICS
-        head = "deliveries_per_s" if scenario == "fanout" else "acked_per_s"
+        metrics = {"fanout": FANOUT_METRICS, "live": LIVE_METRICS}.get(scenario, INGEST_METRICS)
+        head = "acked_per_s" if scenario == "ingest" else "deliveries_per_s"
         for m in metrics:
             row[m] = median([r.get(m) for r in ok])
         row[head + "_range"] = [min(r[head] for r in ok), max(r[head] for r in ok)] if ok else None
         if scenario == "fanout":
             for k in ("delivered", "expected", "out_of_order", "errors", "acked", "messages"):
+                row[k] = sum(r[k] for r in ok)
+        elif scenario == "live":
+            for k in ("delivered", "expected", "out_of_order", "duplicates", "errors", "acked", "sent", "reactions",
+                      "sender_copies", "sender_copies_expected", "viewer_count_pushes"):
                 row[k] = sum(r[k] for r in ok)
         else:
             for k in ("pushes", "expected_pushes", "errors", "unanswered", "acked", "sent"):
@@ -318,6 +339,7 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
              f"{pin_note}; each figure is the median of {opts.repeat} round(s), [min–max] of the headline"]
     fan = [r for r in rows if r["scenario"] == "fanout"]
     ing = [r for r in rows if r["scenario"] == "ingest"]
+    live = [r for r in rows if r["scenario"] == "live"]
     if fan:
         lines.append("")
         lines.append(f"fanout: {opts.receivers:,} receivers x {opts.messages:,} messages in one public room, "
@@ -360,6 +382,31 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
                          f"{pct(r['server_cpu_pct']):>7s} {pct(r['generator_cpu_pct']):>5s} "
                          f"{pct(r['other_cpu_pct']):>6s}  {r['pushes']:,}/{r['expected_pushes']:,}")
         lines.append(rss_line(ing))
+    if live:
+        lines.append("")
+        lines.append(f"live: {opts.viewers:,} viewers of one stream, {opts.reactions:,} reactions at "
+                     f"{opts.reaction_rate:g}/s from {opts.senders} sender connection(s) (viewers too, counted "
+                     f"apart), {opts.workers} viewer process(es); chatd's per-user reaction limit lifted")
+        lines.append(f"  {'server':18s} {'deliveries/s':>12s} {'[min–max]':>19s} {'sent/s':>7s} {'p50 ms':>7s} "
+                     f"{'p99 ms':>7s} {'server':>7s} {'µs/dlv':>6s} {'gen':>5s} {'other':>6s}  delivered/expected")
+        for r in live:
+            if r["deliveries_per_s"] is None:
+                lines.append(f"  {r['server']:18s} FAILED")
+                continue
+            lo, hi = r["deliveries_per_s_range"]
+            lines.append(f"  {r['server']:18s} {fmt(r['deliveries_per_s']):>12s} {f'[{lo:,.0f}–{hi:,.0f}]':>19s} "
+                         f"{fmt(r['send_rate']):>7s} {fmt(r['p50_ms'], '.1f'):>7s} {fmt(r['p99_ms'], '.1f'):>7s} "
+                         f"{pct(r['server_cpu_pct']):>7s} {fmt(r['server_us_per_delivery'], '.2f'):>6s} "
+                         f"{pct(r['generator_cpu_pct']):>5s} {pct(r['other_cpu_pct']):>6s}  "
+                         f"{r['delivered']:,}/{r['expected']:,}")
+            lines.append(f"  {'':18s} max delay {fmt(r['max_ms'], '.1f')} ms, reaction ack p50/p99 "
+                         f"{fmt(r['ack_p50_ms'], '.1f')}/{fmt(r['ack_p99_ms'], '.1f')} ms, last delivery "
+                         f"{fmt(r['drain_ms'], '.0f')} ms after the last send, sender copies "
+                         f"{r['sender_copies']:,}/{r['sender_copies_expected']:,}, "
+                         f"{r['acked']:,}/{r['reactions']:,} acked")
+        lines.append(rss_line(live))
+        lines.append("  µs/dlv = server CPU per delivery (µs); expected = viewers × acked reactions "
+                     "(the senders' own copies are the 'sender copies')")
     lines.append("")
     lines.append("CPU columns: % of one CPU, averaged over the measured window. server = the server process (all "
                  "its threads); gen = the generator processes; other = every other user process (PostgreSQL's "
@@ -411,6 +458,31 @@ def find_problems(opts, results: list[dict]) -> list[str]:
                                 f"{r['error_samples'][:2]}")
             if r["worker_failures"]:
                 problems.append(f"{name}: receiver worker failures {r['worker_failures']}")
+        elif r["scenario"] == "live":
+            if r["shortfall"]:
+                problems.append(f"{name}: SHORTFALL: {r['delivered']:,} of {r['expected']:,} delivered "
+                                f"({r['short_receivers']} viewers with a wrong count, "
+                                f"{r['disconnected']} disconnected)")
+            if r["sender_copies"] != r["sender_copies_expected"]:
+                problems.append(f"{name}: senders got {r['sender_copies']:,} of their "
+                                f"{r['sender_copies_expected']:,} copies")
+            if r["out_of_order"] or r["duplicates"]:
+                samples = ", ".join(f"#{a} after #{b}" for a, b in r["disorder_samples"][:3])
+                problems.append(f"{name}: ORDER: {r['out_of_order']:,} reactions arrived after a later reaction of "
+                                f"the same sender connection, {r['duplicates']:,} duplicates (checked on "
+                                f"{r['probes']} viewers; e.g. {samples or '-'})")
+            if r["errors"] or r["acked"] != r["reactions"]:
+                problems.append(f"{name}: {r['acked']:,}/{r['reactions']:,} reactions acked, {r['errors']} errors "
+                                f"{r['error_samples'][:2]}")
+            if r["worker_failures"]:
+                problems.append(f"{name}: viewer worker failures {r['worker_failures']}")
+            seen = r["viewer_count_seen"]
+            if seen != [r["viewer_count_expected"]] * 2:
+                problems.append(f"{name}: viewers were last told a viewer count of {seen[0]}–{seen[1]}, "
+                                f"expected {r['viewer_count_expected']}")
+            if r["send_rate"] and r["send_rate"] < 0.95 * r["reaction_rate"]:
+                problems.append(f"{name}: reactions went out at {r['send_rate']:,.0f}/s, below the "
+                                f"{r['reaction_rate']:g}/s asked for")
         else:
             if r["errors"] or r["unanswered"]:
                 problems.append(f"{name}: {r['errors']} errors, {r['unanswered']} unanswered {r['error_samples'][:2]}")
@@ -460,22 +532,29 @@ def cpu_model() -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--scenario", choices=["fanout", "ingest", "all"], default="all")
+    p.add_argument("--scenario", choices=["fanout", "ingest", "live", "all"], default="all")
     p.add_argument("--database", action="append", metavar="URL",
                    help="chatd storage: 'sqlite' (the embedded default) or a postgresql:// URL; repeat to run "
                         "each (default: sqlite)")
     p.add_argument("--receivers", type=int, default=1000, help="fanout: room members receiving (default 1000)")
     p.add_argument("--messages", type=int, default=2000, help="fanout: messages sent (default 2000)")
     p.add_argument("--window", type=int, default=32, help="fanout: un-acked messages in flight (default 32)")
-    p.add_argument("--workers", type=int, default=1, help="fanout: receiver processes (default 1)")
+    p.add_argument("--workers", type=int, default=1, help="fanout/live: receiver processes (default 1)")
     p.add_argument("--connections", type=int, default=50, help="ingest: sending connections (default 50)")
     p.add_argument("--rooms", type=int, default=5, help="ingest: rooms (default 5)")
     p.add_argument("--ingest-window", type=int, default=8, help="ingest: un-acked messages per connection (default 8)")
     p.add_argument("--duration", type=float, default=10.0, help="ingest: seconds of sending (default 10)")
+    p.add_argument("--viewers", type=int, default=1000, help="live: viewers of the stream (default 1000)")
+    p.add_argument("--reactions", type=int, default=5000, help="live: reactions sent (default 5000)")
+    p.add_argument("--reaction-rate", type=float, default=500.0,
+                   help="live: reactions per second sent, all senders together (default 500); chatd's own "
+                        "per-user --reaction-rate limit is set to 1000000")
+    p.add_argument("--senders", type=int, default=4,
+                   help="live: reacting connections, each its own user and a viewer too (default 4)")
     p.add_argument("--size", type=int, default=64, help="message content length in characters (default 64)")
     p.add_argument("--repeat", type=int, default=3, help="rounds of each scenario; medians are reported (default 3)")
     p.add_argument("--sample", type=int, default=10,
-                   help="fanout: every N-th receiver also measures delay and order (default 10)")
+                   help="fanout/live: every N-th receiver also measures delay and order (default 10)")
     p.add_argument("--no-ceiling", action="store_true", help="fanout: skip the bench/ceiling.py reference run")
     p.add_argument("--no-pin", action="store_true", help="do not pin server and generator to separate CPUs")
     p.add_argument("--stall", type=float, default=15.0, help="give up after this many seconds without progress")
@@ -514,7 +593,7 @@ def main(argv=None) -> int:
     print(f"chatd bench: {pin_note}", flush=True)
     started = time.monotonic()
     results: list[dict] = []
-    scenarios = ["fanout", "ingest"] if opts.scenario == "all" else [opts.scenario]
+    scenarios = ["fanout", "ingest", "live"] if opts.scenario == "all" else [opts.scenario]
     interrupted = None
     try:
         for scenario in scenarios:
