@@ -35,7 +35,7 @@ from chatd.storage.engines import engine_for
 from chatd.storage.schema import migrate
 from chatd.storage.store import SqlStore
 from chatd.web.api import HttpApi
-from chatd.web.endpoints import BackendApi
+from chatd.web.endpoints import BackendApi, NativeApi
 from chatd.web.site import build_site
 
 log = Logger()
@@ -95,7 +95,10 @@ class ChatdService(Service):
         )
         self.factory = ChatdWebSocketFactory(config, self.reactor, self.verifier, self.sessions, self.dispatcher)
         self.backend_api = BackendApi(self.registry, self.social)
-        self.api = HttpApi(self.verifier, config.api_key, self.backend_api.endpoints())
+        self.native_api = NativeApi(self.chat, self.social, self.live)
+        self.api = HttpApi(
+            self.verifier, config.api_key, self.backend_api.endpoints() + self.native_api.endpoints()
+        )
         self.site = build_site(self.factory, self.api, {"storage": self.store.ping})
         self._built = True
 

@@ -180,6 +180,15 @@ class ChatService:
         self.typing.stop_connection(conn, [room_id])
         return {"chatId": room_id}
 
+    def remove_from_room(self, room_id: str, user_id: str) -> int:
+        """A member was removed: their local connections leave the room at
+        once (typing stops, no more events); returns how many left."""
+        left = self.registry.leave_room_everywhere(room_id, user_id)
+        for conn in left:
+            self.typing.stop_connection(conn, [room_id])
+            conn.send_event("chat:left", {"chatId": room_id, "removed": True})
+        return len(left)
+
     def connection_closed(self, conn: Connection) -> None:
         self.typing.stop_connection(conn)
 

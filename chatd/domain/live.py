@@ -298,6 +298,10 @@ class LiveService:
         self._publish(stream_id, "live:status", {"streamId": stream_id, "status": status})
         return {}
 
+    def forget(self, stream_id: str) -> None:
+        """The stream changed elsewhere (HTTP API): read it afresh next time."""
+        self._status_cache.pop(stream_id, None)
+
     def stop(self) -> None:
         self.counts.stop()
 

@@ -255,7 +255,7 @@ class SocialService:
                 f"{conn.identity.name or user} sent you a friend request", {"fromUserId": user},
             )
         elif outcome == "accepted":
-            self._became_friends(user, target)
+            self.became_friends(user, target)
         return {}
 
     @inlineCallbacks
@@ -273,10 +273,10 @@ class SocialService:
             if (yield self._guarded(self.store.are_friends(user, requester))):
                 return {}
             raise ChatError(ErrorCode.INVALID_MESSAGE, f"no pending friend request from {requester}")
-        self._became_friends(user, requester)
+        self.became_friends(user, requester)
         return {}
 
-    def _became_friends(self, a: str, b: str) -> None:
+    def became_friends(self, a: str, b: str) -> None:
         """Both hear ``friend:accepted``; presence audiences follow at once."""
         self._push_to_user(a, "friend:accepted", {"userId": b})
         self._push_to_user(b, "friend:accepted", {"userId": a})

@@ -130,22 +130,26 @@ class SqlStore(SocialQueries, StreamQueries):
 
     # -- rooms ---------------------------------------------------------------
 
-    def create_room(self, room: Room, creator: str, members: list[str]) -> Deferred[Room]:
+    def create_room(self, room: Room, creator: str | None, members: list[str]) -> Deferred[Room | None]:
         return self.run(self._create_room, room, creator, members)
 
-    def _create_room(self, cur: Any, room: Room, creator: str, members: list[str]) -> Room:
+    def _create_room(self, cur: Any, room: Room, creator: str | None, members: list[str]) -> Room | None:
+        """None when a room with that id exists already (nothing changed)."""
         sql = self.engine.sql
         cur.execute(
             sql("INSERT INTO rooms (id, name, description, type, created_by, created_at, last_seq)"
-                " VALUES (?, ?, ?, ?, ?, ?, 0)"),
+                " VALUES (?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING"),
             (room.id, room.name, room.description, room.type, creator, room.created_at_ms),
         )
-        unique = list(dict.fromkeys([creator, *members]))
-        self.engine.insert_many(
-            cur,
-            "INSERT INTO room_members (room_id, user_id, joined_at) VALUES (?, ?, ?)",
-            [(room.id, user, room.created_at_ms) for user in unique],
-        )
+        if cur.rowcount != 1:
+            return None
+        unique = list(dict.fromkeys([creator, *members] if creator is not None else members))
+        if unique:
+            self.engine.insert_many(
+                cur,
+                "INSERT INTO room_members (room_id, user_id, joined_at) VALUES (?, ?, ?)",
+                [(room.id, user, room.created_at_ms) for user in unique],
+            )
         found = self._get_room(cur, room.id)
         assert found is not None
         return found

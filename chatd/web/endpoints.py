@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatd.clock import iso_from_ms
+from chatd.clock import iso_from_ms, now_ms
+from chatd.domain.chat import ChatService, is_direct_room, new_id
+from chatd.domain.live import LiveService
+from chatd.domain.models import ROOM_TYPES, NewMessage, Room
 from chatd.domain.registry import LocalRegistry
 from chatd.domain.social import SocialService
 from chatd.web.api import ApiError, Call, Endpoint, bad_request, endpoint
@@ -109,3 +112,138 @@ class BackendApi:
         for conn in connections:
             conn.disconnect(CLOSE_BY_ADMIN, "disconnected by an administrator")
         return {"disconnected": len(connections)}
+
+
+class NativeApi:
+    """``/api/…``: rooms, members, history, posting as a user, the friend
+    graph and streams, managed by the backend."""
+
+    def __init__(self, chat: ChatService, social: SocialService, live: LiveService) -> None:
+        self.chat = chat
+        self.social = social
+        self.live = live
+        self.store: Any = chat.store
+
+    def endpoints(self) -> list[Endpoint]:
+        return [
+            endpoint("POST", "/api/rooms", self.create_room),
+            endpoint("GET", "/api/rooms/{room_id}", self.get_room, admin=False),
+            endpoint("PUT", "/api/rooms/{room_id}/members/{user_id}", self.add_member),
+            endpoint("DELETE", "/api/rooms/{room_id}/members/{user_id}", self.remove_member),
+            endpoint("GET", "/api/rooms/{room_id}/messages", self.history, admin=False),
+            endpoint("POST", "/api/rooms/{room_id}/messages", self.post_message),
+            endpoint("PUT", "/api/friendships/{user_a}/{user_b}", self.befriend),
+            endpoint("DELETE", "/api/friendships/{user_a}/{user_b}", self.unfriend),
+            endpoint("PUT", "/api/streams/{stream_id}", self.put_stream),
+        ]
+
+    async def _room(self, room_id: str) -> Room:
+        room = await self.chat.guard(self.store.get_room(room_id))
+        if room is None:
+            raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id} does not exist")
+        return room
+
+    async def _room_for(self, call: Call) -> Room:
+        """The room, for an admin or a member of it."""
+        room = await self._room(call.params["room_id"])
+        if not call.caller.is_admin and not await self.chat.guard(self.store.is_member(room.id, call.caller.user_id)):
+            raise ApiError(403, "NOT_A_MEMBER", f"you are not a member of room {room.id}")
+        return room
+
+    async def create_room(self, call: Call) -> dict[str, Any]:
+        room_id = call.field("id", required=False)
+        if room_id is None:
+            room_id = new_id("r_")
+        elif not room_id.strip() or len(room_id) > 128 or "/" in room_id or is_direct_room(room_id):
+            raise bad_request("'id' must be 1 to 128 characters without '/' and must not start with 'dm_'")
+        name = call.field("name")
+        if not name.strip() or len(name) > 100:
+            raise bad_request("'name' must be 1 to 100 characters")
+        description = call.field("description", required=False) or ""
+        if len(description) > 1000:
+            raise bad_request("'description' is longer than 1000 characters")
+        room_type = call.field("type")
+        if room_type not in ROOM_TYPES:
+            raise bad_request("'type' must be \"public\" or \"private\"")
+        members = call.field("members", list, required=False) or []
+        if not all(isinstance(m, str) and m.strip() and len(m) <= 128 for m in members) or len(members) > 10000:
+            raise bad_request("'members' must be a list of user ids")
+        draft = Room(room_id, name, description, room_type, 0, now_ms(), 0)
+        room = await self.chat.guard(self.store.create_room(draft, None, members))
+        if room is None:
+            raise ApiError(409, "CONFLICT", f"room {room_id} exists already")
+        return {"room": room.to_wire()}
+
+    async def get_room(self, call: Call) -> dict[str, Any]:
+        room = await self._room_for(call)
+        members = await self.chat.guard(self.store.members(room.id))
+        return {"room": room.to_wire(), "members": members}
+
+    async def add_member(self, call: Call) -> dict[str, Any]:
+        room = await self._room(call.params["room_id"])
+        added = await self.chat.guard(self.store.add_member(room.id, call.params["user_id"], now_ms()))
+        return {"added": added}
+
+    async def remove_member(self, call: Call) -> dict[str, Any]:
+        room = await self._room(call.params["room_id"])
+        user_id = call.params["user_id"]
+        removed = await self.chat.guard(self.store.remove_member(room.id, user_id))
+        left = self.chat.remove_from_room(room.id, user_id)
+        return {"removed": removed, "connectionsLeft": left}
+
+    async def history(self, call: Call) -> dict[str, Any]:
+        room = await self._room_for(call)
+        before = _query_seq(call, "before")
+        after = _query_seq(call, "after")
+        limit = _query_seq(call, "limit") or 50
+        page = await self.chat.guard(self.store.history(room.id, before, after, min(max(limit, 1), 100)))
+        return {"messages": [m.to_wire() for m in page.messages], "hasMore": page.has_more}
+
+    async def post_message(self, call: Call) -> dict[str, Any]:
+        room = await self._room(call.params["room_id"])
+        user_id = call.user_id_field("userId")
+        content = call.field("content")
+        self.chat.check_content(content)
+        message = await self.chat.guard(
+            self.store.append_message(NewMessage(new_id("m_"), room.id, user_id, content, None, now_ms()))
+        )
+        return {"message": self.chat.message_stored(message)}
+
+    async def befriend(self, call: Call) -> dict[str, Any]:
+        a, b = _pair(call)
+        created = await self.chat.guard(self.store.set_friendship(a, b, True, now_ms()))
+        if created:
+            self.social.became_friends(a, b)
+        return {"friends": True, "created": created}
+
+    async def unfriend(self, call: Call) -> dict[str, Any]:
+        a, b = _pair(call)
+        removed = await self.chat.guard(self.store.set_friendship(a, b, False, now_ms()))
+        return {"friends": False, "removed": removed}
+
+    async def put_stream(self, call: Call) -> dict[str, Any]:
+        stream_id = call.params["stream_id"]
+        host = call.user_id_field("hostId")
+        title = call.field("title", required=False)
+        if title is not None and len(title) > 200:
+            raise bad_request("'title' is longer than 200 characters")
+        await self.chat.guard(self.store.put_stream(stream_id, host, title, now_ms()))
+        self.live.forget(stream_id)
+        stream = await self.chat.guard(self.store.get_stream(stream_id))
+        return {"streamId": stream_id, "hostId": stream[0], "status": stream[1], "title": stream[2]}
+
+
+def _query_seq(call: Call, name: str) -> int | None:
+    raw = call.query.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit():
+        raise bad_request(f"'{name}' must be a non-negative integer")
+    return int(raw)
+
+
+def _pair(call: Call) -> tuple[str, str]:
+    a, b = call.params["user_a"], call.params["user_b"]
+    if a == b:
+        raise bad_request("a friendship needs two different users")
+    return a, b
