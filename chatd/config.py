@@ -94,6 +94,17 @@ def _non_negative_number(value: Any) -> float:
     return number
 
 
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = _text(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
 def _dm_policy(value: Any) -> str:
     text = _text(value)
     if text not in ("anyone", "friends"):
@@ -179,6 +190,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("presence_grace", _non_negative_number, 3.0, "seconds after a user's last connection closes before user:offline"),
     Setting("reaction_rate", _positive_number, 10.0, "live reactions per second allowed per user (burst: twice that)"),
     Setting("viewer_count_interval", _positive_number, 0.5, "least seconds between two live:viewer-count pushes of a stream"),
+    Setting("metrics_require_auth", _boolean, False, "whether GET /metrics needs the API key or an admin token"),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -213,6 +225,7 @@ class Config:
     presence_grace: float = 3.0
     reaction_rate: float = 10.0
     viewer_count_interval: float = 0.5
+    metrics_require_auth: bool = False
     secret_generated: bool = False
 
     @property

@@ -29,6 +29,7 @@ from chatd.domain.live import LiveService
 from chatd.domain.registry import LocalRegistry
 from chatd.domain.sessions import Sessions
 from chatd.domain.social import Presence, SocialService
+from chatd.metrics import Metrics
 from chatd.protocol.dispatch import Dispatcher, chat_routes, live_routes, social_routes
 from chatd.protocol.websocket import ChatdWebSocketFactory
 from chatd.storage.engines import engine_for
@@ -36,7 +37,7 @@ from chatd.storage.schema import migrate
 from chatd.storage.store import SqlStore
 from chatd.web.api import HttpApi
 from chatd.web.endpoints import BackendApi, NativeApi
-from chatd.web.site import build_site
+from chatd.web.site import MetricsPage, build_site
 
 log = Logger()
 
@@ -99,8 +100,26 @@ class ChatdService(Service):
         self.api = HttpApi(
             self.verifier, config.api_key, self.backend_api.endpoints() + self.native_api.endpoints()
         )
-        self.site = build_site(self.factory, self.api, {"storage": self.store.ping})
+        self._wire_metrics()
+        self.site = build_site(
+            self.factory, self.api, {"storage": self.store.ping},
+            MetricsPage(self.metrics, self.api.is_admin_request if config.metrics_require_auth else None),
+        )
         self._built = True
+
+    def _wire_metrics(self) -> None:
+        metrics = self.metrics = Metrics()
+        metrics.bind_gauges(
+            lambda: len(self.factory.connections),
+            lambda: len(self.registry.online_users()),
+            self.registry.joined_room_count,
+        )
+        self.registry.on_delivered = metrics.delivered
+        self.store.writer.observe_batch = metrics.batch_size.observe
+        self.store.writer.observe_commit = metrics.store_latency.observe
+        self.chat.observe_publish = metrics.publish_latency.observe
+        self.dispatcher.metrics = metrics
+        self.factory.metrics = metrics
 
     # -- listening ----------------------------------------------------------------
 

@@ -171,3 +171,57 @@ async def test_readyz_answers_when_storage_does(api_server):
     server = await api_server
     status, body = await http(server, "GET", "/readyz")
     assert status == 200 and body == {"status": "ready", "storage": "ok"}
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in metrics")
+
+
+async def _metrics_text(server, token=None) -> tuple[int, str, bytes]:
+    from twisted.internet import reactor
+
+    headers = Headers()
+    if token:
+        headers.addRawHeader(b"authorization", f"Bearer {token}".encode())
+    response = await Agent(reactor).request(b"GET", (server.http + "/metrics").encode(), headers)
+    body = await readBody(response)
+    content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
+    return response.code, body.decode(), content_type
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_count_what_happens(api_server):
+    server = await api_server
+    alice = await server.connect("alice")
+    bob = await server.connect("bob")
+    room = (await alice.ok("chat:create", {"name": "m", "type": "public"}))["room"]["id"]
+    await alice.ok("chat:join", room)
+    await bob.ok("chat:join", room)
+    for i in range(3):
+        await alice.ok("chat:message", {"chatId": room, "content": f"m{i}"})
+    await bob.fails("chat:join", "r_missing", "ROOM_NOT_FOUND")
+    await bob.collect("chat:message", 3)
+    status, text, content_type = await _metrics_text(server)
+    assert status == 200 and content_type.startswith(b"text/plain")
+    assert _metric(text, "chatd_connections") == 2
+    assert _metric(text, "chatd_authenticated_users") == 2
+    assert _metric(text, "chatd_rooms_joined") == 1
+    assert 'chatd_events_in_total{type="chat:message"} 3.0' in text
+    assert 'chatd_errors_total{code="ROOM_NOT_FOUND"} 1.0' in text
+    assert _metric(text, "chatd_fanout_deliveries_total") >= 6
+    assert _metric(text, "chatd_pushes_out_total") >= 3
+    assert _metric(text, "chatd_message_store_seconds_count") >= 1
+    assert _metric(text, "chatd_message_batch_size_sum") == 3
+    assert _metric(text, "chatd_broker_publish_seconds_count") >= 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_can_require_the_api_key(server_factory):
+    server = await server_factory(api_key=API_KEY, metrics_require_auth=True)
+    assert (await _metrics_text(server))[0] == 401
+    assert (await _metrics_text(server, server.token("plain")))[0] == 401
+    assert (await _metrics_text(server, API_KEY))[0] == 200
+    assert (await _metrics_text(server, server.token("root", admin=True)))[0] == 200

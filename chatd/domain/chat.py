@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +89,7 @@ class ChatService:
         # The social service handles chat:message into direct-message rooms
         # (dm_policy, message:receive); set by it, None without one.
         self.direct_rooms: Any = None
+        self.observe_publish: Callable[[float], None] | None = None
         self.limits = limits or Limits()
         self.typing = TypingTracker(clock, self._announce_typing, typing_timeout)
 
@@ -96,7 +98,13 @@ class ChatService:
     def publish(self, channel: str, event: Published) -> None:
         """Publish after the state change is durable.  A broker failure is
         logged; the change itself stands (clients recover with ``since``)."""
-        d = self.broker.publish(channel, event)
+        observe = self.observe_publish
+        if observe is None:
+            d = self.broker.publish(channel, event)
+        else:
+            started = time.monotonic()
+            d = self.broker.publish(channel, event)
+            d.addCallback(lambda _: observe(time.monotonic() - started))
         d.addErrback(self._publish_failed, channel, event.type)
 
     @staticmethod

@@ -64,6 +64,7 @@ class LocalRegistry:
         self._clock = clock
         self._queue: dict[str, list[tuple[Published, Any]]] = {}
         self._flush_call: IDelayedCall | None = None
+        self.on_delivered: Callable[[int, int], None] | None = None
         self._listeners: dict[str, dict[Connection, None]] = {}
         self._joining: dict[str, dict[Connection, _Joining]] = {}
         self._channels_of: dict[Connection, set[str]] = {}
@@ -113,6 +114,9 @@ class LocalRegistry:
 
     def connection_count(self) -> int:
         return len(self._channels_of)
+
+    def joined_room_count(self) -> int:
+        return sum(1 for channel in self._listeners if channel.startswith("room:"))
 
     # -- rooms ---------------------------------------------------------------
 
@@ -249,14 +253,21 @@ class LocalRegistry:
             self._flush_call.cancel()
         self._flush_call = None
         queue, self._queue = self._queue, {}
+        deliveries = 0
         for channel, items in queue.items():
-            self._deliver(channel, items)
+            deliveries += self._deliver(channel, items)
+        if self.on_delivered is not None:
+            self.on_delivered(sum(len(items) for items in queue.values()), deliveries)
 
-    def _deliver(self, channel: str, items: list[tuple[Published, Any]]) -> None:
+    def _deliver(self, channel: str, items: list[tuple[Published, Any]]) -> int:
+        """Hand the channel's queued frames to its listeners; return how
+        many writes that took (for the metrics)."""
+        writes = 0
         listeners = self._listeners.get(channel)
         if listeners:
             targets = tuple(listeners)
             for frames, skip_user, skip_connection in _runs(items):
+                writes += len(targets)
                 payload = frames[0] if len(frames) == 1 else b"".join(frames)
                 if skip_user is None and skip_connection is None:
                     for conn in targets:
@@ -278,6 +289,7 @@ class LocalRegistry:
                 for event, frame in items:
                     if not _skipped(conn, event.skip_user, event.skip_connection):
                         pending.events.append((event.seq, frame))
+        return writes
 
 
 def _runs(items: list[tuple[Published, Any]]) -> list[tuple[list[Any], str | None, str | None]]:

@@ -23,6 +23,7 @@ from chatd.domain.interfaces import Connection
 from chatd.domain.live import LiveService
 from chatd.domain.social import SocialService
 from chatd.errors import ChatError, ErrorCode
+from chatd.metrics import Metrics
 from chatd.protocol import requests as rq
 from chatd.protocol.envelope import Envelope
 
@@ -104,11 +105,14 @@ def chat_routes(chat: ChatService) -> dict[str, Route]:
 
 
 class Dispatcher:
-    def __init__(self, routes: dict[str, Route]) -> None:
+    def __init__(self, routes: dict[str, Route], metrics: Metrics | None = None) -> None:
         self.routes = routes
+        self.metrics = metrics
 
     def dispatch(self, responder: Responder, envelope: Envelope, authenticated: bool) -> None:
         route = self.routes.get(envelope.type)
+        if self.metrics is not None:
+            self.metrics.event_in(envelope.type, route is not None or envelope.type == "auth")
         if route is None:
             responder.reply_error(envelope, ErrorCode.UNKNOWN_EVENT, f"unknown event {envelope.type!r}")
             return
@@ -147,9 +151,10 @@ class Dispatcher:
         else:
             self._server_error(failure, responder, envelope, route)
 
-    @staticmethod
-    def _refuse(responder: Responder, envelope: Envelope, route: Route, code: str, message: str) -> None:
+    def _refuse(self, responder: Responder, envelope: Envelope, route: Route, code: str, message: str) -> None:
         if envelope.id is None and route.error_event is not None:
+            if self.metrics is not None:
+                self.metrics.error(code)
             data: dict[str, Any] = {"code": code, "message": message}
             temp_id = envelope.data.get("tempId") if isinstance(envelope.data, dict) else None
             if isinstance(temp_id, str):

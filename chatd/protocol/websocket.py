@@ -33,6 +33,7 @@ from chatd.config import Config
 from chatd.domain.models import Identity, Published
 from chatd.domain.sessions import Sessions
 from chatd.errors import ChatError, ErrorCode
+from chatd.metrics import Metrics
 from chatd.protocol.dispatch import Dispatcher
 from chatd.protocol.envelope import (
     Envelope,
@@ -185,8 +186,8 @@ class ChatdServerProtocol(WebSocketServerProtocol):
             identity = self.factory.verifier.verify(token)
         except AuthError as e:
             log.info("authentication failed on {connection}: {reason}", connection=self.connection_id, reason=str(e))
-            self._send(encode_error(ErrorCode.UNAUTHORIZED, f"authentication failed: {e}",
-                                    envelope.id if envelope else None, "auth"))
+            self._error(ErrorCode.UNAUTHORIZED, f"authentication failed: {e}",
+                        envelope.id if envelope else None, "auth")
             if self.identity is None:
                 self.close_with(CLOSE_UNAUTHENTICATED, "authentication failed")
             # An authenticated connection whose token refresh failed keeps
@@ -222,7 +223,7 @@ class ChatdServerProtocol(WebSocketServerProtocol):
             self._on_frame(payload)
         except Exception:
             log.failure("unexpected failure handling a frame on {connection}", connection=self.connection_id)
-            self._send(encode_error(ErrorCode.SERVER_ERROR, "internal error; the request was not completed"))
+            self._error(ErrorCode.SERVER_ERROR, "internal error; the request was not completed")
 
     def _on_frame(self, payload: bytes) -> None:
         bucket = self._bucket
@@ -232,7 +233,7 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         try:
             envelope = parse_envelope(payload)
         except EnvelopeError as e:
-            self._send(encode_error(e.code, e.message, e.request_id, e.event))
+            self._error(e.code, e.message, e.request_id, e.event)
             return
         if envelope.type == "auth":
             self._on_auth(envelope)
@@ -270,9 +271,15 @@ class ChatdServerProtocol(WebSocketServerProtocol):
 
     def reply_error(self, envelope: Envelope | None, code: str, message: str) -> None:
         if envelope is None:
-            self._send(encode_error(code, message))
+            self._error(code, message)
         else:
-            self._send(encode_error(code, message, envelope.id, envelope.type or None))
+            self._error(code, message, envelope.id, envelope.type or None)
+
+    def _error(self, code: str, message: str, request_id: str | None = None, event: str | None = None) -> None:
+        metrics = self.factory.metrics
+        if metrics is not None:
+            metrics.error(code)
+        self._send(encode_error(code, message, request_id, event))
 
     # -- Connection (what the domain sends through) ------------------------------
 
@@ -414,6 +421,7 @@ class ChatdWebSocketFactory(WebSocketServerFactory):
         self.clock = clock
         self.verifier = verifier
         self.sessions = sessions
+        self.metrics: Metrics | None = None
         self.dispatcher = dispatcher
         self.connections: dict[ChatdServerProtocol, None] = {}
         self.closed_waiters: dict[ChatdServerProtocol, Deferred[None]] = {}

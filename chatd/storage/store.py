@@ -19,6 +19,7 @@ Two rules shape it:
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -440,6 +441,7 @@ class GroupCommitWriter:
         self._in_flight = False
         self._drained: list[Deferred[None]] = []
         self.observe_batch: Callable[[int], None] | None = None
+        self.observe_commit: Callable[[float], None] | None = None
 
     @property
     def queued(self) -> int:
@@ -466,7 +468,11 @@ class GroupCommitWriter:
         self._in_flight = True
         if self.observe_batch is not None:
             self.observe_batch(len(batch))
+        started = time.monotonic()
         d = self._store.run(self._store._write_batch, [m for m, _ in batch])
+        if self.observe_commit is not None:
+            observe = self.observe_commit
+            d.addBoth(lambda result: (observe(time.monotonic() - started), result)[1])
         # Start the next transaction before this batch's callbacks (fan-out,
         # acks) run, so the database works while the reactor delivers.
         d.addBoth(self._next)

@@ -189,6 +189,13 @@ class HttpApi(Resource):
             result = await result
         return result
 
+    def is_admin_request(self, request: Request) -> bool:
+        """For other resources (/metrics): admin token or API key?"""
+        try:
+            return self._authenticate(request).is_admin
+        except ApiError:
+            return False
+
     def _authenticate(self, request: Request) -> Caller:
         header = request.getHeader(b"authorization")
         if not header:

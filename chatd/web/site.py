@@ -83,7 +83,28 @@ class Ready(JsonResource):
             request.finish()
 
 
-def build_site(ws_factory: Any, api: Resource, ready_checks: dict[str, Callable[[], Deferred[Any]]]) -> Site:
+class MetricsPage(Resource):
+    """``GET /metrics``: Prometheus text format; behind the API key or an
+    admin token when configured so."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: Any, authorize: Callable[[Request], bool] | None) -> None:
+        super().__init__()
+        self._metrics = metrics
+        self._authorize = authorize
+
+    def render_GET(self, request: Request) -> bytes:
+        if self._authorize is not None and not self._authorize(request):
+            request.setResponseCode(401)
+            request.setHeader(b"content-type", b"application/json")
+            return b'{"error":{"code":"UNAUTHORIZED","message":"/metrics needs the API key or an admin token"}}'
+        request.setHeader(b"content-type", self._metrics.content_type.encode())
+        return self._metrics.render()
+
+
+def build_site(ws_factory: Any, api: Resource, ready_checks: dict[str, Callable[[], Deferred[Any]]],
+               metrics_page: Resource | None = None) -> Site:
     root = Resource()
     root.putChild(b"", Index())
     root.putChild(b"ws", WebSocketResource(ws_factory))
@@ -91,6 +112,8 @@ def build_site(ws_factory: Any, api: Resource, ready_checks: dict[str, Callable[
     root.putChild(b"readyz", Ready(ready_checks))
     root.putChild(b"websocket", api)
     root.putChild(b"api", api)
+    if metrics_page is not None:
+        root.putChild(b"metrics", metrics_page)
     site = Site(root)
     site.displayTracebacks = False
     site.noisy = False
