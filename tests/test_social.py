@@ -33,8 +33,8 @@ async def befriend(a, b):
     await b.next("notification")
     # A presence announcement still in flight from before the friendship
     # may repeat user:online (announcements are idempotent); let it land.
-    await settle(0.5)
     for client in (a, b):
+        await client.drain(0.3)
         client.inbox = [f for f in client.inbox if f["type"] != "user:online"]
 
 

@@ -115,6 +115,13 @@ class WsClient:
     async def collect(self, event: str, count: int, timeout: float = DEFAULT_TIMEOUT) -> list[dict[str, Any]]:
         return [await self.next(event, timeout) for _ in range(count)]
 
+    async def drain(self, seconds: float) -> None:
+        """Read whatever arrives within ``seconds`` into the inbox."""
+        try:
+            await self.next_matching(lambda frame: False, seconds)
+        except TimeoutError:
+            pass
+
     async def nothing(self, event: str, within: float = 0.3) -> None:
         """Assert that no ``event`` frame arrives within ``within`` seconds."""
         try:
