@@ -203,6 +203,9 @@ class ChatdService(Service):
             yield self.store.drain()
         except Exception:
             log.failure("pending writes failed during shutdown")
+        # The pushes of what was just committed are queued for the end of the
+        # turn; send them before the close frames.
+        self.registry.flush()
         yield self.factory.shutdown(self.config.shutdown_timeout)
         self.chat.typing.stop_all()
         self.presence.stop()

@@ -130,3 +130,30 @@ async def test_peer_that_never_answers_pings_is_dropped(server_factory):
         pass
     assert not server.service.factory.connections
     silent.writer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_sends_the_pushes_of_what_it_acknowledged(server_factory):
+    import websockets
+    from twisted.internet.defer import ensureDeferred
+
+    server = await server_factory(rate_limit=100000, rate_burst=100000)
+    alice = await server.connect("alice")
+    room = (await alice.ok("chat:create", {"name": "r", "type": "public"}))["room"]["id"]
+    await alice.ok("chat:join", room)
+    for i in range(100):
+        await alice.send("chat:message", {"chatId": room, "content": str(i)}, f"m{i}")
+    await alice.next("ack")  # writes are in flight
+    stopping = ensureDeferred(server.service.stopService())
+    acked, pushed = set(), set()
+    try:
+        while True:
+            frame = await alice.next_matching(lambda f: True, timeout=10)
+            if frame["type"] == "ack":
+                acked.add(frame["data"]["id"])
+            elif frame["type"] == "chat:message":
+                pushed.add(frame["data"]["id"])
+    except websockets.ConnectionClosed as e:
+        assert e.rcvd is not None and e.rcvd.code == 1001
+    await stopping
+    assert acked and acked <= pushed, f"{len(acked - pushed)} acknowledged messages were never pushed"

@@ -415,3 +415,16 @@ async def test_answering_a_request_settles_its_notification(server):
     await bob.close()
     bob = await server.connect("bob")
     await bob.nothing("notification", within=0.3)
+
+
+@pytest_twisted.ensureDeferred
+async def test_quick_direct_messages_keep_their_order(server):
+    alice = await server.connect("alice")
+    bob = await server.connect("bob")
+    for i in range(30):
+        await alice.send("message:send", {"recipientId": "bob", "content": f"dm{i}"}, f"d{i}")
+    received = [(await bob.next("message:receive"))["data"]["message"] for _ in range(30)]
+    assert [m["content"] for m in received] == [f"dm{i}" for i in range(30)]
+    assert [m["seq"] for m in received] == list(range(1, 31))
+    for i in range(30):
+        assert (await alice.reply(f"d{i}"))["type"] == "ack"

@@ -30,6 +30,7 @@ from chatd.domain.registry import LocalRegistry
 from chatd.errors import ChatError, ErrorCode
 
 STATUS_CACHE_SECONDS = 1.0
+STATUS_STALE_SECONDS = 5.0
 
 
 def stream_channel(stream_id: str) -> str:
@@ -98,6 +99,7 @@ class CoalescedCounts:
             self._last_at[stream_id] = self._clock.seconds()
         if value == 0:
             self._last_value.pop(stream_id, None)
+            self._last_at.pop(stream_id, None)
         else:
             self._last_value[stream_id] = value
 
@@ -156,6 +158,8 @@ class LiveService:
         chat lines and reactions are published in the order they came."""
         now = self.clock.seconds()
         cached = self._status_cache.get(stream_id)
+        if cached is not None and now - cached[0] >= STATUS_STALE_SECONDS:
+            cached = None  # after a quiet spell, wait for the truth (in order)
         if cached is not None:
             if now - cached[0] >= STATUS_CACHE_SECONDS and stream_id not in self._loading:
                 self._load_stream(stream_id)
@@ -253,9 +257,9 @@ class LiveService:
     @inlineCallbacks
     def react(self, conn: Connection, stream_id: str, emoji: str):
         user = _user(conn)
+        yield self._open_stream(conn, stream_id)
         if not self._take_reaction(user):
             raise ChatError(ErrorCode.RATE_LIMIT_EXCEEDED, f"at most {self.reaction_rate:g} reactions per second")
-        yield self._open_stream(conn, stream_id)
         self._publish(stream_id, "live:reaction", {"streamId": stream_id, "userId": user, "emoji": emoji})
         return {}
 
@@ -293,9 +297,10 @@ class LiveService:
         changed = yield self.chat.guard(self.store.set_stream_status(stream_id, user, status, now_ms()))
         if changed is None:
             raise ChatError(ErrorCode.FORBIDDEN, f"only the host of stream {stream_id} may change its status")
-        host = changed[0]
+        host, previous = changed
         self._remember(stream_id, (host, status, ""))
-        self._publish(stream_id, "live:status", {"streamId": stream_id, "status": status})
+        if previous != status:
+            self._publish(stream_id, "live:status", {"streamId": stream_id, "status": status})
         return {}
 
     def forget(self, stream_id: str) -> None:

@@ -22,7 +22,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -126,6 +126,7 @@ class SocialService:
         presence.on_online = self._announce_online
         presence.on_offline = self._went_offline
         chat.direct_rooms = self
+        self._dm_locks: dict[str, DeferredLock] = {}
 
     def _push_to_user(self, user_id: str, event_type: str, data: dict[str, Any], **routing: Any) -> None:
         self.chat.publish(user_channel(user_id), Published(event_type, encode(data), **routing))
@@ -184,8 +185,26 @@ class SocialService:
 
     # -- direct messages ---------------------------------------------------------------
 
+    def send_direct(self, conn: Connection, recipient: str, content: str, temp_id: str | None,
+                    session_id: str | None) -> Deferred[dict[str, Any]]:
+        """Direct messages of one pair are handled one at a time, in arrival
+        order: the checks before the store are asynchronous, and two quick
+        messages must not swap on their way to it."""
+        room_id = dm_room_id(_user(conn), recipient)
+        lock = self._dm_locks.get(room_id)
+        if lock is None:
+            lock = self._dm_locks[room_id] = DeferredLock()
+        d = lock.run(self._send_direct, conn, recipient, content, temp_id, session_id)
+
+        def release(result: Any) -> Any:
+            if not lock.locked and not lock.waiting and self._dm_locks.get(room_id) is lock:
+                del self._dm_locks[room_id]
+            return result
+
+        return d.addBoth(release)
+
     @inlineCallbacks
-    def send_direct(self, conn: Connection, recipient: str, content: str, temp_id: str | None, session_id: str | None):
+    def _send_direct(self, conn: Connection, recipient: str, content: str, temp_id: str | None, session_id: str | None):
         sender = _user(conn)
         if recipient == sender:
             raise ChatError(ErrorCode.INVALID_MESSAGE, "recipientId must be another user")

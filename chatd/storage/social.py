@@ -178,7 +178,11 @@ class SocialQueries:
             (user_id, other, other, user_id),
         )
         removed = cur.rowcount > 0
-        return self._delete_request(cur, user_id, other) or removed
+        if self._delete_request(cur, user_id, other):
+            # A withdrawn request's notification is no longer news.
+            self._settle_request_notification(cur, other, user_id, 0)
+            return True
+        return removed
 
     def set_friendship(self, user_id: str, other: str, present: bool, at_ms: int) -> Deferred[bool]:
         """The backend's view of the graph (HTTP API): make or end it."""
