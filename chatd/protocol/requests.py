@@ -85,12 +85,17 @@ def required_bool(data: dict[str, Any], field: str) -> bool:
     return optional_bool(data, field)
 
 
-def _room_id_from(data: Any, event: str) -> tuple[str, dict[str, Any]]:
-    """``chatId`` from an object, or the data itself as a bare string."""
+def _id_from(data: Any, field: str, max_length: int, event: str) -> tuple[str, dict[str, Any]]:
+    """An id field from an object, or the data itself as a bare string (the
+    seeds' clients send ``"room-1"`` where ours send ``{"chatId": …}``)."""
     if isinstance(data, str):
-        return identifier({"chatId": data}, "chatId", MAX_ROOM_ID), {}
+        return identifier({field: data}, field, max_length), {}
     fields = _object(data, event)
-    return identifier(fields, "chatId", MAX_ROOM_ID), fields
+    return identifier(fields, field, max_length), fields
+
+
+def _room_id_from(data: Any, event: str) -> tuple[str, dict[str, Any]]:
+    return _id_from(data, "chatId", MAX_ROOM_ID, event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,11 +297,7 @@ STREAM_STATUSES = ("started", "ended")
 
 
 def _stream_id_from(data: Any, event: str) -> tuple[str, dict[str, Any]]:
-    """``streamId`` from an object, or the data itself as a bare string."""
-    if isinstance(data, str):
-        return identifier({"streamId": data}, "streamId", MAX_STREAM_ID), {}
-    fields = _object(data, event)
-    return identifier(fields, "streamId", MAX_STREAM_ID), fields
+    return _id_from(data, "streamId", MAX_STREAM_ID, event)
 
 
 @dataclass(frozen=True, slots=True)
