@@ -12,6 +12,7 @@ from twisted.protocols.portforward import ProxyFactory
 from chatd.storage.engines import engine_for
 from chatd.storage.schema import migrate
 from tests.conftest import make_config, requires_postgres, start_server
+from tests.test_http_api import http
 
 
 @pytest_twisted.ensureDeferred
@@ -110,8 +111,12 @@ async def test_database_outage_gives_unavailable_and_recovers(tmp_path, pg_schem
         await alice.fails("chat:create", {"name": "r2", "type": "public"}, "UNAVAILABLE")
         await alice.nothing("chat:message")
         assert (await alice.request("ping"))["type"] == "ack"
+        status, body = await http(server, "GET", "/readyz")
+        assert status == 503 and body["status"] == "unavailable" and body["storage"].startswith("unavailable")
 
         switch.up()
+        status, body = await http(server, "GET", "/readyz")
+        assert status == 200 and body == {"status": "ready", "storage": "ok"}
         ack = await alice.ok("chat:message", {"chatId": room["id"], "content": "two"})
         assert ack["seq"] == 2, "the refused message must not have taken a seq"
         history = await alice.ok("chat:history", {"chatId": room["id"]})
