@@ -11,6 +11,7 @@ acknowledged, close every connection with 1001, then close storage.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -21,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatd import __version__
-from chatd.auth import TokenVerifier
+from chatd.auth import TokenVerifier, mint_token
 from chatd.broker.memory import InProcessBroker
 from chatd.config import Config
 from chatd.domain.chat import ChatService, Limits
@@ -104,8 +105,17 @@ class ChatdService(Service):
         self.site = build_site(
             self.factory, self.api, {"storage": self.store.ping},
             MetricsPage(self.metrics, self.api.is_admin_request if config.metrics_require_auth else None),
+            demo_mint=self._demo_mint() if config.secret_generated else None,
         )
         self._built = True
+
+    def _demo_mint(self) -> Callable[[str], str]:
+        config = self.config
+
+        def mint(user_id: str) -> str:
+            return mint_token(config, user_id, ttl=3600)
+
+        return mint
 
     def _wire_metrics(self) -> None:
         metrics = self.metrics = Metrics()

@@ -90,6 +90,11 @@ class RunningServer:
         self.clients.append(client)
         return client
 
+    async def connect_with_token(self, token: str) -> WsClient:
+        client = await WsClient.open(self.url, token=token)
+        self.clients.append(client)
+        return client
+
     async def stop(self) -> None:
         for client in self.clients:
             if client.is_open:

@@ -225,3 +225,23 @@ async def test_metrics_can_require_the_api_key(server_factory):
     assert (await _metrics_text(server, server.token("plain")))[0] == 401
     assert (await _metrics_text(server, API_KEY))[0] == 200
     assert (await _metrics_text(server, server.token("root", admin=True)))[0] == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_console_page_and_demo_tokens(server_factory):
+    from twisted.internet import reactor
+
+    configured = await server_factory()  # a configured secret: no demo tokens
+    response = await Agent(reactor).request(b"GET", (configured.http + "/").encode())
+    page = await readBody(response)
+    assert response.code == 200 and b"chatd console" in page
+    csp = response.headers.getRawHeaders(b"content-security-policy")[0]
+    assert b"default-src 'none'" in csp and b"connect-src 'self' ws: wss:" in csp
+    assert (await http(configured, "GET", "/console/demo-token?user=demo-x"))[0] == 404
+
+    embedded = await server_factory(jwt_secret=None)  # the embedded default generates one
+    status, body = await http(embedded, "GET", "/console/demo-token?user=demo-x")
+    assert status == 200 and body["userId"] == "demo-x"
+    client = await embedded.connect_with_token(body["token"])
+    assert client.user_id == "demo-x"
+    assert (await http(embedded, "GET", "/console/demo-token?user=alice"))[0] == 400

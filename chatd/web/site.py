@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from importlib import resources
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -43,14 +44,53 @@ class Health(JsonResource):
         })
 
 
-class Index(Resource):
-    """``GET /``: says where things are (the web console comes later)."""
+class Console(Resource):
+    """``GET /``: the built-in web console (plain HTML, CSS and JavaScript,
+    no build step).  It renders everything from the network as text; the
+    Content-Security-Policy allows no other origin and no remote images, as
+    a second line of defence."""
 
     isLeaf = True
+    CSP = (b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+           b"connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; form-action 'none'")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._page = (resources.files("chatd.web") / "console.html").read_bytes()
 
     def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"chatd: WebSocket endpoint at /ws, health at /healthz\n"
+        if request.postpath not in ([], [b""]):
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"not found\n"
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-security-policy", self.CSP)
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"cache-control", b"no-store")
+        return self._page
+
+
+class DemoToken(JsonResource):
+    """``GET /console/demo-token?user=demo-…``: on the embedded default only
+    (a generated secret, loopback listening), a short-lived token for a
+    ``demo-`` user, so the console works out of the box.  Real user ids
+    cannot be minted here."""
+
+    def __init__(self, mint: Callable[[str], str] | None) -> None:
+        super().__init__()
+        self._mint = mint
+
+    def render_HEAD(self, request: Request) -> bytes:
+        request.setResponseCode(200 if self._mint is not None else 404)
+        return b""
+
+    def render_GET(self, request: Request) -> bytes:
+        if self._mint is None:
+            return self.json(request, 404, {"error": {"code": "NOT_FOUND", "message": "demo tokens exist only on the embedded default"}})
+        user = (request.args.get(b"user") or [b"demo-user"])[-1].decode("utf-8", "replace")
+        if not user.startswith("demo-") or len(user) > 64 or not user[5:].replace("-", "").isalnum():
+            return self.json(request, 400, {"error": {"code": "INVALID_MESSAGE", "message": "demo users are 'demo-' plus letters and digits"}})
+        return self.json(request, 200, {"token": self._mint(user), "userId": user})
 
 
 class Ready(JsonResource):
@@ -104,9 +144,12 @@ class MetricsPage(Resource):
 
 
 def build_site(ws_factory: Any, api: Resource, ready_checks: dict[str, Callable[[], Deferred[Any]]],
-               metrics_page: Resource | None = None) -> Site:
+               metrics_page: Resource | None = None, demo_mint: Callable[[str], str] | None = None) -> Site:
     root = Resource()
-    root.putChild(b"", Index())
+    root.putChild(b"", Console())
+    console = Resource()
+    console.putChild(b"demo-token", DemoToken(demo_mint))
+    root.putChild(b"console", console)
     root.putChild(b"ws", WebSocketResource(ws_factory))
     root.putChild(b"healthz", Health(ws_factory.connections))
     root.putChild(b"readyz", Ready(ready_checks))
