@@ -191,7 +191,7 @@ async def test_oversized_frame_is_closed_with_1009(server_factory):
 
 @pytest_twisted.ensureDeferred
 async def test_rate_limit_then_flood_close_4008(server_factory):
-    server = await server_factory(rate_limit=5, rate_burst=5)
+    server = await server_factory(rate_limit=0.5, rate_burst=5)  # slow refill: timing-proof
     alice = await server.connect("alice")
     for i in range(6):
         await alice.send("ping", None, f"p{i}")

@@ -129,10 +129,13 @@ async def test_a_reaction_flood_is_limited_per_user(server_factory):
     for client in (host, flooder, flooder_tab, calm):
         await client.ok("live:join", "s")
     results = []
+    started = asyncio.get_event_loop().time()
     for i in range(30):
         client = flooder if i % 2 else flooder_tab  # two tabs share one limit
         results.append((await client.request("live:reaction", {"streamId": "s", "emoji": "x"}))["type"])
-    assert results.count("ack") <= 11 and "error" in results
+    elapsed = asyncio.get_event_loop().time() - started
+    # a burst of 10 plus what 5/s refilled meanwhile, however slow the machine
+    assert results.count("ack") <= 10 + 5 * elapsed + 1 and "error" in results
     refused = await flooder.fails("live:reaction", {"streamId": "s", "emoji": "x"}, "RATE_LIMIT_EXCEEDED")
     assert "per second" in refused["data"]["message"]
     assert (await calm.request("live:reaction", {"streamId": "s", "emoji": "y"}))["type"] == "ack"
