@@ -12,7 +12,7 @@ from twisted.protocols.portforward import ProxyFactory
 from chatd.storage.engines import engine_for
 from chatd.storage.schema import migrate
 from tests.conftest import make_config, requires_postgres, start_server
-from tests.test_http_api import http
+from tests.test_http_api import API_KEY, http
 
 
 @pytest_twisted.ensureDeferred
@@ -97,7 +97,7 @@ async def test_database_outage_gives_unavailable_and_recovers(tmp_path, pg_schem
     # Migrations block (they run before the reactor in twistd), so apply
     # them directly: the proxy lives on this very reactor.
     migrate(engine_for(pg_schema_url))
-    server = await start_server(make_config(tmp_path, proxied), prepare=False)
+    server = await start_server(make_config(tmp_path, proxied, api_key=API_KEY), prepare=False)
     try:
         alice = await server.connect("alice")
         room = (await alice.ok("chat:create", {"name": "r", "type": "public"}))["room"]
@@ -113,6 +113,11 @@ async def test_database_outage_gives_unavailable_and_recovers(tmp_path, pg_schem
         assert (await alice.request("ping"))["type"] == "ack"
         status, body = await http(server, "GET", "/readyz")
         assert status == 503 and body["status"] == "unavailable" and body["storage"].startswith("unavailable")
+        status, body = await http(server, "POST", "/api/rooms", API_KEY, {"name": "x", "type": "public"})
+        assert status == 503 and body["error"]["code"] == "UNAVAILABLE"
+        status, body = await http(server, "POST", "/websocket/notification", API_KEY,
+                                  {"userId": "alice", "title": "t", "body": "b"})
+        assert status == 503 and body["error"]["code"] == "UNAVAILABLE"
 
         switch.up()
         status, body = await http(server, "GET", "/readyz")
