@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from chatd.clock import iso_from_ms, now_ms
 from chatd.domain.chat import ChatService, encode, new_id
-from chatd.domain.interfaces import Connection
+from chatd.domain.interfaces import Connection, Store
 from chatd.domain.models import Published
 from chatd.domain.registry import LocalRegistry
 from chatd.errors import ChatError, ErrorCode
@@ -129,7 +129,7 @@ class LiveService:
         reaction_rate: float = 10.0,
     ) -> None:
         self.chat = chat
-        self.store: Any = chat.store
+        self.store: Store = chat.store
         self.registry = registry
         self.clock = clock
         self.viewers: ViewerCounter = viewers if viewers is not None else LocalViewers()

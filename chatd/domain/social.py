@@ -28,7 +28,7 @@ from twisted.logger import Logger
 
 from chatd.clock import iso_from_ms, now_iso, now_ms
 from chatd.domain.chat import DIRECT_ROOM_PREFIX, ChatService, encode, new_id
-from chatd.domain.interfaces import Connection, PresenceTracker
+from chatd.domain.interfaces import Connection, PresenceTracker, Store
 from chatd.domain.models import Message, NewMessage, Notification, Published, Room
 from chatd.domain.registry import BROADCAST_CHANNEL, LocalRegistry, user_channel
 from chatd.errors import ChatError, ErrorCode
@@ -119,7 +119,7 @@ class SocialService:
         dm_policy: str = "anyone",
     ) -> None:
         self.chat = chat
-        self.store: Any = chat.store
+        self.store: Store = chat.store
         self.registry = registry
         self.presence = presence
         self.dm_policy = dm_policy

@@ -9,6 +9,7 @@ from typing import Any
 
 from chatd.clock import iso_from_ms, now_ms
 from chatd.domain.chat import ChatService, is_direct_room, new_id
+from chatd.domain.interfaces import Store
 from chatd.domain.live import LiveService
 from chatd.domain.models import ROOM_TYPES, NewMessage, Room
 from chatd.domain.registry import LocalRegistry
@@ -23,7 +24,7 @@ class BackendApi:
         self.registry = registry
         self.social = social
         self.presence = social.presence
-        self.store: Any = social.store
+        self.store: Store = social.store
 
     def endpoints(self) -> list[Endpoint]:
         return [
@@ -122,7 +123,7 @@ class NativeApi:
         self.chat = chat
         self.social = social
         self.live = live
-        self.store: Any = chat.store
+        self.store: Store = chat.store
 
     def endpoints(self) -> list[Endpoint]:
         return [
