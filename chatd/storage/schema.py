@@ -3,7 +3,7 @@
 Migrations are ``migrations/NNNN_name.sql`` files written in the SQL both
 engines understand (``BIGINT`` has integer affinity in SQLite); where a
 step must differ, ``NNNN_name.<engine>.sql`` beside it replaces it for that
-engine.  They run in order inside one transaction per file, under a lock that keeps
+engine.  They run in order inside one transaction, under a lock that keeps
 several chatd processes starting together from racing, and each applied
 version is written to ``schema_migrations``.  This runs before the reactor
 starts, with a plain blocking connection, so a database that cannot be
@@ -63,32 +63,32 @@ def migrate(engine: Engine) -> list[int]:
 
 
 def _migrate(engine: Engine, conn: Any) -> list[int]:
+    """All pending migrations in ONE transaction under the migration lock:
+    of several processes starting together, the first applies everything
+    and the others find it done; a failing step leaves nothing half-applied."""
     applied: list[int] = []
     cur = conn.cursor()
     _begin(engine, cur)
-    cur.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
-    )
-    _commit(engine, conn, cur)
-    for migration in available_migrations(engine):
-        _begin(engine, cur)
-        cur.execute(engine.sql("SELECT 1 FROM schema_migrations WHERE version = ?"), (migration.version,))
-        if cur.fetchone():
-            _commit(engine, conn, cur)
-            continue
-        try:
+    try:
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
+        )
+        for migration in available_migrations(engine):
+            cur.execute(engine.sql("SELECT 1 FROM schema_migrations WHERE version = ?"), (migration.version,))
+            if cur.fetchone():
+                continue
             for statement in _statements(migration.sql):
                 cur.execute(statement)
             cur.execute(
                 engine.sql("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)"),
                 (migration.version, migration.name, now_ms()),
             )
-        except BaseException:
-            _rollback(engine, conn, cur)
-            raise
-        _commit(engine, conn, cur)
-        applied.append(migration.version)
+            applied.append(migration.version)
+    except BaseException:
+        _rollback(engine, conn, cur)
+        raise
+    _commit(engine, conn, cur)
     return applied
 
 
