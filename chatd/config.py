@@ -142,9 +142,18 @@ def _database(value: Any) -> str | None:
 
 def _redis(value: Any) -> str | None:
     url = _optional_text(value)
-    if url is not None and urlsplit(url).scheme not in ("redis", "rediss"):
-        raise ValueError("expected redis://host:port/db or rediss://...")
+    if url is not None:
+        from chatd.broker.target import RedisTarget
+
+        RedisTarget.parse(url)
     return url
+
+
+def _redis_prefix(value: Any) -> str:
+    text = _text(value)
+    if not text or len(text) > 64 or any(c.isspace() for c in text):
+        raise ValueError("expected 1 to 64 characters without spaces")
+    return text
 
 
 def _public_key_file(value: Any) -> str | None:
@@ -168,7 +177,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("listen", _text, "tcp:8080:interface=127.0.0.1", "Twisted endpoint description to listen on"),
     Setting("data_dir", _text, None, "directory for the SQLite file and the generated JWT secret (default: $STATE_DIRECTORY or ~/.local/share/chatd)"),
     Setting("database", _database, None, "sqlite:///path or postgresql://user@host:port/db (default: sqlite file in data_dir)"),
-    Setting("redis", _redis, None, "redis://host:port/db for several processes (in-process fan-out when unset)"),
+    Setting("redis", _redis, None, "redis://[user:password@]host:port/db or rediss://… (TLS) shared by several processes (in-process fan-out when unset)"),
+    Setting("redis_prefix", _redis_prefix, "chatd:", "prefix of every Redis key and channel, so deployments can share one Redis"),
+    Setting("redis_ca", _public_key_file, None, "PEM CA certificate(s) to check a rediss:// server against (default: the system's trust store)"),
     Setting("jwt_secret", _optional_text, None, "shared secret for HS* tokens (generated into data_dir when no key is configured)"),
     Setting("jwt_public_key", _public_key_file, None, "PEM public key file for RS*/ES*/PS*/EdDSA tokens"),
     Setting("jwt_algorithms", _algorithms, ("HS256",), "comma-separated allow-list of JWT algorithms"),
@@ -204,6 +215,8 @@ class Config:
     data_dir: str = field(default_factory=default_data_dir)
     database: str = ""
     redis: str | None = None
+    redis_prefix: str = "chatd:"
+    redis_ca: str | None = None
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
     jwt_algorithms: tuple[str, ...] = ("HS256",)

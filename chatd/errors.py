@@ -38,3 +38,8 @@ def invalid(message: str) -> ChatError:
 
 class StoreUnavailable(Exception):
     """Storage could not be reached; nothing of the request was committed."""
+
+
+class BrokerUnavailable(Exception):
+    """Redis could not be reached; the event reached this node's connections
+    only."""

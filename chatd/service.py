@@ -23,10 +23,13 @@ from twisted.python.failure import Failure
 
 from chatd import __version__
 from chatd.auth import TokenVerifier, mint_token
+from chatd.broker.cluster import Cluster, ClusterPresence, ClusterViewers
 from chatd.broker.memory import InProcessBroker
+from chatd.broker.target import RedisTarget
 from chatd.config import Config
 from chatd.domain.chat import ChatService, Limits
-from chatd.domain.live import LiveService
+from chatd.domain.live import LiveService, ViewerCounter
+from chatd.domain.ordering import RoomOrder
 from chatd.domain.registry import LocalRegistry
 from chatd.domain.sessions import Sessions
 from chatd.domain.social import Presence, SocialService
@@ -77,18 +80,18 @@ class ChatdService(Service):
             return
         config = self.config
         self.store = SqlStore(self.engine)
-        self.broker = InProcessBroker()
+        viewers = self._build_fanout()
         self.verifier = TokenVerifier.from_config(config)
         self.factory: ChatdWebSocketFactory
         self.registry = LocalRegistry(self.broker, lambda event: self.factory.frame(event), self.reactor)
-        self.presence = Presence(self.reactor, config.presence_grace)
         self.chat = ChatService(
             self.store, self.broker, self.registry, self.reactor,
             Limits(max_content_length=config.max_content_length), online=self.presence,
         )
+        self.registry.order = RoomOrder(self.reactor, self.registry.accept, self.chat.read_back)
         self.social = SocialService(self.chat, self.registry, self.presence, config.dm_policy)
         self.live = LiveService(
-            self.chat, self.registry, self.reactor,
+            self.chat, self.registry, self.reactor, viewers=viewers,
             count_interval=config.viewer_count_interval, reaction_rate=config.reaction_rate,
         )
         self.sessions = Sessions(self.registry, self.chat, self.social, self.live)
@@ -102,12 +105,36 @@ class ChatdService(Service):
             self.verifier, config.api_key, self.backend_api.endpoints() + self.native_api.endpoints()
         )
         self._wire_metrics()
+        checks = {"storage": self.store.ping}
+        if self.cluster is not None:
+            checks["redis"] = self.broker.ping
         self.site = build_site(
-            self.factory, self.api, {"storage": self.store.ping},
+            self.factory, self.api, checks,
             MetricsPage(self.metrics, self.api.is_admin_request if config.metrics_require_auth else None),
             demo_mint=self._demo_mint() if config.secret_generated else None,
         )
         self._built = True
+
+    def _build_fanout(self) -> ViewerCounter | None:
+        """In-process broker and local presence, or Redis for a cluster."""
+        config = self.config
+        self.cluster: Cluster | None = None
+        self.presence: Presence | ClusterPresence
+        if not config.redis:
+            self.broker: Any = InProcessBroker()
+            self.presence = Presence(self.reactor, config.presence_grace)
+            return None
+        # txredisapi installs the default reactor on import: only import it
+        # once a reactor runs (twistd and the tests have installed theirs).
+        from chatd.broker.redis import RedisBroker, RedisLink
+
+        target = RedisTarget.parse(config.redis)
+        link = RedisLink(target, config.redis_prefix, self.reactor, config.redis_ca)
+        self.broker = RedisBroker(link, self.reactor)
+        self.cluster = Cluster(link, self.reactor)
+        self.cluster.connection_count = lambda: len(self.factory.connections)
+        self.presence = ClusterPresence(self.cluster, self.reactor, config.presence_grace)
+        return ClusterViewers(self.cluster)
 
     def _demo_mint(self) -> Callable[[str], str]:
         config = self.config
@@ -162,6 +189,9 @@ class ChatdService(Service):
     def startService(self) -> None:
         super().startService()
         self.factory.startFactory()
+        self.broker.start()
+        if self.cluster is not None:
+            self.cluster.start()
         if self.port is not None:
             self._announce()
 
@@ -178,7 +208,9 @@ class ChatdService(Service):
             "chatd {version} listening on {http}://{where} (WebSocket {ws}://{where}/ws); "
             "storage {database}; fan-out {fanout}",
             version=__version__, http=http, ws=ws, where=where,
-            database=self._safe_database(), fanout="in-process",
+            database=self._safe_database(),
+            fanout=f"redis {self.broker.link.target.safe()} as node {self.broker.link.node}"
+            if self.cluster is not None else "in-process",
         )
         if self.config.secret_generated:
             log.info(
@@ -219,7 +251,12 @@ class ChatdService(Service):
         yield self.factory.shutdown(self.config.shutdown_timeout)
         self.chat.typing.stop_all()
         self.presence.stop()
+        if self.cluster is not None:
+            # Users connected nowhere else go offline for the other nodes now.
+            yield self.cluster.stop()
         self.live.stop()
+        if self.registry.order is not None:
+            self.registry.order.stop()
         self.factory.stopFactory()
         yield self.broker.stop()
         yield self.store.close()

@@ -41,6 +41,9 @@ class InProcessBroker:
             self._receiver(channel, event)
         return succeed(None)
 
+    def ready(self, channel: str) -> Deferred[None]:
+        return succeed(None)
+
     def start(self) -> Deferred[None]:
         return succeed(None)
 

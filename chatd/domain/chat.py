@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from chatd.clock import now_ms
 from chatd.domain.interfaces import Broker, Connection, OnlineDirectory, Store
 from chatd.domain.models import Message, NewMessage, Published, Room
-from chatd.domain.registry import LocalRegistry, room_channel
+from chatd.domain.registry import LocalRegistry, room_channel, user_channel
 from chatd.domain.typing import TYPING_TIMEOUT, TypingTracker
 from chatd.errors import ChatError, ErrorCode, StoreUnavailable
 
@@ -41,6 +41,9 @@ def encode(data: dict[str, Any]) -> bytes:
     """The one JSON encoding of an event body (ASCII-safe, compact)."""
     return json.dumps(data, separators=(",", ":")).encode()
 
+
+LEAVE_ROOM_CONTROL = "chatd:leave-room"
+"""Control event on a user's channel: their connections leave a room."""
 
 DIRECT_ROOM_PREFIX = "dm_"
 
@@ -92,6 +95,7 @@ class ChatService:
         self.observe_publish: Callable[[float], None] | None = None
         self.limits = limits or Limits()
         self.typing = TypingTracker(clock, self._announce_typing, typing_timeout)
+        registry.on_control(LEAVE_ROOM_CONTROL, self._leave_room_control)
 
     # -- publishing ------------------------------------------------------------
 
@@ -110,6 +114,20 @@ class ChatService:
     @staticmethod
     def _publish_failed(failure: Failure, channel: str, event_type: str) -> None:
         log.failure("publishing {event} on {channel} failed", failure, event=event_type, channel=channel)
+
+    def publish_local(self, channel: str, event: Published) -> None:
+        """Deliver to this node's connections only (each node pushes what it
+        computes for its own connections, such as viewer counts)."""
+        self.registry.accept(channel, event)
+
+    def read_back(self, channel: str, after_seq: int, count: int) -> Deferred[list[Published]]:
+        """Room messages ``after_seq+1 .. after_seq+count`` as the events
+        their publish would have carried (for ``RoomOrder`` gaps)."""
+        room_id = channel[len("room:"):]
+        d = self.store.history(room_id, None, after_seq, count)
+        return d.addCallback(lambda page: [
+            Published("chat:message", encode(m.to_wire()), seq=m.seq) for m in page.messages
+        ])
 
     def publish_to_room(self, room_id: str, event_type: str, data: dict[str, Any], **routing: Any) -> None:
         self.publish(room_channel(room_id), Published(event_type, encode(data), **routing))
@@ -142,6 +160,10 @@ class ChatService:
         user = _user(conn)
         holding = self.registry.begin_join(conn, room_id)
         try:
+            if holding:
+                # Read the snapshot only once this node hears the room's
+                # live events (the broker may subscribe asynchronously).
+                yield self.broker.ready(room_channel(room_id))
             limit = JOIN_PAGE if since is None else SINCE_PAGE
             snapshot = yield _guard(self.store.join_snapshot(room_id, user, since, limit))
             if snapshot is None:
@@ -189,8 +211,21 @@ class ChatService:
         return {"chatId": room_id}
 
     def remove_from_room(self, room_id: str, user_id: str) -> int:
-        """A member was removed: their local connections leave the room at
-        once (typing stops, no more events); returns how many left."""
+        """A member was removed: their connections on every node leave the
+        room at once (a control event on the user's channel).  Returns how
+        many of this node's connections left (other nodes act on the control
+        event within milliseconds; they do not report back)."""
+        left = self.leave_locally(room_id, user_id)
+        self.publish(user_channel(user_id), Published(LEAVE_ROOM_CONTROL, encode({"chatId": room_id})))
+        return left
+
+    def _leave_room_control(self, channel: str, event: Published) -> None:
+        room_id = json.loads(event.data)["chatId"]
+        self.leave_locally(room_id, channel[len("user:"):])
+
+    def leave_locally(self, room_id: str, user_id: str) -> int:
+        """This node's connections of the user leave the room (typing stops,
+        no more events); returns how many left."""
         left = self.registry.leave_room_everywhere(room_id, user_id)
         for conn in left:
             self.typing.stop_connection(conn, [room_id])

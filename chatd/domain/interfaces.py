@@ -136,6 +136,12 @@ class Broker(Protocol):
 
     def publish(self, channel: str, event: Published) -> Deferred[None]: ...
 
+    def ready(self, channel: str) -> Deferred[None]:
+        """Fires once events published on the channel anywhere reach this
+        node (a Redis SUBSCRIBE is confirmed asynchronously)."""
+
+    def ping(self) -> Deferred[None]: ...
+
     def start(self) -> Deferred[None]: ...
 
     def stop(self) -> Deferred[None]: ...
@@ -163,4 +169,12 @@ class PresenceTracker(OnlineDirectory, Protocol):
 
     def closed(self, user_id: str) -> None: ...
 
-    def stop(self) -> None: ...
+    def connection_counts(self, user_ids: list[str]) -> Deferred[dict[str, int]]:
+        """Open connections per user across every node (for the HTTP API)."""
+
+    def connected_users(self) -> Deferred[dict[str, int]]:
+        """Every user with an open connection anywhere, with their count."""
+
+    def total_connections(self) -> Deferred[int]: ...
+
+    def stop(self) -> Deferred[None] | None: ...

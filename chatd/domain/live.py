@@ -38,7 +38,14 @@ def stream_channel(stream_id: str) -> str:
 
 
 class ViewerCounter(Protocol):
-    def add(self, stream_id: str, user_id: str) -> None: ...
+    """Viewers per stream, counted per user.  ``add`` may return a Deferred
+    that fires once the count includes the new viewer (a cluster-wide
+    counter asks Redis); ``on_changed`` is called when the count changed
+    elsewhere (another node), so this node pushes it to its own viewers."""
+
+    on_changed: Callable[[str], None] | None
+
+    def add(self, stream_id: str, user_id: str) -> Deferred[None] | None: ...
 
     def remove(self, stream_id: str, user_id: str) -> None: ...
 
@@ -50,10 +57,21 @@ class LocalViewers:
 
     def __init__(self) -> None:
         self._streams: dict[str, dict[str, int]] = {}
+        self.on_changed: Callable[[str], None] | None = None
 
     def add(self, stream_id: str, user_id: str) -> None:
         users = self._streams.setdefault(stream_id, {})
         users[user_id] = users.get(user_id, 0) + 1
+
+    def local_users(self, stream_id: str) -> int:
+        return len(self._streams.get(stream_id, ()))
+
+    def is_first(self, stream_id: str, user_id: str) -> bool:
+        """Whether this user's only local viewing connection is the last added."""
+        return self._streams.get(stream_id, {}).get(user_id) == 1
+
+    def streams(self) -> dict[str, dict[str, int]]:
+        return self._streams
 
     def remove(self, stream_id: str, user_id: str) -> None:
         users = self._streams.get(stream_id)
@@ -134,6 +152,7 @@ class LiveService:
         self.clock = clock
         self.viewers: ViewerCounter = viewers if viewers is not None else LocalViewers()
         self.counts = CoalescedCounts(clock, count_interval, self.viewers.count, self._push_count)
+        self.viewers.on_changed = self.counts.changed
         self.reaction_rate = reaction_rate
         self._watching: dict[Connection, set[str]] = {}
         self._reaction_buckets: dict[str, _Bucket] = {}
@@ -144,7 +163,9 @@ class LiveService:
         self.chat.publish(stream_channel(stream_id), Published(event_type, encode(data), **routing))
 
     def _push_count(self, stream_id: str, count: int) -> None:
-        self._publish(stream_id, "live:viewer-count", {"streamId": stream_id, "count": count})
+        """Every node pushes the (cluster-wide) count to its own viewers."""
+        data = encode({"streamId": stream_id, "count": count})
+        self.chat.publish_local(stream_channel(stream_id), Published("live:viewer-count", data))
 
     # -- stream state (cached briefly: every chat line and reaction asks) ----------------
 
@@ -206,7 +227,7 @@ class LiveService:
         if stream_id not in watching:
             watching.add(stream_id)
             self.registry.listen(conn, stream_channel(stream_id))
-            self.viewers.add(stream_id, user)
+            yield self.viewers.add(stream_id, user)
             self.counts.changed(stream_id)
         return {
             "streamId": stream_id,

@@ -30,10 +30,12 @@ from twisted.logger import Logger
 
 from chatd.domain.interfaces import Broker, Connection
 from chatd.domain.models import Published
+from chatd.domain.ordering import RoomOrder
 
 log = Logger()
 
 Framer = Callable[[Published], Any]
+Control = Callable[[str, Published], None]
 
 
 BROADCAST_CHANNEL = "all"
@@ -69,7 +71,15 @@ class LocalRegistry:
         self._joining: dict[str, dict[Connection, _Joining]] = {}
         self._channels_of: dict[Connection, set[str]] = {}
         self._users: dict[str, dict[Connection, None]] = {}
+        self._retained: dict[str, int] = {}
+        # Control events (disconnect a user, leave a room) travel the same
+        # channels as pushes but are acted on, never framed.
+        self._controls: dict[str, Control] = {}
+        self.order: RoomOrder | None = None
         broker.set_receiver(self.receive)
+
+    def on_control(self, event_type: str, handler: Control) -> None:
+        self._controls[event_type] = handler
 
     # -- who is here ---------------------------------------------------------
 
@@ -141,6 +151,8 @@ class LocalRegistry:
         """The join reply went out: deliver what was held back beyond the
         snapshot and make the connection an ordinary listener."""
         channel = room_channel(room_id)
+        if self.order is not None:
+            self.order.start(channel, last_seq)
         if self._queue:
             self.flush()  # queued events must meet the join's seq filter
         joining = self._joining.get(channel)
@@ -218,17 +230,44 @@ class LocalRegistry:
         self._release(channel)
 
     def _retain(self, channel: str) -> None:
+        count = self._retained.get(channel, 0)
+        self._retained[channel] = count + 1
+        if count == 0 and self.order is not None and channel.startswith("room:"):
+            self.order.follow(channel)
         self._broker.subscribe(channel)
 
     def _release(self, channel: str) -> None:
+        count = self._retained.get(channel, 0) - 1
+        if count > 0:
+            self._retained[channel] = count
+        else:
+            self._retained.pop(channel, None)
+            if self.order is not None and channel.startswith("room:"):
+                self.order.forget(channel)
         self._broker.unsubscribe(channel)
+
+    def is_followed(self, channel: str) -> bool:
+        return channel in self._retained
 
     # -- delivery ------------------------------------------------------------
 
     def receive(self, channel: str, event: Published) -> None:
-        """The broker's receiver: frame the event once, then queue it for the
-        end of this reactor turn (see ``flush``).  Without a clock (unit
-        tests of the synchronous path) it is delivered at once."""
+        """The broker's receiver.  Room messages pass ``RoomOrder`` (same
+        order on every node); control events go to their handler; the rest
+        is accepted at once."""
+        if event.seq is not None and self.order is not None:
+            self.order.offer(channel, event)
+            return
+        control = self._controls.get(event.type)
+        if control is not None:
+            control(channel, event)
+            return
+        self.accept(channel, event)
+
+    def accept(self, channel: str, event: Published) -> None:
+        """Frame the event once, then queue it for the end of this reactor
+        turn (see ``flush``).  Without a clock (unit tests of the
+        synchronous path) it is delivered at once."""
         if channel not in self._listeners and channel not in self._joining:
             return
         item = (event, self._framer(event))

@@ -22,7 +22,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -103,6 +103,18 @@ class Presence:
         if self.on_offline is not None:
             self.on_offline(user_id, closed_at)
 
+    def connection_counts(self, user_ids: list[str]) -> Deferred[dict[str, int]]:
+        return succeed({u: self._counts.get(u, 0) for u in user_ids})
+
+    def connected_users(self) -> Deferred[dict[str, int]]:
+        return succeed(dict(self._counts))
+
+    def total_connections(self) -> Deferred[int]:
+        return succeed(sum(self._counts.values()))
+
+    def local_counts(self) -> dict[str, int]:
+        return self._counts
+
     def stop(self) -> None:
         for call in self._going.values():
             if call.active():
@@ -165,11 +177,12 @@ class SocialService:
         d.addCallback(self._tell, "user:online", {"userId": user_id})
         d.addErrback(lambda f: log.failure("announcing {user} online failed", f, user=user_id))
 
-    def _went_offline(self, user_id: str, at: int) -> None:
+    def _went_offline(self, user_id: str, at: int) -> Deferred[None]:
         d = self.store.set_last_seen(user_id, at)
         d.addCallback(lambda _: self._audience_online(user_id))
         d.addCallback(self._tell, "user:offline", {"userId": user_id, "lastSeen": iso_from_ms(at)})
         d.addErrback(lambda f: log.failure("announcing {user} offline failed", f, user=user_id))
+        return d
 
     def _tell(self, audience: list[str], event_type: str, data: dict[str, Any]) -> None:
         """One encoding, one publish per online member of the audience."""

@@ -11,20 +11,27 @@ from chatd.clock import iso_from_ms, now_ms
 from chatd.domain.chat import ChatService, is_direct_room, new_id
 from chatd.domain.interfaces import Store
 from chatd.domain.live import LiveService
-from chatd.domain.models import ROOM_TYPES, NewMessage, Room
-from chatd.domain.registry import LocalRegistry
+from chatd.domain.models import ROOM_TYPES, NewMessage, Published, Room
+from chatd.domain.registry import LocalRegistry, user_channel
 from chatd.domain.social import SocialService
 from chatd.web.api import ApiError, Call, Endpoint, bad_request, endpoint
 
 CLOSE_BY_ADMIN = 4003
+DISCONNECT_CONTROL = "chatd:disconnect"
+"""Control event on a user's channel: every node closes the user's
+connections with 4003."""
 
 
 class BackendApi:
+    """Counts (``delivered``, ``connections``) are cluster-wide: they come
+    from the presence tracker, which asks Redis when there is a cluster."""
+
     def __init__(self, registry: LocalRegistry, social: SocialService) -> None:
         self.registry = registry
         self.social = social
         self.presence = social.presence
         self.store: Store = social.store
+        registry.on_control(DISCONNECT_CONTROL, self._disconnect_control)
 
     def endpoints(self) -> list[Endpoint]:
         return [
@@ -49,13 +56,17 @@ class BackendApi:
             raise bad_request("'data' is required")
         return kind, call.body["data"]
 
-    def message_user(self, call: Call) -> dict[str, Any]:
+    async def _delivered(self, user_ids: list[str]) -> int:
+        counts = await self.presence.connection_counts(user_ids)
+        return sum(counts.values())
+
+    async def message_user(self, call: Call) -> dict[str, Any]:
         user_id = call.user_id_field("userId")
         kind, data = self._type_and_data(call)
         self.social.push_message([user_id], kind, data)
-        return {"delivered": self.presence.connections(user_id)}
+        return {"delivered": await self._delivered([user_id])}
 
-    def message_users(self, call: Call) -> dict[str, Any]:
+    async def message_users(self, call: Call) -> dict[str, Any]:
         user_ids = call.field("userIds", list)
         if not user_ids or not all(isinstance(u, str) and u.strip() and len(u) <= 128 for u in user_ids):
             raise bad_request("'userIds' must be a non-empty list of user ids")
@@ -64,12 +75,12 @@ class BackendApi:
         kind, data = self._type_and_data(call)
         unique = list(dict.fromkeys(user_ids))
         self.social.push_message(unique, kind, data)
-        return {"delivered": sum(self.presence.connections(u) for u in unique)}
+        return {"delivered": await self._delivered(unique)}
 
-    def broadcast(self, call: Call) -> dict[str, Any]:
+    async def broadcast(self, call: Call) -> dict[str, Any]:
         kind, data = self._type_and_data(call)
         self.social.push_message(None, kind, data)
-        return {"delivered": self.registry.connection_count()}
+        return {"delivered": await self.presence.total_connections()}
 
     async def notification(self, call: Call) -> dict[str, Any]:
         user_id = call.user_id_field("userId")
@@ -79,19 +90,17 @@ class BackendApi:
         if len(title) > 200 or len(body) > 4000:
             raise ApiError(413, "PAYLOAD_TOO_LARGE", "'title' is limited to 200 and 'body' to 4000 characters")
         note = await self.social.notify(user_id, "notification", title, body, data)
-        return {"id": note.id, "delivered": self.presence.connections(user_id)}
+        return {"id": note.id, "delivered": await self._delivered([user_id])}
 
     # -- who is connected ----------------------------------------------------------------
 
-    def connected(self, call: Call) -> dict[str, Any]:
-        users = [
-            {"userId": user_id, "connections": len(self.registry.connections_of(user_id))}
-            for user_id in sorted(self.registry.online_users())
-        ]
+    async def connected(self, call: Call) -> dict[str, Any]:
+        counts = await self.presence.connected_users()
+        users = [{"userId": user_id, "connections": counts[user_id]} for user_id in sorted(counts)]
         return {"users": users, "count": len(users)}
 
     async def _status(self, user_id: str) -> dict[str, Any]:
-        connections = self.presence.connections(user_id)
+        connections = (await self.presence.connection_counts([user_id])).get(user_id, 0)
         last_seen = None if connections else await self.store.last_seen(user_id)
         return {
             "userId": user_id,
@@ -108,11 +117,15 @@ class BackendApi:
             raise bad_request("the API key is not a user; use a user's token")
         return await self._status(call.caller.user_id)
 
-    def disconnect(self, call: Call) -> dict[str, Any]:
-        connections = self.registry.connections_of(call.params["user_id"])
-        for conn in connections:
+    async def disconnect(self, call: Call) -> dict[str, Any]:
+        user_id = call.params["user_id"]
+        connections = (await self.presence.connection_counts([user_id])).get(user_id, 0)
+        self.social.chat.publish(user_channel(user_id), Published(DISCONNECT_CONTROL, b"{}"))
+        return {"disconnected": connections}
+
+    def _disconnect_control(self, channel: str, event: Published) -> None:
+        for conn in self.registry.connections_of(channel[len("user:"):]):
             conn.disconnect(CLOSE_BY_ADMIN, "disconnected by an administrator")
-        return {"disconnected": len(connections)}
 
 
 class NativeApi:
