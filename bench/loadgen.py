@@ -42,6 +42,15 @@ and so is every other process on the machine (PostgreSQL, or whatever else
 disturbs the run).  The delay is measured when the generator handles the
 frame, so it includes any time the frame waited for the generator.
 
+Several servers of one cluster (chatd processes sharing Redis and the
+database): give ``--url`` once per server (or comma-separated) and
+``--server-pid`` once per server.  Receivers, viewers and ingest
+connections are spread round robin over the URLs (so every worker process
+talks to every server); the fanout sender, the live host and the reaction
+senders use the first URL.  Server CPU is the sum over the processes; ``connections_by_server``
+and ``short_by_server`` (connections that missed pushes) are keyed by URL
+index.
+
 Used by bench/run.py; can be run by hand against a running server:
 
     python bench/loadgen.py fanout --url ws://127.0.0.1:8080/ws --secret-file DIR/jwt-secret
@@ -57,6 +66,7 @@ import os
 import sys
 import time
 from array import array
+from collections.abc import Sequence
 
 import jwt
 import uvloop
@@ -81,6 +91,17 @@ def cpu_seconds(pid: int | str = "self") -> float:
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def servers_cpu(pids: list[int]) -> float:
+    """utime+stime of the server processes together (NaN without any)."""
+    return sum(cpu_seconds(pid) for pid in pids) if pids else float("nan")
+
+
+def servers_rss(pids: list[int]) -> float | None:
+    """Sum of the server processes' peak resident memory, in MiB."""
+    peaks = [peak_rss_mb(pid) for pid in pids]
+    return None if not peaks or None in peaks else sum(peaks)
 
 
 def peak_rss_mb(pid: int | None) -> float | None:
@@ -255,6 +276,7 @@ class Base(WSListener):
         self.transport: WSTransport | None = None
         self.closed = False
         self.close_code: int | None = None  # set when the server closes us
+        self.server = 0  # index of the URL (server) it is connected to
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -283,13 +305,18 @@ class Base(WSListener):
         return reply["data"]
 
 
-async def open_all(factories, url: str, tokens: list[str], concurrency: int = 64, timeout: float = 30.0):
-    """Connect one listener per token, wait for ``authenticated``."""
+async def open_all(factories, urls: str | Sequence[str], tokens: list[str], concurrency: int = 64,
+                   timeout: float = 30.0):
+    """Connect one listener per token, round robin over ``urls`` (one URL
+    or several servers), and wait for ``authenticated``."""
     sem = asyncio.Semaphore(concurrency)
+    targets = [urls] if isinstance(urls, str) else list(urls)
 
-    async def one(make, token):
+    async def one(make, token, server: int):
         async with sem:
-            _, listener = await ws_connect(make, f"{url}?token={token}", websocket_handshake_timeout=timeout)
+            _, listener = await ws_connect(make, f"{targets[server]}?token={token}",
+                                           websocket_handshake_timeout=timeout)
+            listener.server = server
             reply = await asyncio.wait_for(listener.ctl.future, timeout)
             if reply.get("type") != "authenticated":
                 raise RuntimeError(f"authentication failed: {reply}")
@@ -300,7 +327,7 @@ async def open_all(factories, url: str, tokens: list[str], concurrency: int = 64
         listener.ctl.arm(b'{"type":"authenticated"')
         return listener
 
-    return await asyncio.gather(*(one(maker, t) for t in tokens))
+    return await asyncio.gather(*(one(maker, t, i % len(targets)) for i, t in enumerate(tokens)))
 
 
 async def join_all(listeners, rooms: list[str], concurrency: int = 64) -> None:
@@ -330,6 +357,22 @@ def pipe_future(conn) -> asyncio.Future:
 
     loop.add_reader(conn.fileno(), readable)
     return fut
+
+
+def by_server(listeners, expected: int) -> dict[str, dict[int, int]]:
+    """Connections per server (URL index), and those that did not receive
+    exactly ``expected`` pushes."""
+    conns: dict[int, int] = {}
+    short: dict[int, int] = {}
+    for ln in listeners:
+        conns[ln.server] = conns.get(ln.server, 0) + 1
+        if ln.got != expected:
+            short[ln.server] = short.get(ln.server, 0) + 1
+    return {"connections_by_server": conns, "short_by_server": short}
+
+
+def merge_by_server(outs: list[dict]) -> dict[str, dict[int, int]]:
+    return {k: merge_counts([o[k] for o in outs]) for k in ("connections_by_server", "short_by_server")}
 
 
 def close_codes(listeners) -> dict[int, int]:
@@ -430,10 +473,10 @@ class Probe(Receiver):
         self.slow_path(transport, frame)
 
 
-def receiver_worker(conn, url: str, tokens: list[str], messages: int, stall: float, sample: int) -> None:
+def receiver_worker(conn, urls: list[str], tokens: list[str], messages: int, stall: float, sample: int) -> None:
     """A forked process owning a share of the receivers."""
     try:
-        uvloop.run(_receiver_worker(conn, url, tokens, messages, stall, sample))
+        uvloop.run(_receiver_worker(conn, urls, tokens, messages, stall, sample))
     except Exception as e:  # report, never hang the parent
         try:
             pipe_send(conn, ("fail", f"{type(e).__name__}: {e}"))
@@ -441,7 +484,7 @@ def receiver_worker(conn, url: str, tokens: list[str], messages: int, stall: flo
             pass
 
 
-async def _receiver_worker(conn, url: str, tokens: list[str], messages: int, stall: float, sample: int) -> None:
+async def _receiver_worker(conn, urls: list[str], tokens: list[str], messages: int, stall: float, sample: int) -> None:
     tally = Tally(len(tokens) * messages)
     tally.done = asyncio.get_running_loop().create_future()
     room = (await pipe_future(conn))[1]
@@ -453,7 +496,7 @@ async def _receiver_worker(conn, url: str, tokens: list[str], messages: int, sta
         made += 1
         return Probe(tally) if (made - 1) % sample == 0 else Receiver(tally)
 
-    listeners = await open_all(make, url, tokens)
+    listeners = await open_all(make, urls, tokens)
     t1 = time.monotonic()
     await join_all(listeners, [room] * len(listeners))
     t2 = time.monotonic()
@@ -485,6 +528,7 @@ async def _receiver_worker(conn, url: str, tokens: list[str], messages: int, sta
         "disconnected": sum(1 for ln in listeners if ln.closed),
         "server_closes": close_codes(listeners),
         "short_receivers": sum(1 for ln in listeners if ln.got != messages),
+        **by_server(listeners, messages),
         "probes": sum(1 for ln in listeners if isinstance(ln, Probe)),
         "arrivals": list(listeners[0].arrivals) if isinstance(listeners[0], Probe) else [],
     }))
@@ -562,7 +606,7 @@ def start_workers(args):
     for w in range(workers):
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=receiver_worker, daemon=True,
-                           args=(child, args.url, tokens[w::workers], args.messages, args.stall, max(1, args.sample)))
+                           args=(child, args.urls, tokens[w::workers], args.messages, args.stall, max(1, args.sample)))
         proc.start()
         child.close()
         pipes.append(parent)
@@ -599,7 +643,7 @@ async def _fanout(args, pipes, workers: int) -> dict:
         setup = {k: max(setup.get(k, 0), v) for k, v in reply[1].items()}
     setup["total_s"] = time.monotonic() - t_setup
     done_futures = [pipe_future(p) for p in pipes]
-    server_cpu0 = cpu_seconds(args.server_pid) if args.server_pid else float("nan")
+    server_cpu0 = servers_cpu(args.server_pids)
     own_cpu0 = cpu_seconds()
     mach0 = machine_ticks()
     procs0 = process_ticks()
@@ -618,7 +662,7 @@ async def _fanout(args, pipes, workers: int) -> dict:
             results.append(await asyncio.wait_for(fut, args.stall + 30))
         except (TimeoutError, EOFError, OSError) as e:
             results.append(("fail", f"no result from a receiver worker: {e!r}"))
-    server_cpu1 = cpu_seconds(args.server_pid) if args.server_pid else float("nan")
+    server_cpu1 = servers_cpu(args.server_pids)
     own_cpu1 = cpu_seconds()
     mach1 = machine_ticks()
     procs1 = process_ticks()
@@ -644,6 +688,7 @@ async def _fanout(args, pipes, workers: int) -> dict:
         "out_of_order": sum(o["disorder"] for o in outs),
         "probes": sum(o["probes"] for o in outs),
         "short_receivers": sum(o["short_receivers"] for o in outs),
+        **merge_by_server(outs),
         "disconnected": sum(o["disconnected"] for o in outs),
         "server_closes": merge_counts([o["server_closes"] for o in outs] + [close_codes([sender])]),
         "acked": sender.acked, "errors": sender.errors, "error_samples": sender.error_samples,
@@ -656,9 +701,9 @@ async def _fanout(args, pipes, workers: int) -> dict:
         "server_cpu_pct": 100.0 * (server_cpu1 - server_cpu0) / cpu_wall,
         "generator_cpu_pct": 100.0 * gen_cpu / cpu_wall,
         **machine_pct(mach0, mach1, cpu_wall),
-        **other_load(procs0, procs1, {os.getpid(), os.getppid(), args.server_pid or -1, *args.worker_pids}, cpu_wall),
+        **other_load(procs0, procs1, {os.getpid(), os.getppid(), *args.server_pids, *args.worker_pids}, cpu_wall),
         "cpu_sampled_s": cpu_wall,
-        "server_peak_rss_mb": peak_rss_mb(args.server_pid),
+        "server_peak_rss_mb": servers_rss(args.server_pids),
         "steady_deliveries_per_s": steady_rate(arrivals, n) if len(arrivals) == m else None,
         "timeline_msgs_per_s": timeline(arrivals, t0),
         "setup": setup,
@@ -727,14 +772,14 @@ async def ingest(args) -> dict:
     stats = {"errors": 0, "error_samples": [], "last_ack": 0, "idle": 0, "conns": k,
              "all_idle": loop.create_future()}
     tokens = [mint(args.secret, f"bench-i{i}") for i in range(k)]
-    conns = await open_all(lambda: IngestConn(stats), args.url, tokens)
+    conns = await open_all(lambda: IngestConn(stats), args.urls, tokens)
     rooms = []
     for i in range(r):
         rooms.append((await conns[i].call("chat:create", f"c{i}", {"name": f"ingest{i}", "type": "public"}))["room"]["id"])
     await join_all(conns, [rooms[i % r] for i in range(k)])
     for i, c in enumerate(conns):
         c.room, c.size = rooms[i % r], args.size
-    server_cpu0 = cpu_seconds(args.server_pid) if args.server_pid else float("nan")
+    server_cpu0 = servers_cpu(args.server_pids)
     own_cpu0 = cpu_seconds()
     mach0 = machine_ticks()
     procs0 = process_ticks()
@@ -754,7 +799,7 @@ async def ingest(args) -> dict:
         except TimeoutError:
             pass
     t1 = stats["last_ack"] or monotonic_ns()
-    server_cpu1 = cpu_seconds(args.server_pid) if args.server_pid else float("nan")
+    server_cpu1 = servers_cpu(args.server_pids)
     own_cpu1 = cpu_seconds()
     mach1 = machine_ticks()
     procs1 = process_ticks()
@@ -788,9 +833,9 @@ async def ingest(args) -> dict:
         "server_cpu_pct": 100.0 * (server_cpu1 - server_cpu0) / cpu_wall,
         "generator_cpu_pct": 100.0 * (own_cpu1 - own_cpu0) / cpu_wall,
         **machine_pct(mach0, mach1, cpu_wall),
-        **other_load(procs0, procs1, {os.getpid(), os.getppid(), args.server_pid or -1}, cpu_wall),
+        **other_load(procs0, procs1, {os.getpid(), os.getppid(), *args.server_pids}, cpu_wall),
         "cpu_sampled_s": cpu_wall,
-        "server_peak_rss_mb": peak_rss_mb(args.server_pid),
+        "server_peak_rss_mb": servers_rss(args.server_pids),
     }
 
 
@@ -903,11 +948,11 @@ async def live_join_all(listeners, stream: str, concurrency: int = 64) -> dict[s
     return statuses
 
 
-def live_worker(conn, url: str, tokens: list[str], reactions: int, senders: int, stall: float,
+def live_worker(conn, urls: list[str], tokens: list[str], reactions: int, senders: int, stall: float,
                 sample: int) -> None:
     """A forked process owning a share of the viewers."""
     try:
-        uvloop.run(_live_worker(conn, url, tokens, reactions, senders, stall, sample))
+        uvloop.run(_live_worker(conn, urls, tokens, reactions, senders, stall, sample))
     except Exception as e:  # report, never hang the parent
         try:
             pipe_send(conn, ("fail", f"{type(e).__name__}: {e}"))
@@ -915,7 +960,7 @@ def live_worker(conn, url: str, tokens: list[str], reactions: int, senders: int,
             pass
 
 
-async def _live_worker(conn, url: str, tokens: list[str], reactions: int, senders: int, stall: float,
+async def _live_worker(conn, urls: list[str], tokens: list[str], reactions: int, senders: int, stall: float,
                        sample: int) -> None:
     n = len(tokens)
     tally = LiveTally(n * reactions)
@@ -929,7 +974,7 @@ async def _live_worker(conn, url: str, tokens: list[str], reactions: int, sender
         made += 1
         return LiveProbe(tally, senders, reactions) if (made - 1) % sample == 0 else Viewer(tally)
 
-    listeners = await open_all(make, url, tokens)
+    listeners = await open_all(make, urls, tokens)
     t1 = time.monotonic()
     statuses = await live_join_all(listeners, stream)
     t2 = time.monotonic()
@@ -984,6 +1029,7 @@ async def _live_worker(conn, url: str, tokens: list[str], reactions: int, sender
         "disconnected": sum(1 for ln in listeners if ln.closed),
         "server_closes": close_codes(listeners),
         "short_receivers": sum(1 for ln in listeners if ln.got != per_viewer),
+        **by_server(listeners, per_viewer),
         "probes": sum(1 for ln in listeners if isinstance(ln, LiveProbe)),
         "arrivals": list(listeners[0].arrivals) if isinstance(listeners[0], LiveProbe) else [],
         "disorder_samples": listeners[0].disorder_samples if isinstance(listeners[0], LiveProbe) else [],
@@ -1068,7 +1114,7 @@ def start_live_workers(args):
     for w in range(workers):
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=live_worker, daemon=True,
-                           args=(child, args.url, tokens[w::workers], args.reactions, args.senders, args.stall,
+                           args=(child, args.urls, tokens[w::workers], args.reactions, args.senders, args.stall,
                                  max(1, args.sample)))
         proc.start()
         child.close()
@@ -1109,7 +1155,7 @@ async def _live(args, pipes, workers: int) -> dict:
     # before the measured window (viewer_count_interval is 0.5 s by default).
     await asyncio.sleep(1.0)
     done_futures = [pipe_future(p) for p in pipes]
-    server_cpu0 = cpu_seconds(args.server_pid) if args.server_pid else float("nan")
+    server_cpu0 = servers_cpu(args.server_pids)
     own_cpu0 = cpu_seconds()
     mach0 = machine_ticks()
     procs0 = process_ticks()
@@ -1161,7 +1207,7 @@ async def _live(args, pipes, workers: int) -> dict:
             results.append(await asyncio.wait_for(fut, args.stall + 30))
         except (TimeoutError, EOFError, OSError) as e:
             results.append(("fail", f"no result from a viewer worker: {e!r}"))
-    server_cpu1 = cpu_seconds(args.server_pid) if args.server_pid else float("nan")
+    server_cpu1 = servers_cpu(args.server_pids)
     own_cpu1 = cpu_seconds()
     mach1 = machine_ticks()
     procs1 = process_ticks()
@@ -1205,6 +1251,7 @@ async def _live(args, pipes, workers: int) -> dict:
         "disorder_samples": [x for o in outs for x in o["disorder_samples"]],
         "probes": sum(o["probes"] for o in outs),
         "short_receivers": sum(o["short_receivers"] for o in outs),
+        **merge_by_server(outs),
         "disconnected": sum(o["disconnected"] for o in outs) + own_closed,
         "server_closes": merge_counts([o["server_closes"] for o in outs] + [own_closes]),
         "viewer_count_pushes": sum(o["count_pushes"] for o in outs),
@@ -1222,9 +1269,9 @@ async def _live(args, pipes, workers: int) -> dict:
         "server_us_per_delivery": 1e6 * server_cpu / count if count else None,
         "generator_cpu_pct": 100.0 * gen_cpu / cpu_wall,
         **machine_pct(mach0, mach1, cpu_wall),
-        **other_load(procs0, procs1, {os.getpid(), os.getppid(), args.server_pid or -1, *args.worker_pids}, cpu_wall),
+        **other_load(procs0, procs1, {os.getpid(), os.getppid(), *args.server_pids, *args.worker_pids}, cpu_wall),
         "cpu_sampled_s": cpu_wall,
-        "server_peak_rss_mb": peak_rss_mb(args.server_pid),
+        "server_peak_rss_mb": servers_rss(args.server_pids),
         "timeline_reactions_per_s": timeline(arrivals, t0),
         "setup": setup,
     }
@@ -1236,11 +1283,14 @@ async def _live(args, pipes, workers: int) -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("scenario", choices=["fanout", "ingest", "live"])
-    p.add_argument("--url", required=True, help="ws://host:port/ws")
+    p.add_argument("--url", required=True, action="append",
+                   help="ws://host:port/ws; several servers of one cluster: repeat it or separate with commas "
+                        "(receivers/viewers are spread round robin, everything else uses the first)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--secret", help="HS256 secret to mint tokens with")
     g.add_argument("--secret-file", help="file holding the HS256 secret (chatd's DATA_DIR/jwt-secret)")
-    p.add_argument("--server-pid", type=int, help="sample this process's CPU over the measured window")
+    p.add_argument("--server-pid", type=int, action="append", default=[],
+                   help="sample this process's CPU over the measured window (repeat for several servers: summed)")
     p.add_argument("--size", type=int, default=64, help="characters of message content (default 64)")
     p.add_argument("--window", type=int, default=None, help="un-acked messages per sending connection")
     p.add_argument("--stall", type=float, default=15.0, help="give up after this many seconds without progress")
@@ -1263,6 +1313,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.scenario == "live" and (args.reactions < 1 or args.reaction_rate <= 0 or args.viewers < 1):
         p.error("live needs --viewers >= 1, --reactions >= 1 and --reaction-rate > 0")
+    args.urls = [u for value in args.url for u in value.split(",") if u]
+    args.url = args.urls[0]
+    args.server_pids = args.server_pid
     if args.secret_file:
         with open(args.secret_file) as fh:
             args.secret = fh.read().strip()

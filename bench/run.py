@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import shutil
 import signal
 import socket
@@ -39,12 +40,14 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
 TWISTD = str(Path(PYTHON).parent / "twistd")
 STOP_WAIT = 15.0
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
 
 # -- processes ----------------------------------------------------------------------
@@ -74,14 +77,31 @@ def kill_group(pid: int) -> None:
 RUNNING: set = set()  # servers started and not yet stopped (for the last-resort cleanup in main)
 
 
+@dataclass(frozen=True)
+class Shared:
+    """What the chatd processes of one multi-process run have in common
+    besides the database: Redis, a key prefix of their own (so runs never
+    share state) and the JWT secret."""
+
+    redis: str
+    prefix: str
+    secret: str
+
+    @classmethod
+    def fresh(cls, redis: str) -> Shared:
+        return cls(redis, f"bench{os.getpid()}{time.time_ns()}:", secrets.token_urlsafe(32))
+
+
 class Server:
     """A server subprocess in its own session; ``stop`` always leaves
     nothing behind (SIGTERM, then SIGKILL to its process group)."""
 
-    def __init__(self, kind: str, database: str | None, cpus: set[int] | None) -> None:
+    def __init__(self, kind: str, database: str | None, cpus: set[int] | None,
+                 shared: Shared | None = None) -> None:
         self.kind = kind
         self.database = database
         self.cpus = cpus
+        self.shared = shared
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix=f"chatd-bench-{kind}-")
         self.log_path = os.path.join(self.dir, "server.log")
@@ -103,18 +123,33 @@ class Server:
                "--reaction-rate", "1000000"]
         if self.database:
             cmd += ["--database", self.database]
+        if self.shared:
+            cmd += ["--redis", self.shared.redis, "--redis-prefix", self.shared.prefix]
         return cmd
 
-    def start(self, timeout: float = 30.0) -> None:
+    def environment(self) -> dict[str, str] | None:
+        """The shared JWT secret goes in CHATD_JWT_SECRET (the same as
+        --jwt-secret, but not on a command line), and into DIR/jwt-secret
+        for the generator."""
+        if not self.shared:
+            return None
+        fd = os.open(os.path.join(self.dir, "jwt-secret"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.shared.secret + "\n")
+        return {**os.environ, "CHATD_JWT_SECRET": self.shared.secret}
+
+    def spawn(self) -> None:
         log = open(self.log_path, "wb")
         try:
             # cwd is the scratch directory so the installed chatd is what runs.
             self.proc = subprocess.Popen(self.command(), cwd=self.dir, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT,
+                                         stdout=log, stderr=subprocess.STDOUT, env=self.environment(),
                                          start_new_session=True, preexec_fn=pinned(self.cpus))
             RUNNING.add(self)
         finally:
             log.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -174,6 +209,67 @@ class Server:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class Servers:
+    """The server of one run: a single process, or ``count`` chatd
+    processes (each on its own port) sharing Redis and the database."""
+
+    def __init__(self, kind: str, database: str | None, cpus: set[int] | None, count: int = 1,
+                 redis: str | None = None) -> None:
+        shared = Shared.fresh(redis) if redis else None
+        self.members = [Server(kind, database, cpus, shared) for _ in range(count)]
+
+    def start(self) -> None:
+        for server in self.members:
+            server.spawn()
+        for server in self.members:
+            server.wait_ready()
+
+    def stop(self) -> None:
+        """Stop every process, even if stopping one of them fails."""
+        try:
+            for server in self.members:
+                server.stop()
+        finally:
+            for server in self.members:
+                if server.proc is not None:
+                    kill_group(server.proc.pid)
+
+    def loadgen_args(self) -> list[str]:
+        """URLs (receivers are spread over them, the sender uses the first),
+        the secret, and every process to sample CPU of."""
+        pids = [arg for s in self.members for arg in ("--server-pid", str(s.proc.pid))]
+        return ["--url", ",".join(s.url for s in self.members), *self.members[0].secret_args(), *pids]
+
+    def _each(self, texts: list[list[str]]) -> list[str]:
+        """Lines of every member, marked with its number when there are several."""
+        if len(self.members) == 1:
+            return texts[0]
+        return [f"[{i}] {line}" for i, lines in enumerate(texts) for line in lines]
+
+    def log_problems(self) -> list[str]:
+        return self._each([s.log_problems() for s in self.members])
+
+    def log_tail(self) -> str:
+        return "\n".join(self._each([s.log_tail().splitlines() for s in self.members]))
+
+    def outcome(self) -> dict:
+        """How the processes stopped: the first unclean exit code (else the
+        first one's), whether any was killed, the longest stop."""
+        codes = [s.exit_code for s in self.members]
+        unclean = [c for c in codes if c not in (0, -signal.SIGTERM, None)]
+        return {"server_exit_code": (unclean or codes)[0],
+                "server_killed": any(s.killed for s in self.members),
+                "server_stop_s": round(max(s.stop_seconds or 0 for s in self.members), 2)}
+
+    @property
+    def dir(self) -> str:
+        return ", ".join(s.dir for s in self.members)
+
+    def cleanup(self, keep: bool) -> None:
+        for server in self.members:
+            server.cleanup(keep)
+
+
 def run_loadgen(args: list[str], cpus: set[int] | None, timeout: float) -> dict:
     cmd = [PYTHON, str(HERE / "loadgen.py"), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
@@ -218,53 +314,77 @@ def wait_quiet(limit: float) -> None:
     print(" (machine still busy)", end="", flush=True)
 
 
-def one(opts, scenario: str, kind: str, database: str | None, label: str, rnd: int) -> dict:
+@dataclass(frozen=True)
+class Variant:
+    """One server set-up that every round runs: chatd on a database with
+    ``processes`` processes (Redis between them when ``redis`` is set), or
+    the ceiling."""
+
+    label: str
+    kind: str = "chatd"
+    database: str | None = None
+    processes: int = 1
+    redis: str | None = None
+
+    @classmethod
+    def chatd(cls, database: str | None, processes: int, redis: str | None) -> Variant:
+        label = f"chatd ({db_label(database)})" + (f" x{processes}" if redis else "")
+        return cls(label, "chatd", database, processes, redis)
+
+    def servers(self, cpus: set[int] | None) -> Servers:
+        return Servers(self.kind, self.database, cpus, self.processes, self.redis)
+
+
+def scenario_args(opts, scenario: str) -> list[str]:
+    common = ["--size", str(opts.size), "--stall", str(opts.stall)]
+    if scenario == "fanout":
+        return [*common, "--receivers", str(opts.receivers), "--messages", str(opts.messages),
+                "--window", str(opts.window), "--workers", str(opts.workers), "--sample", str(opts.sample)]
+    if scenario == "live":
+        return [*common, "--viewers", str(opts.viewers), "--reactions", str(opts.reactions),
+                "--reaction-rate", str(opts.reaction_rate), "--senders", str(opts.senders),
+                "--workers", str(opts.workers), "--sample", str(opts.sample)]
+    return [*common, "--connections", str(opts.connections), "--rooms", str(opts.rooms),
+            "--window", str(opts.ingest_window), "--duration", str(opts.duration)]
+
+
+def one(opts, scenario: str, variant: Variant, rnd: int) -> dict:
     if opts.wait_quiet:
         wait_quiet(opts.wait_quiet)
-    server = Server(kind, database, opts.server_cpus)
-    print(f"  round {rnd}  {scenario:7s} {label:20s} ...", end="", flush=True)
+    servers = variant.servers(opts.server_cpus)
+    print(f"  round {rnd}  {scenario:7s} {variant.label:21s} ...", end="", flush=True)
     t = time.monotonic()
-    result: dict = {"scenario": scenario, "server": label, "round": rnd}
+    result: dict = {"scenario": scenario, "server": variant.label, "round": rnd}
     try:
-        server.start()
-        common = ["--url", server.url, *server.secret_args(), "--server-pid", str(server.proc.pid),
-                  "--size", str(opts.size), "--stall", str(opts.stall)]
-        if scenario == "fanout":
-            extra = ["--receivers", str(opts.receivers), "--messages", str(opts.messages),
-                     "--window", str(opts.window), "--workers", str(opts.workers), "--sample", str(opts.sample)]
-        elif scenario == "live":
-            extra = ["--viewers", str(opts.viewers), "--reactions", str(opts.reactions),
-                     "--reaction-rate", str(opts.reaction_rate), "--senders", str(opts.senders),
-                     "--workers", str(opts.workers), "--sample", str(opts.sample)]
-        else:
-            extra = ["--connections", str(opts.connections), "--rooms", str(opts.rooms),
-                     "--window", str(opts.ingest_window), "--duration", str(opts.duration)]
-        result.update(run_loadgen([scenario, *common, *extra], opts.generator_cpus, opts.loadgen_timeout))
-        result["server"], result["round"] = label, rnd
+        servers.start()
+        args = [scenario, *servers.loadgen_args(), *scenario_args(opts, scenario)]
+        result.update(run_loadgen(args, opts.generator_cpus, opts.loadgen_timeout))
+        result["server"], result["round"] = variant.label, rnd
     except Exception as e:
         result["failed"] = str(e)
     finally:
-        server.stop()
-        result["server_exit_code"] = server.exit_code
-        result["server_killed"] = server.killed
-        result["server_stop_s"] = round(server.stop_seconds or 0, 2)
-        result["server_log_problems"] = server.log_problems()[:10]
+        servers.stop()
+        result.update(servers.outcome())
+        result["processes"] = variant.processes
+        result["server_log_problems"] = servers.log_problems()[:10]
         if "failed" in result:
-            result["server_log_tail"] = server.log_tail()
-        server.cleanup(keep=opts.keep or "failed" in result)
+            result["server_log_tail"] = servers.log_tail()
+        servers.cleanup(keep=opts.keep or "failed" in result)
         if "failed" in result or opts.keep:
-            result["server_dir"] = server.dir
-    if "failed" in result:
-        note = "FAILED"
-    elif scenario == "fanout":
-        note = f"{result['deliveries_per_s']:>10,.0f} deliveries/s, {result['delivered']:,}/{result['expected']:,}"
-    elif scenario == "live":
-        note = (f"{result['deliveries_per_s']:>10,.0f} deliveries/s, {result['delivered']:,}/{result['expected']:,}, "
-                f"p50/p99 {fmt(result['p50_ms'], '.1f')}/{fmt(result['p99_ms'], '.1f')} ms")
-    else:
-        note = f"{result['acked_per_s']:>10,.0f} acked msgs/s"
-    print(f" {time.monotonic() - t:5.1f}s  {note}", flush=True)
+            result["server_dir"] = servers.dir
+    print(f" {time.monotonic() - t:5.1f}s  {round_note(scenario, result)}", flush=True)
     return result
+
+
+def round_note(scenario: str, result: dict) -> str:
+    if "failed" in result:
+        return "FAILED"
+    if scenario == "fanout":
+        return f"{result['deliveries_per_s']:>10,.0f} deliveries/s, {result['delivered']:,}/{result['expected']:,}"
+    if scenario == "live":
+        return (f"{result['deliveries_per_s']:>10,.0f} deliveries/s, {result['delivered']:,}/{result['expected']:,}, "
+                f"p50/p99 {fmt(result['p50_ms'], '.1f')}/{fmt(result['p99_ms'], '.1f')} ms")
+    return f"{result['acked_per_s']:>10,.0f} acked msgs/s"
 
 
 def db_label(database: str | None) -> str:
@@ -536,6 +656,13 @@ def parse_args(argv=None):
     p.add_argument("--database", action="append", metavar="URL",
                    help="chatd storage: 'sqlite' (the embedded default) or a postgresql:// URL; repeat to run "
                         "each (default: sqlite)")
+    p.add_argument("--processes", type=int, action="append", metavar="N",
+                   help="chatd processes sharing Redis and a postgresql --database, receivers/viewers/ingest "
+                        "connections spread round robin over them; repeat (--processes 1 --processes 2) to "
+                        "compare; more than 1 implies --no-pin (default 1)")
+    p.add_argument("--redis", metavar="URL",
+                   help=f"Redis for --processes > 1 (default {DEFAULT_REDIS}); given explicitly, single-process "
+                        f"runs use it too; every run gets a key prefix of its own")
     p.add_argument("--receivers", type=int, default=1000, help="fanout: room members receiving (default 1000)")
     p.add_argument("--messages", type=int, default=2000, help="fanout: messages sent (default 2000)")
     p.add_argument("--window", type=int, default=32, help="fanout: un-acked messages in flight (default 32)")
@@ -566,8 +693,14 @@ def parse_args(argv=None):
     opts = p.parse_args(argv)
     opts.repeat = max(1, opts.repeat)
     opts.database = [None if d in ("sqlite", "", None) else d for d in (opts.database or ["sqlite"])]
+    opts.processes = list(dict.fromkeys(opts.processes or [1]))
+    if min(opts.processes) < 1:
+        p.error("--processes must be at least 1")
+    if max(opts.processes) > 1 and not all(d and d.startswith("postgres") for d in opts.database):
+        p.error("several processes need a shared postgresql:// --database (SQLite is per process)")
+    opts.pin_implied_off = max(opts.processes) > 1 and not opts.no_pin
     cpus = sorted(os.sched_getaffinity(0))
-    if not opts.no_pin and len(cpus) >= 2:
+    if not opts.no_pin and not opts.pin_implied_off and len(cpus) >= 2:
         opts.server_cpus, opts.generator_cpus = {cpus[0]}, set(cpus[1:])
     else:
         opts.server_cpus = opts.generator_cpus = None
@@ -588,23 +721,26 @@ def main(argv=None) -> int:
     if opts.server_cpus:
         pin_note = (f"server pinned to CPU {min(opts.server_cpus)}, generator to CPU "
                     f"{','.join(map(str, sorted(opts.generator_cpus)))} (os.sched_setaffinity)")
+    elif opts.pin_implied_off:
+        pin_note = (f"no CPU pinning (--processes {max(opts.processes)} implies --no-pin: {os.cpu_count()} CPU(s) "
+                    f"cannot keep servers, Redis and generator apart; every variant runs unpinned)")
     else:
         pin_note = "no CPU pinning (server and generator share the CPUs)"
     print(f"chatd bench: {pin_note}", flush=True)
     started = time.monotonic()
     results: list[dict] = []
     scenarios = ["fanout", "ingest", "live"] if opts.scenario == "all" else [opts.scenario]
+    chatd = [Variant.chatd(db, n, opts.redis or (DEFAULT_REDIS if n > 1 else None))
+             for db in opts.database for n in opts.processes]
     interrupted = None
     try:
         for scenario in scenarios:
+            ceiling = [Variant("ceiling", "ceiling")] if scenario == "fanout" and not opts.no_ceiling else []
             # Rounds interleave the servers so slow drift of the machine
             # hits them alike.
             for rnd in range(1, opts.repeat + 1):
-                for database in opts.database:
-                    label = f"chatd ({db_label(database)})"
-                    results.append(one(opts, scenario, "chatd", database, label, rnd))
-                if scenario == "fanout" and not opts.no_ceiling:
-                    results.append(one(opts, scenario, "ceiling", None, "ceiling", rnd))
+                for variant in chatd + ceiling:
+                    results.append(one(opts, scenario, variant, rnd))
     except (KeyboardInterrupt, SystemExit) as e:
         interrupted = e
         print("\ninterrupted; servers stopped", flush=True)

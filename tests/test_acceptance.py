@@ -5,42 +5,10 @@ history is there and `since` returns exactly the missed messages."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import pytest
-from websockets.sync.client import connect
 
 from tests.daemon import Daemon, clean_env, free_port, run_module
-
-
-class Client:
-    def __init__(self, url: str, token: str) -> None:
-        self.ws = connect(f"{url}?token={token}").__enter__()
-        self.inbox: list[dict[str, Any]] = []
-        self.counter = 0
-        assert self.next("authenticated")
-
-    def next(self, event: str) -> dict[str, Any]:
-        for i, frame in enumerate(self.inbox):
-            if frame["type"] == event:
-                return self.inbox.pop(i)["data"]
-        while True:
-            frame = json.loads(self.ws.recv(timeout=5))
-            if frame["type"] == event:
-                return frame["data"]
-            self.inbox.append(frame)
-
-    def ok(self, event: str, data: Any) -> dict[str, Any]:
-        self.counter += 1
-        request_id = f"q{self.counter}"
-        self.ws.send(json.dumps({"type": event, "id": request_id, "data": data}))
-        while True:
-            frame = json.loads(self.ws.recv(timeout=5))
-            if frame.get("id") == request_id:
-                assert frame["type"] == "ack", frame
-                return frame["data"]
-            self.inbox.append(frame)
+from tests.syncclient import Client
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -123,6 +123,7 @@ class RedisLink:
         self.on_subscriber_up: list[Callable[[Any], None]] = []
         self.on_reconnect: list[Callable[[], None]] = []
         self._was_up = False
+        self._stopping = False
         self._down_logged = False
         self.last_error = "not connected yet"
 
@@ -133,6 +134,7 @@ class RedisLink:
         self._subscriptions.startConnecting(self.target.endpoint(self.reactor, self.ca_file))
 
     def stop(self) -> Deferred[Any]:
+        self._stopping = True
         d1 = self._commands.disconnect()
         d2 = self._subscriptions.disconnect()
         from twisted.internet.defer import gatherResults
@@ -145,7 +147,7 @@ class RedisLink:
 
     def _subscriber_up(self, conn: Any) -> None:
         self._subscriber = conn
-        conn.subscribe(self.control_channel).addErrback(self._log_failure, "subscribing to the control channel")
+        conn.subscribe([self.control_channel]).addErrback(self._log_failure, "subscribing to the control channel")
         for callback in self.on_subscriber_up:
             callback(conn)
         self._maybe_up()
@@ -173,7 +175,7 @@ class RedisLink:
 
     def _went_down(self, why: str) -> None:
         self.last_error = why
-        if not self._down_logged:
+        if not self._down_logged and not self._stopping:
             self._down_logged = True
             log.warn("redis {target} unavailable ({why}); serving local connections only, reconnecting",
                      target=self.target.safe(), why=why)
@@ -290,13 +292,13 @@ class RedisBroker:
             wanted = channel in self._subscriptions
             if wanted and channel not in self._sent:
                 self._sent.add(channel)
-                d = conn.subscribe(self._channel_prefix + channel.encode())
+                d = conn.subscribe([self._channel_prefix + channel.encode()])
                 d.addCallbacks(self._subscribed, self._subscribe_failed,
                                callbackArgs=(channel, conn), errbackArgs=(channel,))
             elif not wanted and channel in self._sent:
                 self._sent.discard(channel)
                 self._active.discard(channel)
-                conn.unsubscribe(self._channel_prefix + channel.encode()).addErrback(lambda _: None)
+                conn.unsubscribe([self._channel_prefix + channel.encode()]).addErrback(lambda _: None)
 
     def _subscribed(self, _: Any, channel: str, conn: Any) -> None:
         if conn is self.link.subscriber and channel in self._sent:

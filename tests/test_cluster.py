@@ -1,0 +1,203 @@
+"""Scale-out (PROTOCOL.md section 5): several real chatd processes sharing
+PostgreSQL and Redis behave as one server.  Every test starts its own
+``twistd -n chatd`` processes on free loopback ports, a fresh PostgreSQL
+schema and its own Redis key prefix, and stops them all."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.cluster import Cluster, requires_redis
+from tests.syncclient import Client
+
+
+@pytest.fixture
+def cluster(tmp_path, pg_schema_url):
+    running = Cluster(tmp_path, pg_schema_url, requires_redis())
+    yield running
+    unclean = running.stop()
+    assert not unclean, "a node did not stop cleanly:\n" + "\n----\n".join(unclean)
+
+
+def _room(creator: Client, *members: str, kind: str = "public") -> str:
+    return creator.ok("chat:create", {"name": "cluster", "type": kind, "members": list(members)})["room"]["id"]
+
+
+def test_room_events_cross_nodes_exactly_once(cluster):
+    a, b, c = cluster.start(3)
+    alice, bob, carol = cluster.client(a, "alice"), cluster.client(b, "bob"), cluster.client(c, "carol")
+    room = _room(alice)
+    for client in (alice, bob, carol):
+        client.ok("chat:join", {"chatId": room})
+    sent = []
+    for client, text in ((alice, "from a"), (bob, "from b"), (carol, "from c")):
+        sent.append(client.ok("chat:message", {"chatId": room, "content": text}))
+    for client in (alice, bob, carol):
+        got = [client.next("chat:message") for _ in range(3)]
+        assert [m["content"] for m in got] == ["from a", "from b", "from c"]
+        assert [m["seq"] for m in got] == [1, 2, 3]
+        client.nothing("chat:message", 0.3)  # exactly once: no echo from Redis
+    bob.ok("chat:typing", {"chatId": room, "isTyping": True})
+    for client in (alice, carol):
+        assert client.next("chat:typing") == {"chatId": room, "userId": "bob", "isTyping": True}
+    carol.ok("chat:read", {"chatId": room, "messageId": sent[0]["id"]})
+    assert alice.next("chat:read")["userId"] == "carol"
+    assert bob.next("chat:read")["userId"] == "carol"
+    alice.ok("chat:reaction", {"chatId": room, "messageId": sent[1]["id"], "reaction": "+1"})
+    for client in (bob, carol):
+        assert client.next("chat:reaction")["userId"] == "alice"
+
+
+def test_presence_friends_and_direct_messages_cross_nodes(cluster):
+    a, b = cluster.start(2)
+    alice, bob = cluster.client(a, "alice"), cluster.client(b, "bob")
+    bob.ok("friend:request", {"userId": "alice"})
+    assert alice.next("friend:request") == {"fromUserId": "bob"}
+    alice.ok("friend:accept", {"userId": "bob"})
+    assert bob.next("friend:accepted") == {"userId": "alice"}
+    assert alice.next("friend:accepted") == {"userId": "bob"}
+    assert alice.next("user:online", where=lambda d: d["userId"] == "bob")
+    assert bob.next("user:online", where=lambda d: d["userId"] == "alice")
+    assert alice.ok("status:request", {}) == {"userIds": ["bob"]}
+    assert alice.ok("friends:list", {})["friends"] == [{"userId": "bob", "online": True}]
+    # A direct message from node A reaches bob on node B once.
+    sent = alice.ok("message:send", {"recipientId": "bob", "content": "psst", "tempId": "t1"})["message"]
+    received = bob.next("message:receive")["message"]
+    assert received["id"] == sent["id"] and received["content"] == "psst"
+    bob.nothing("message:receive", 0.3)
+    # bob leaves node B: alice hears user:offline after the grace period;
+    # bob comes back on node A: user:online again.
+    bob.close()
+    offline = alice.next("user:offline", timeout=10)
+    assert offline["userId"] == "bob" and offline["lastSeen"]
+    assert alice.ok("status:request", {}) == {"userIds": []}
+    bob_again = cluster.client(a, "bob")
+    assert alice.next("user:online", where=lambda d: d["userId"] == "bob")
+    # bob on both nodes, one tab closes: still online, no flapping.
+    bob_on_b = cluster.client(b, "bob")
+    bob_again.close()
+    alice.nothing("user:offline", cluster.grace + 1.0)
+    assert alice.ok("status:request", {}) == {"userIds": ["bob"]}
+    bob_on_b.ok("ping", {})
+
+
+def test_live_viewer_counts_are_per_user_across_nodes(cluster):
+    a, b, c = cluster.start(3)
+    host = cluster.client(a, "host")
+    host.ok("live:join", {"streamId": "s1"})
+    host.ok("live:status", {"streamId": "s1", "status": "started"})
+    viewers = [cluster.client(b, "v1"), cluster.client(c, "v2"), cluster.client(b, "v3"), cluster.client(c, "v3")]
+    for viewer in viewers:
+        viewer.ok("live:join", {"streamId": "s1"})
+    # host, v1, v2, v3 (on two nodes) = 4 users
+    for client in (host, *viewers):
+        assert _settled_count(client, 4) == 4
+    host.ok("live:message", {"streamId": "s1", "content": "hello viewers"})
+    for viewer in viewers:
+        assert viewer.next("live:message")["content"] == "hello viewers"
+    viewers[1].ok("live:reaction", {"streamId": "s1", "emoji": "🔥"})
+    for client in (host, viewers[0], viewers[2], viewers[3]):
+        assert client.next("live:reaction")["userId"] == "v2"
+    viewers[3].ok("live:leave", {"streamId": "s1"})  # v3 still watches on node B
+    viewers[1].close()                                # v2 gone
+    for client in (host, viewers[0]):
+        assert _settled_count(client, 3) == 3
+
+
+def _settled_count(client: Client, expected: int, timeout: float = 10) -> int:
+    """The last live:viewer-count pushed once it reaches ``expected`` (or the
+    last one seen when the time is up)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = client.next("live:viewer-count", timeout=max(0.05, deadline - time.monotonic()))["count"]
+        except TimeoutError:
+            break
+        if last == expected:
+            return last
+    return last
+
+
+def test_http_api_on_any_node_reaches_every_node(cluster):
+    a, b = cluster.start(2)
+    alice, bob = cluster.client(a, "alice"), cluster.client(b, "bob")
+    bob2 = cluster.client(b, "bob")
+    status, answer = cluster.http(a, "POST", "/websocket/message/user", {"userId": "bob", "type": "chat", "data": {"x": 1}})
+    assert status == 200 and answer == {"delivered": 2}
+    for client in (bob, bob2):
+        assert client.next("message")["data"] == {"x": 1}
+    status, answer = cluster.http(b, "POST", "/websocket/message/users",
+                                  {"userIds": ["alice", "bob"], "type": "alert", "data": "both"})
+    assert status == 200 and answer == {"delivered": 3}
+    for client in (alice, bob, bob2):
+        assert client.next("message")["data"] == "both"
+    status, answer = cluster.http(a, "POST", "/websocket/message/broadcast", {"type": "system", "data": "all"})
+    assert status == 200 and answer == {"delivered": 3}
+    for client in (alice, bob, bob2):
+        assert client.next("message")["data"] == "all"
+    status, answer = cluster.http(a, "POST", "/websocket/notification", {"userId": "bob", "title": "t", "body": "b"})
+    assert status == 200 and answer["delivered"] == 2
+    for client in (bob, bob2):
+        assert client.next("notification")["title"] == "t"
+    status, answer = cluster.http(b, "GET", "/websocket/users/connected")
+    assert status == 200 and answer == {
+        "users": [{"userId": "alice", "connections": 1}, {"userId": "bob", "connections": 2}], "count": 2,
+    }
+    status, answer = cluster.http(a, "GET", "/websocket/users/bob/status")
+    assert status == 200 and answer["online"] is True and answer["connections"] == 2
+    # Room membership removed through node A: bob's connections on B leave.
+    room = alice.ok("chat:create", {"name": "api", "type": "private", "members": ["bob"]})["room"]["id"]
+    bob.ok("chat:join", {"chatId": room})
+    status, _ = cluster.http(a, "DELETE", f"/api/rooms/{room}/members/bob")
+    assert status == 200
+    assert bob.next("chat:left") == {"chatId": room, "removed": True}
+    alice.ok("chat:message", {"chatId": room, "content": "after removal"})
+    bob.nothing("chat:message", 0.5)
+    # Disconnect through node A closes both of bob's connections on B.
+    status, answer = cluster.http(a, "DELETE", "/websocket/users/bob/disconnect")
+    assert status == 200 and answer == {"disconnected": 2}
+    assert bob.closed_with() == 4003 and bob2.closed_with() == 4003
+    alice.ok("ping", {})
+
+
+def test_per_room_order_is_the_same_on_every_node(cluster):
+    nodes = cluster.start(3)
+    senders = [cluster.client(node, f"sender{i}") for i, node in enumerate(nodes)]
+    receivers = [cluster.client(node, f"reader{i}") for i, node in enumerate(nodes)]
+    room = _room(senders[0])
+    for client in (*senders, *receivers):
+        client.ok("chat:join", {"chatId": room})
+    per_sender = 60
+    errors: list[BaseException] = []
+
+    def send_all(client: Client, index: int) -> None:
+        try:
+            for n in range(per_sender):
+                client.ws.send(f'{{"type":"chat:message","id":"s{n}","data":{{"chatId":"{room}","content":"{index}-{n}"}}}}')
+            for _ in range(per_sender):
+                assert client.next("ack", timeout=20, where=None)
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=send_all, args=(s, i)) for i, s in enumerate(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    total = per_sender * len(senders)
+    sequences = []
+    for receiver in receivers:
+        got = [receiver.next("chat:message", timeout=20) for _ in range(total)]
+        sequences.append([(m["seq"], m["content"]) for m in got])
+        receiver.nothing("chat:message", 0.2)
+    assert [seq for seq, _ in sequences[0]] == list(range(1, total + 1))
+    assert sequences[0] == sequences[1] == sequences[2]
+    # each sender's own messages keep their order
+    for index in range(len(senders)):
+        mine = [content for _, content in sequences[0] if content.startswith(f"{index}-")]
+        assert mine == [f"{index}-{n}" for n in range(per_sender)]
