@@ -48,6 +48,7 @@ PYTHON = sys.executable
 TWISTD = str(Path(PYTHON).parent / "twistd")
 STOP_WAIT = 15.0
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+REDIS_COMM = "redis-server"
 
 
 # -- processes ----------------------------------------------------------------------
@@ -335,6 +336,11 @@ class Variant:
         return Servers(self.kind, self.database, cpus, self.processes, self.redis)
 
 
+def redis_for(opts, processes: int) -> str | None:
+    """Several processes always share Redis; one uses it only when --redis was given."""
+    return opts.redis or (DEFAULT_REDIS if processes > 1 else None)
+
+
 def scenario_args(opts, scenario: str) -> list[str]:
     common = ["--size", str(opts.size), "--stall", str(opts.stall)]
     if scenario == "fanout":
@@ -365,7 +371,7 @@ def one(opts, scenario: str, variant: Variant, rnd: int) -> dict:
     finally:
         servers.stop()
         result.update(servers.outcome())
-        result["processes"] = variant.processes
+        result["processes"], result["redis"] = variant.processes, bool(variant.redis)
         result["server_log_problems"] = servers.log_problems()[:10]
         if "failed" in result:
             result["server_log_tail"] = servers.log_tail()
@@ -454,6 +460,7 @@ def aggregate(results: list[dict]) -> list[dict]:
 
 def summary(opts, results: list[dict], pin_note: str) -> str:
     rows = aggregate(results)
+    w = max([18] + [len(r["server"]) for r in rows])
     lines = [f"chatd benchmark — {os.cpu_count()} CPU(s) {cpu_model()}, Python {platform.python_version()}, "
              f"Linux {platform.release()}",
              f"{pin_note}; each figure is the median of {opts.repeat} round(s), [min–max] of the headline"]
@@ -465,14 +472,14 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
         lines.append(f"fanout: {opts.receivers:,} receivers x {opts.messages:,} messages in one public room, "
                      f"1 sender, window {opts.window}, {opts.size}-char content, "
                      f"{opts.workers} receiver process(es)")
-        lines.append(f"  {'server':18s} {'deliveries/s':>12s} {'[min–max]':>19s} {'msgs/s':>7s} {'p50 ms':>7s} "
+        lines.append(f"  {'server':{w}s} {'deliveries/s':>12s} {'[min–max]':>19s} {'msgs/s':>7s} {'p50 ms':>7s} "
                      f"{'p99 ms':>7s} {'server':>7s} {'gen':>5s} {'other':>6s}  delivered/expected")
         for r in fan:
             if r["deliveries_per_s"] is None:
-                lines.append(f"  {r['server']:18s} FAILED")
+                lines.append(f"  {r['server']:{w}s} FAILED")
                 continue
             lo, hi = r["deliveries_per_s_range"]
-            lines.append(f"  {r['server']:18s} {fmt(r['deliveries_per_s']):>12s} {f'[{lo:,.0f}–{hi:,.0f}]':>19s} "
+            lines.append(f"  {r['server']:{w}s} {fmt(r['deliveries_per_s']):>12s} {f'[{lo:,.0f}–{hi:,.0f}]':>19s} "
                          f"{fmt(r['messages_per_s']):>7s} {fmt(r['p50_ms'], '.1f'):>7s} {fmt(r['p99_ms'], '.1f'):>7s} "
                          f"{pct(r['server_cpu_pct']):>7s} {pct(r['generator_cpu_pct']):>5s} "
                          f"{pct(r['other_cpu_pct']):>6s}  {r['delivered']:,}/{r['expected']:,}")
@@ -481,23 +488,21 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
         if ceiling:
             for r in fan:
                 if r is not ceiling and r["deliveries_per_s"]:
-                    paired = paired_ratios(results, r["server"])
-                    lines.append(f"  {r['server']} ÷ ceiling, deliveries/s: "
-                                 f"{r['deliveries_per_s'] / ceiling['deliveries_per_s']:.2f} (ratio of medians; "
-                                 f"per round {', '.join(f'{x:.2f}' for x in paired)})")
+                    lines.append(f"  {r['server']} ÷ ceiling, deliveries/s: {ratio_text(results, r, ceiling)}")
+        lines += process_lines(opts, results, fan)
 
     if ing:
         lines.append("")
         lines.append(f"ingest: {opts.connections} connections in {opts.rooms} rooms (all joined), "
                      f"window {opts.ingest_window} per connection, {opts.duration:g} s, {opts.size}-char content")
-        lines.append(f"  {'server':18s} {'acked msgs/s':>12s} {'[min–max]':>17s} {'ack p50':>8s} {'ack p99':>8s} "
+        lines.append(f"  {'server':{w}s} {'acked msgs/s':>12s} {'[min–max]':>17s} {'ack p50':>8s} {'ack p99':>8s} "
                      f"{'server':>7s} {'gen':>5s} {'other':>6s}  pushes/expected")
         for r in ing:
             if r["acked_per_s"] is None:
-                lines.append(f"  {r['server']:18s} FAILED")
+                lines.append(f"  {r['server']:{w}s} FAILED")
                 continue
             lo, hi = r["acked_per_s_range"]
-            lines.append(f"  {r['server']:18s} {fmt(r['acked_per_s']):>12s} {f'[{lo:,.0f}–{hi:,.0f}]':>17s} "
+            lines.append(f"  {r['server']:{w}s} {fmt(r['acked_per_s']):>12s} {f'[{lo:,.0f}–{hi:,.0f}]':>17s} "
                          f"{fmt(r['ack_p50_ms'], '.1f'):>8s} {fmt(r['ack_p99_ms'], '.1f'):>8s} "
                          f"{pct(r['server_cpu_pct']):>7s} {pct(r['generator_cpu_pct']):>5s} "
                          f"{pct(r['other_cpu_pct']):>6s}  {r['pushes']:,}/{r['expected_pushes']:,}")
@@ -507,34 +512,40 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
         lines.append(f"live: {opts.viewers:,} viewers of one stream, {opts.reactions:,} reactions at "
                      f"{opts.reaction_rate:g}/s from {opts.senders} sender connection(s) (viewers too, counted "
                      f"apart), {opts.workers} viewer process(es); chatd's per-user reaction limit lifted")
-        lines.append(f"  {'server':18s} {'deliveries/s':>12s} {'[min–max]':>19s} {'sent/s':>7s} {'p50 ms':>7s} "
+        lines.append(f"  {'server':{w}s} {'deliveries/s':>12s} {'[min–max]':>19s} {'sent/s':>7s} {'p50 ms':>7s} "
                      f"{'p99 ms':>7s} {'server':>7s} {'µs/dlv':>6s} {'gen':>5s} {'other':>6s}  delivered/expected")
         for r in live:
             if r["deliveries_per_s"] is None:
-                lines.append(f"  {r['server']:18s} FAILED")
+                lines.append(f"  {r['server']:{w}s} FAILED")
                 continue
             lo, hi = r["deliveries_per_s_range"]
-            lines.append(f"  {r['server']:18s} {fmt(r['deliveries_per_s']):>12s} {f'[{lo:,.0f}–{hi:,.0f}]':>19s} "
+            lines.append(f"  {r['server']:{w}s} {fmt(r['deliveries_per_s']):>12s} {f'[{lo:,.0f}–{hi:,.0f}]':>19s} "
                          f"{fmt(r['send_rate']):>7s} {fmt(r['p50_ms'], '.1f'):>7s} {fmt(r['p99_ms'], '.1f'):>7s} "
                          f"{pct(r['server_cpu_pct']):>7s} {fmt(r['server_us_per_delivery'], '.2f'):>6s} "
                          f"{pct(r['generator_cpu_pct']):>5s} {pct(r['other_cpu_pct']):>6s}  "
                          f"{r['delivered']:,}/{r['expected']:,}")
-            lines.append(f"  {'':18s} max delay {fmt(r['max_ms'], '.1f')} ms, reaction ack p50/p99 "
+            lines.append(f"  {'':{w}s} max delay {fmt(r['max_ms'], '.1f')} ms, reaction ack p50/p99 "
                          f"{fmt(r['ack_p50_ms'], '.1f')}/{fmt(r['ack_p99_ms'], '.1f')} ms, last delivery "
                          f"{fmt(r['drain_ms'], '.0f')} ms after the last send, sender copies "
                          f"{r['sender_copies']:,}/{r['sender_copies_expected']:,}, "
                          f"{r['acked']:,}/{r['reactions']:,} acked")
         lines.append(rss_line(live))
+        lines += process_lines(opts, results, live)
         lines.append("  µs/dlv = server CPU per delivery (µs); expected = viewers × acked reactions "
                      "(the senders' own copies are the 'sender copies')")
     lines.append("")
     lines.append("CPU columns: % of one CPU, averaged over the measured window. server = the server process (all "
-                 "its threads); gen = the generator processes; other = every other user process (PostgreSQL's "
-                 "backends in the postgresql rows; anything else is disturbance).")
+                 "its threads; in 'xN' rows the sum over the N chatd processes); gen = the generator processes; "
+                 "other = every other user process (PostgreSQL's backends in the postgresql rows, redis-server in "
+                 "the 'xN' rows; anything else is disturbance).")
     pg = [r for r in results if "postgres" in r["server"] and "failed" not in r]
     if pg:
         lines.append(f"PostgreSQL processes used a median {median([r['other_top'].get('postgres', 0) for r in pg]):.0f}% "
                      f"of a CPU (not pinned) beside chatd.")
+    redis = [r for r in results if r.get("redis") and "failed" not in r]
+    if redis:
+        lines.append(f"redis-server used a median {median([r['other_top'].get(REDIS_COMM, 0) for r in redis]):.0f}% "
+                     f"of a CPU in the 'xN' rows (chatd processes sharing Redis).")
     problems = find_problems(opts, results)
     lines.append("")
     lines.append("problems: " + ("none" if not problems else ""))
@@ -547,13 +558,52 @@ def rss_line(rows: list[dict]) -> str:
     return "  server peak RSS (MiB): " + (", ".join(parts) or "-")
 
 
-def paired_ratios(results: list[dict], server: str) -> list[float]:
-    """chatd ÷ ceiling deliveries/s of each round (the two ran back to back)."""
+def paired_ratios(results: list[dict], scenario: str, server: str, base: str) -> list[float]:
+    """``server`` ÷ ``base`` deliveries/s of each round (the two ran back
+    to back in it)."""
     by_round: dict[int, dict[str, float]] = {}
     for r in results:
-        if r["scenario"] == "fanout" and "failed" not in r and r["deliveries_per_s"]:
+        if r["scenario"] == scenario and "failed" not in r and r["deliveries_per_s"]:
             by_round.setdefault(r["round"], {})[r["server"]] = r["deliveries_per_s"]
-    return [v[server] / v["ceiling"] for _, v in sorted(by_round.items()) if server in v and "ceiling" in v]
+    return [v[server] / v[base] for _, v in sorted(by_round.items()) if server in v and base in v]
+
+
+def ratio_text(results: list[dict], row: dict, base: dict) -> str:
+    """'0.85 (ratio of medians; per round 0.80, 0.90)' for two rows' deliveries/s."""
+    paired = paired_ratios(results, row["scenario"], row["server"], base["server"])
+    return (f"{row['deliveries_per_s'] / base['deliveries_per_s']:.2f} (ratio of medians; "
+            f"per round {', '.join(f'{x:.2f}' for x in paired) or '-'})")
+
+
+def process_lines(opts, results: list[dict], rows: list[dict]) -> list[str]:
+    """Per database, each process count against the first one given:
+    '2 processes ÷ 1 process (postgresql), deliveries/s: 612,000 ÷ 850,000 = 0.72 (…)'."""
+    by_label = {r["server"]: r for r in rows if r["deliveries_per_s"]}
+    lines = []
+    for database in opts.database:
+        first, *others = [(n, Variant.chatd(database, n, redis_for(opts, n)).label) for n in opts.processes]
+        base = by_label.get(first[1])
+        for n, label in others:
+            row = by_label.get(label)
+            if base is None or row is None:
+                lines.append(f"  {label} vs {first[1]}: no comparison (a variant failed in every round)")
+                continue
+            lines.append(f"  {plural(n, 'process')} ÷ {plural(first[0], 'process')} ({db_label(database)}), "
+                         f"deliveries/s: {fmt(row['deliveries_per_s'])} ÷ {fmt(base['deliveries_per_s'])} = "
+                         f"{ratio_text(results, row, base)}")
+    return lines
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
+
+
+def by_server_note(r: dict) -> str:
+    """Where the short receivers were connected, when there were several servers."""
+    if r.get("processes", 1) < 2:
+        return ""
+    return (f"; connections per server {r.get('connections_by_server')}, "
+            f"short ones per server {r.get('short_by_server')}")
 
 
 def find_problems(opts, results: list[dict]) -> list[str]:
@@ -569,7 +619,7 @@ def find_problems(opts, results: list[dict]) -> list[str]:
             if r["shortfall"]:
                 problems.append(f"{name}: SHORTFALL: {r['delivered']:,} of {r['expected']:,} delivered "
                                 f"({r['short_receivers']} receivers with a wrong count, "
-                                f"{r['disconnected']} disconnected)")
+                                f"{r['disconnected']} disconnected{by_server_note(r)})")
             if r["out_of_order"]:
                 problems.append(f"{name}: {r['out_of_order']:,} deliveries out of order or duplicated "
                                 f"(checked on {r['probes']} receivers)")
@@ -582,7 +632,7 @@ def find_problems(opts, results: list[dict]) -> list[str]:
             if r["shortfall"]:
                 problems.append(f"{name}: SHORTFALL: {r['delivered']:,} of {r['expected']:,} delivered "
                                 f"({r['short_receivers']} viewers with a wrong count, "
-                                f"{r['disconnected']} disconnected)")
+                                f"{r['disconnected']} disconnected{by_server_note(r)})")
             if r["sender_copies"] != r["sender_copies_expected"]:
                 problems.append(f"{name}: senders got {r['sender_copies']:,} of their "
                                 f"{r['sender_copies_expected']:,} copies")
@@ -612,7 +662,8 @@ def find_problems(opts, results: list[dict]) -> list[str]:
             problems.append(f"{name}: generator CPU {r['generator_cpu_pct']:.0f}% — the generator may be the limit")
         if r.get("server_closes"):
             problems.append(f"{name}: the server closed connections, by close code: {r['server_closes']}")
-        foreign = {k: v for k, v in r.get("other_top", {}).items() if not k.startswith("postgres")}
+        foreign = {k: v for k, v in r.get("other_top", {}).items()
+                   if not k.startswith("postgres") and not (r.get("redis") and k == REDIS_COMM)}
         if sum(foreign.values()) > 10:
             problems.append(f"{name}: other processes used CPU during the window {foreign} — numbers disturbed")
         # Busy time no process accounts for: processes that came and went
@@ -730,8 +781,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
     results: list[dict] = []
     scenarios = ["fanout", "ingest", "live"] if opts.scenario == "all" else [opts.scenario]
-    chatd = [Variant.chatd(db, n, opts.redis or (DEFAULT_REDIS if n > 1 else None))
-             for db in opts.database for n in opts.processes]
+    chatd = [Variant.chatd(db, n, redis_for(opts, n)) for db in opts.database for n in opts.processes]
     interrupted = None
     try:
         for scenario in scenarios:
