@@ -54,18 +54,23 @@ class PrivateRedis:
     """A redis-server of the test's own, on a free loopback port, that the
     test may stop and start again (same port)."""
 
-    def __init__(self, workdir: Path, extra: list[str] | None = None) -> None:
+    def __init__(self, workdir: Path, tls: dict[str, Path] | None = None) -> None:
         self.binary = requires_redis_server()
         self.port = free_port()
         self.workdir = workdir
-        self.extra = extra or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.listen = ["--port", str(self.port)]
+        if tls is not None:  # TLS only, on the same port
+            self.listen = [
+                "--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(tls["cert"]),
+                "--tls-key-file", str(tls["key"]), "--tls-ca-cert-file", str(tls["ca"]), "--tls-auth-clients", "no",
+            ]
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.workdir), *self.extra]
+        args = [self.binary, *self.listen, "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.workdir)]
         self.proc = subprocess.Popen(args, stdout=open(self.workdir / "redis.log", "ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -96,6 +101,7 @@ class Node:
 class Cluster:
     def __init__(self, tmp_path: Path, database: str, redis_url: str, grace: float = 0.5) -> None:
         self.tmp_path = tmp_path
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.database = database
         self.redis_url = redis_url
         self.prefix = f"t{secrets.token_hex(4)}:"
@@ -104,12 +110,14 @@ class Cluster:
         self.clients: list[Client] = []
         self.config = Config(jwt_secret=SECRET)
 
-    def start(self, count: int = 1, extra: list[str] | None = None) -> list[Node]:
+    def start(self, count: int = 1, extra: list[str] | None = None, ready: bool = True) -> list[Node]:
+        """Start nodes; wait until healthy and (unless ``ready=False``) ready."""
         started = [self._spawn(extra or []) for _ in range(count)]
         for node in started:
             node.daemon.wait_healthy(node.port)
         for node in started:
-            self.wait_ready(node)
+            if ready:
+                self.wait_ready(node)
         return started
 
     def _spawn(self, extra: list[str]) -> Node:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.certs import make_certificates
 from tests.cluster import Cluster, PrivateRedis, requires_redis
 from tests.syncclient import Client
 
@@ -290,3 +291,33 @@ def _messages_until(client: Client, last_seq: int) -> list[dict[str, Any]]:
     while not got or got[-1]["seq"] < last_seq:
         got.append(client.next("chat:message", timeout=10))
     return got
+
+
+def test_rediss_checks_the_certificate(tmp_path, pg_schema_url):
+    files = make_certificates(tmp_path / "tls", ["localhost"])
+    redis = PrivateRedis(tmp_path / "redis", tls=files)
+    redis.start()
+    trusted = Cluster(tmp_path / "ok", pg_schema_url, f"rediss://localhost:{redis.port}/0")
+    wrong_name = Cluster(tmp_path / "name", pg_schema_url, f"rediss://127.0.0.1:{redis.port}/0")
+    unknown_ca = Cluster(tmp_path / "ca", pg_schema_url, f"rediss://localhost:{redis.port}/0")
+    try:
+        a, b = trusted.start(2, extra=["--redis-ca", str(files["ca"])])
+        alice, bob = trusted.client(a, "alice"), trusted.client(b, "bob")
+        room = _room(alice)
+        alice.ok("chat:join", {"chatId": room})
+        bob.ok("chat:join", {"chatId": room})
+        alice.ok("chat:message", {"chatId": room, "content": "over tls"})
+        assert bob.next("chat:message")["content"] == "over tls"
+        # A certificate that does not name the host, or one from a CA the
+        # node does not trust: no connection, and /readyz says why.
+        refused = wrong_name.start(1, ["--redis-ca", str(files["ca"])], ready=False)
+        refused += unknown_ca.start(1, ready=False)
+        time.sleep(2)
+        for cluster, node, why in ((wrong_name, refused[0], "Mismatch"),
+                                   (unknown_ca, refused[1], "certificate verify failed")):
+            status, body = cluster.http(node, "GET", "/readyz", auth=False)
+            assert status == 503 and why in body["redis"], body
+    finally:
+        unclean = trusted.stop() + wrong_name.stop() + unknown_ca.stop()
+        redis.stop()
+    assert not unclean, unclean

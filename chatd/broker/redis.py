@@ -47,6 +47,11 @@ COMMAND_TIMEOUT = 5.0
 READY_TIMEOUT = 2.0
 
 
+def _short(message: str) -> str:
+    text = " ".join(message.split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def new_node_id() -> str:
     """Unique per process start: a restarted node is a new node, and its
     previous incarnation is reaped like any dead node."""
@@ -69,6 +74,34 @@ class _Subscriber(txredisapi.SubscriberProtocol):
     def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
         self.factory.link._message(channel, message)
 
+    def connectionLost(self, why: Failure) -> None:
+        self.factory.link.connection_failed(why)
+        super().connectionLost(why)
+
+
+class _Commands(txredisapi.RedisProtocol):
+    def connectionLost(self, why: Failure) -> None:
+        self.factory.link.connection_failed(why)
+        super().connectionLost(why)
+
+
+class _Watched:
+    """A client endpoint that tells the link why connecting failed (refused,
+    timed out), so /readyz can say it."""
+
+    def __init__(self, endpoint: Any, link: RedisLink) -> None:
+        self._endpoint = endpoint
+        self._link = link
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        d = self._endpoint.connect(factory)
+
+        def failed(failure: Failure) -> Failure:
+            self._link.connection_failed(failure)
+            return failure
+
+        return d.addErrback(failed)
+
 
 class _SubscriberFactory(txredisapi.SubscriberFactory):
     protocol = _Subscriber
@@ -88,6 +121,8 @@ class _SubscriberFactory(txredisapi.SubscriberFactory):
 
 
 class _CommandFactory(txredisapi.RedisFactory):
+    protocol = _Commands
+
     def __init__(self, link: RedisLink, target: RedisTarget) -> None:
         super().__init__(
             target.host, target.db, 1, isLazy=True, charset=None, password=target.password,
@@ -130,8 +165,16 @@ class RedisLink:
     # -- connections --------------------------------------------------------------
 
     def start(self) -> None:
-        self._commands.startConnecting(self.target.endpoint(self.reactor, self.ca_file))
-        self._subscriptions.startConnecting(self.target.endpoint(self.reactor, self.ca_file))
+        for factory in (self._commands, self._subscriptions):
+            factory.startConnecting(_Watched(self.target.endpoint(self.reactor, self.ca_file), self))
+
+    def connection_failed(self, why: Failure) -> None:
+        """Remember why (for /readyz and the log), unless it was a clean close."""
+        from twisted.internet.error import ConnectionDone
+
+        if not why.check(ConnectionDone) or not self.last_error:
+            message = why.getErrorMessage() if not why.check(ConnectionDone) else "connection closed"
+            self._went_down(_short(message))
 
     def stop(self) -> Deferred[Any]:
         self._stopping = True
@@ -155,7 +198,7 @@ class RedisLink:
     def _subscriber_down(self, conn: Any) -> None:
         if self._subscriber is conn:
             self._subscriber = None
-            self._went_down("the subscriber connection was lost")
+            self._went_down(self.last_error or "the subscriber connection was lost")
 
     def _commands_up(self) -> None:
         self._maybe_up()
