@@ -13,7 +13,9 @@ from websockets.sync.client import connect
 
 class Client:
     def __init__(self, url: str, token: str) -> None:
-        self.ws = connect(f"{url}?token={token}", open_timeout=10).__enter__()
+        # Unbounded queue: frames a test does not read must not stop the
+        # reader (which would also leave the closing handshake unread).
+        self.ws = connect(f"{url}?token={token}", open_timeout=10, max_queue=None).__enter__()
         self.inbox: list[dict[str, Any]] = []
         self.counter = 0
         hello = self.next("authenticated")

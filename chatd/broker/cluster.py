@@ -53,8 +53,19 @@ log = Logger()
 HEARTBEAT = 5.0
 NODE_TIMEOUT = 15.0
 
-USER_SET = """
+REGISTERED = """
+local function registered(p, node)
+  -- a node holding state is always in the nodes set, so it can be reaped
+  if not redis.call('ZSCORE', p .. 'nodes', node) then
+    local t = redis.call('TIME')
+    redis.call('ZADD', p .. 'nodes', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), node)
+  end
+end
+"""
+
+USER_SET = REGISTERED + """
 local p, node, user, count, delta = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+registered(p, node)
 local key = p .. 'user:' .. user
 local before = redis.call('HLEN', key)
 redis.call('HSET', key, node, count)
@@ -128,8 +139,9 @@ end
 return out
 """
 
-VIEW_CHANGE = """
+VIEW_CHANGE = REGISTERED + """
 local p, node, stream, user, adding = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
+registered(p, node)
 local key = p .. 'viewers:' .. stream
 local entry = stream .. '\\0' .. user
 if adding then
@@ -193,7 +205,7 @@ class Cluster:
         return [self.link.prefix, self.link.node, *rest]
 
     def start(self) -> None:
-        self._beat.start(self.heartbeat_interval, now=False)
+        self._beat.start(self.heartbeat_interval, now=True)
         self._sweep.start(self.heartbeat_interval, now=False)
 
     # -- control messages -------------------------------------------------------------
