@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 KNOWN_EVENT_LABEL_LIMIT = 64
@@ -57,5 +58,30 @@ class Metrics:
         self.pushes.inc(events)
         self.deliveries.inc(deliveries)
 
+    def bind_counts(self, counts: Callable[[], dict[str, float]]) -> None:
+        """Values other objects keep (the broker, room ordering, the
+        cluster), read when /metrics is scraped: ``redis_up`` is a gauge,
+        every other name a counter."""
+        self.registry.register(_Counts(counts))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+_HELP = {
+    "redis_up": "1 while both Redis connections are up (0 while fan-out is local only)",
+    "broker_publish_failures": "Publishes that reached this node's connections only (Redis unavailable)",
+    "room_gap_reads": "Room messages read back from storage because their publish never arrived",
+    "room_gap_skipped": "Room messages skipped in live delivery (left to chat:history)",
+    "cluster_nodes_reaped": "Silent nodes this node removed from the cluster",
+}
+
+
+class _Counts:
+    def __init__(self, counts: Callable[[], dict[str, float]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Any:
+        for name, value in self._counts().items():
+            family = GaugeMetricFamily if name == "redis_up" else CounterMetricFamily
+            yield family("chatd_" + name, _HELP.get(name, name), value=value)

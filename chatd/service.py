@@ -152,11 +152,24 @@ class ChatdService(Service):
             self.registry.joined_room_count,
         )
         self.registry.on_delivered = metrics.delivered
+        metrics.bind_counts(self._counts)
         self.store.writer.observe_batch = metrics.batch_size.observe
         self.store.writer.observe_commit = metrics.store_latency.observe
         self.chat.observe_publish = metrics.publish_latency.observe
         self.dispatcher.metrics = metrics
         self.factory.metrics = metrics
+
+    def _counts(self) -> dict[str, float]:
+        order = self.registry.order
+        counts: dict[str, float] = {
+            "room_gap_reads": order.filled if order else 0,
+            "room_gap_skipped": order.skipped if order else 0,
+        }
+        if self.cluster is not None:
+            counts["redis_up"] = 1 if self.broker.link.is_up() else 0
+            counts["broker_publish_failures"] = self.broker.publish_failures
+            counts["cluster_nodes_reaped"] = self.cluster.reaped_nodes
+        return counts
 
     # -- listening ----------------------------------------------------------------
 

@@ -252,6 +252,8 @@ def test_redis_outage_keeps_local_service_and_loses_nothing(tmp_path, pg_schema_
         acked = [alice.ok("chat:message", {"chatId": room, "content": f"outage {n}"})["seq"] for n in range(5)]
         assert [carol.next("chat:message")["content"] for _ in range(5)] == [f"outage {n}" for n in range(5)]
         acked += [bob.ok("chat:message", {"chatId": room, "content": "from b"})["seq"]]
+        assert _metric(cluster, a, "chatd_redis_up") == 0
+        assert _metric(cluster, a, "chatd_broker_publish_failures_total") >= 5
 
         redis.start()
         for node in (a, b):
@@ -262,6 +264,8 @@ def test_redis_outage_keeps_local_service_and_loses_nothing(tmp_path, pg_schema_
         # what crossed no node during the outage is read back from storage.
         for client, first in ((alice, 1), (carol, 6), (bob, 1)):
             assert [m["seq"] for m in _messages_until(client, 7)] == list(range(first, 8))
+        assert _metric(cluster, b, "chatd_room_gap_reads_total") >= 5  # 1-5 came from storage
+        assert _metric(cluster, a, "chatd_redis_up") == 1
         # A client reconnecting with `since` gets everything stored meanwhile.
         late = cluster.client(b, "bob")
         joined = late.ok("chat:join", {"chatId": room, "since": 0})
@@ -284,6 +288,14 @@ def _wait_status(cluster: Cluster, node: Any, wanted: int, timeout: float = 15) 
         if time.monotonic() > deadline:
             raise AssertionError(f"/readyz stayed {status} {body}")
         time.sleep(0.2)
+
+
+def _metric(cluster: Cluster, node: Any, name: str) -> float:
+    _, text = cluster.http(node, "GET", "/metrics")
+    for line in str(text).splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
 
 
 def _messages_until(client: Client, last_seq: int) -> list[dict[str, Any]]:
