@@ -352,12 +352,72 @@ def test_a_clean_leave_reaps_exactly_that_node(scripts):
     assert scripts.hash("viewers:s1") == {}
 
 
-def test_a_clean_leave_of_an_unregistered_node_uses_redis_time(scripts):
-    scripts.user_set("n1", "alice", 1, 1)  # no heartbeat yet
+def test_a_clean_leave_of_a_node_missing_from_nodes_uses_redis_time(scripts):
+    scripts.user_set("n1", "alice", 1, 1)
+    scripts.r.call("ZREM", scripts.p + "nodes", "n1")
     before = scripts.server_ms()
     offline, _ = parse_reap(scripts.reap(0, "n1"))
-    assert before <= offline["alice"] <= scripts.server_ms() + 5
+    assert before <= offline["alice"] <= scripts.server_ms()
     assert scripts.online() == set()
+
+
+# -- a node holding state is always reapable -------------------------------------------------
+
+
+def test_user_set_registers_a_node_that_never_heartbeat(scripts):
+    before = scripts.server_ms()
+    scripts.user_set("n1", "alice", 1, 1)
+    assert before <= scripts.nodes()["n1"] <= scripts.server_ms()
+    scripts.silent_since("n1", before - 60_000)
+    offline, _ = parse_reap(scripts.reap())
+    assert offline.keys() == {"alice"}
+    assert scripts.online() == set()
+
+
+def test_view_change_registers_a_node_that_never_heartbeat(scripts):
+    before = scripts.server_ms()
+    scripts.view("n1", "s1", "alice", True)
+    assert before <= scripts.nodes()["n1"] <= scripts.server_ms()
+    scripts.silent_since("n1", before - 60_000)
+    _, streams = parse_reap(scripts.reap())
+    assert streams == ["s1"]
+    assert scripts.hash("viewers:s1") == {}
+
+
+def test_registration_does_not_count_as_a_heartbeat(scripts):
+    old = scripts.server_ms() - 60_000
+    scripts.heartbeat("n1", 1)
+    scripts.silent_since("n1", old)
+    scripts.user_set("n1", "alice", 1, 1)
+    scripts.view("n1", "s1", "alice", True)
+    assert scripts.nodes() == {"n1": old}
+    assert parse_reap(scripts.reap())[0] == {"alice": old}
+
+
+def test_a_clean_leave_of_a_node_that_never_heartbeat_reports_its_registration(scripts):
+    t0 = scripts.server_ms()
+    scripts.user_set("n1", "alice", 1, 1)
+    t1 = scripts.server_ms()
+    offline, _ = parse_reap(scripts.reap(0, "n1"))
+    assert t0 <= offline["alice"] <= t1
+
+
+def test_a_reaped_node_learns_it_even_if_a_user_change_came_before_its_heartbeat(scripts):
+    """n1 stalls (a long pause, not a disconnect), n2 reaps it: alice and bob
+    go offline cluster-wide although both are still connected to n1.  When
+    n1 resumes, a connection of carol's happens to open before n1's next
+    heartbeat tick.  ``Cluster._heartbeat`` relies on HEARTBEAT returning 1
+    to find out it was reaped and register its local state again; but
+    USER_SET's ``registered()`` has already put n1 back into the nodes set,
+    so HEARTBEAT returns 0 and alice and bob stay offline for good."""
+    scripts.heartbeat("n1", 2)
+    scripts.user_set("n1", "alice", 1, 1)
+    scripts.user_set("n1", "bob", 1, 1)
+    scripts.silent_since("n1", scripts.server_ms() - 60_000)
+    assert parse_reap(scripts.reap())[0].keys() == {"alice", "bob"}
+    # n1 resumes: a new connection first, then its heartbeat
+    scripts.user_set("n1", "carol", 1, 1)
+    assert scripts.heartbeat("n1", 3) == 1, "n1 cannot tell it was reaped"
 
 
 # -- VIEW_CHANGE ---------------------------------------------------------------------------
