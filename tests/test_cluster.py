@@ -107,6 +107,9 @@ def test_live_viewer_counts_are_per_user_across_nodes(cluster):
     viewers[1].close()                                # v2 gone
     for client in (host, viewers[0]):
         assert _settled_count(client, 3) == 3
+    host.ok("live:status", {"streamId": "s1", "status": "ended"})
+    for viewer in (viewers[0], viewers[2]):
+        assert viewer.next("live:status") == {"streamId": "s1", "status": "ended"}
 
 
 def _settled_count(client: Client, expected: int, timeout: float = 10) -> int:
@@ -153,12 +156,21 @@ def test_http_api_on_any_node_reaches_every_node(cluster):
     assert status == 200 and answer["online"] is True and answer["connections"] == 2
     # Room membership removed through node A: bob's connections on B leave.
     room = alice.ok("chat:create", {"name": "api", "type": "private", "members": ["bob"]})["room"]["id"]
+    alice.ok("chat:join", {"chatId": room})
     bob.ok("chat:join", {"chatId": room})
     status, _ = cluster.http(a, "DELETE", f"/api/rooms/{room}/members/bob")
     assert status == 200
     assert bob.next("chat:left") == {"chatId": room, "removed": True}
     alice.ok("chat:message", {"chatId": room, "content": "after removal"})
     bob.nothing("chat:message", 0.5)
+    # Posting as a user and making friends through the API cross nodes too.
+    status, _ = cluster.http(b, "POST", f"/api/rooms/{room}/messages", {"userId": "alice", "content": "via api"})
+    assert status == 200
+    assert alice.next("chat:message", where=lambda m: m["content"] == "via api")
+    status, _ = cluster.http(b, "PUT", "/api/friendships/alice/bob")
+    assert status == 200
+    assert alice.next("friend:accepted") == {"userId": "bob"}
+    assert alice.next("user:online", where=lambda d: d["userId"] == "bob")
     # Disconnect through node A closes both of bob's connections on B.
     status, answer = cluster.http(a, "DELETE", "/websocket/users/bob/disconnect")
     assert status == 200 and answer == {"disconnected": 2}
