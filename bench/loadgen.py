@@ -182,6 +182,15 @@ def mint(secret: str, user: str) -> str:
     return jwt.encode({"sub": user, "iat": now, "exp": now + 3600}, secret, algorithm="HS256")
 
 
+def token(args, name: str) -> str:
+    """A token for user ``bench-<tag>-<name>``: a fresh tag per run, so the
+    users share no room of an earlier run of a database that is kept
+    (PostgreSQL) — otherwise every connect announces the user online to
+    the members of all those rooms.  ``--user-tag ''`` gives the plain
+    ``bench-<name>`` of every run."""
+    return mint(args.secret, f"bench-{args.user_tag}-{name}" if args.user_tag else f"bench-{name}")
+
+
 def content(index: int, size: int) -> str:
     head = f"~T{monotonic_ns():020d}{index:08d} "
     return head + "x" * max(0, size - len(head))
@@ -601,7 +610,7 @@ def start_workers(args):
     n = args.receivers
     workers = max(1, min(args.workers, n))
     ctx = multiprocessing.get_context("fork")
-    tokens = [mint(args.secret, f"bench-r{i}") for i in range(n)]
+    tokens = [token(args, f"r{i}") for i in range(n)]
     pipes, procs = [], []
     for w in range(workers):
         parent, child = ctx.Pipe()
@@ -629,7 +638,7 @@ def stop_workers(pipes, procs) -> None:
 
 async def _fanout(args, pipes, workers: int) -> dict:
     n, m = args.receivers, args.messages
-    (sender,) = await open_all(Sender, args.url, [mint(args.secret, "bench-sender")])
+    (sender,) = await open_all(Sender, args.url, [token(args, "sender")])
     room = (await sender.call("chat:create", "c", {"name": "bench", "type": "public"}))["room"]["id"]
     await sender.call("chat:join", "j", {"chatId": room})
     t_setup = time.monotonic()
@@ -771,7 +780,7 @@ async def ingest(args) -> dict:
     loop = asyncio.get_running_loop()
     stats = {"errors": 0, "error_samples": [], "last_ack": 0, "idle": 0, "conns": k,
              "all_idle": loop.create_future()}
-    tokens = [mint(args.secret, f"bench-i{i}") for i in range(k)]
+    tokens = [token(args, f"i{i}") for i in range(k)]
     conns = await open_all(lambda: IngestConn(stats), args.urls, tokens)
     rooms = []
     for i in range(r):
@@ -1109,7 +1118,7 @@ def start_live_workers(args):
     n = args.viewers
     workers = max(1, min(args.workers, n))
     ctx = multiprocessing.get_context("fork")
-    tokens = [mint(args.secret, f"bench-v{i}") for i in range(n)]
+    tokens = [token(args, f"v{i}") for i in range(n)]
     pipes, procs = [], []
     for w in range(workers):
         parent, child = ctx.Pipe()
@@ -1129,13 +1138,13 @@ async def _live(args, pipes, workers: int) -> dict:
     # A fresh stream id per run, so a PostgreSQL database used before holds
     # no state for it (host, status).
     stream = f"bench-{os.urandom(4).hex()}"
-    (host,) = await open_all(Host, args.url, [mint(args.secret, "host")])
+    (host,) = await open_all(Host, args.url, [token(args, "host")])
     await host.call("live:status", "s", {"streamId": stream, "status": "started"})
     shared = {"stream": stream.encode(), "sent_at": array("q", bytes(8 * total)), "ack_lat": array("q"),
               "error_samples": [], "answered": 0, "total": total, "last_ack": 0,
               "all_answered": loop.create_future()}
     senders = await open_all(lambda: ReactionSender(shared), args.url,
-                             [mint(args.secret, f"bench-s{i}") for i in range(k)])
+                             [token(args, f"s{i}") for i in range(k)])
     for s in senders:
         reply = await s.call("live:join", "j", {"streamId": stream})
         s.viewer_count = reply["viewerCount"]
@@ -1294,6 +1303,8 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=64, help="characters of message content (default 64)")
     p.add_argument("--window", type=int, default=None, help="un-acked messages per sending connection")
     p.add_argument("--stall", type=float, default=15.0, help="give up after this many seconds without progress")
+    p.add_argument("--user-tag", default=None,
+                   help="user ids are bench-TAG-<name> (default: a fresh random TAG per run; '' for bench-<name>)")
     p.add_argument("--timeout", type=float, default=120.0, help="upper bound for the sending phase")
     f = p.add_argument_group("fanout")
     f.add_argument("--receivers", type=int, default=1000)
@@ -1313,6 +1324,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.scenario == "live" and (args.reactions < 1 or args.reaction_rate <= 0 or args.viewers < 1):
         p.error("live needs --viewers >= 1, --reactions >= 1 and --reaction-rate > 0")
+    if args.user_tag is None:
+        args.user_tag = os.urandom(3).hex()
     args.urls = [u for value in args.url for u in value.split(",") if u]
     args.url = args.urls[0]
     args.server_pids = args.server_pid

@@ -343,6 +343,8 @@ def redis_for(opts, processes: int) -> str | None:
 
 def scenario_args(opts, scenario: str) -> list[str]:
     common = ["--size", str(opts.size), "--stall", str(opts.stall)]
+    if opts.user_tag is not None:
+        common.append(f"--user-tag={opts.user_tag}")
     if scenario == "fanout":
         return [*common, "--receivers", str(opts.receivers), "--messages", str(opts.messages),
                 "--window", str(opts.window), "--workers", str(opts.workers), "--sample", str(opts.sample)]
@@ -735,6 +737,9 @@ def parse_args(argv=None):
                    help="fanout/live: every N-th receiver also measures delay and order (default 10)")
     p.add_argument("--no-ceiling", action="store_true", help="fanout: skip the bench/ceiling.py reference run")
     p.add_argument("--no-pin", action="store_true", help="do not pin server and generator to separate CPUs")
+    p.add_argument("--user-tag", metavar="TAG",
+                   help="user ids bench-TAG-<name> (default: a fresh random TAG per run, so users share no room of "
+                        "earlier runs; '' reuses bench-<name> and with it every membership of earlier runs)")
     p.add_argument("--stall", type=float, default=15.0, help="give up after this many seconds without progress")
     p.add_argument("--loadgen-timeout", type=float, default=240.0, help="hard limit per scenario run")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",

@@ -55,27 +55,31 @@ NODE_TIMEOUT = 15.0
 
 REGISTERED = """
 local function registered(p, node)
-  -- a node holding state is always in the nodes set, so it can be reaped
+  -- a node holding state is always in the nodes set, so it can be reaped;
+  -- returns 1 when it was missing (new, or reaped while it was away)
   if not redis.call('ZSCORE', p .. 'nodes', node) then
     local t = redis.call('TIME')
     redis.call('ZADD', p .. 'nodes', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), node)
+    return 1
   end
+  return 0
 end
 """
 
 USER_SET = REGISTERED + """
 local p, node, user, count, delta = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-registered(p, node)
+local missing = registered(p, node)
 local key = p .. 'user:' .. user
 local before = redis.call('HLEN', key)
 redis.call('HSET', key, node, count)
 redis.call('SADD', p .. 'node:' .. node .. ':users', user)
 if delta ~= 0 then redis.call('HINCRBY', p .. 'nodeconns', node, delta) end
+local online = 0
 if before == 0 then
   redis.call('SADD', p .. 'online', user)
-  return 1
+  online = 1
 end
-return 0
+return {online, missing}
 """
 
 USER_LEAVE = """
@@ -141,7 +145,7 @@ return out
 
 VIEW_CHANGE = REGISTERED + """
 local p, node, stream, user, adding = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
-registered(p, node)
+local missing = registered(p, node)
 local key = p .. 'viewers:' .. stream
 local entry = stream .. '\\0' .. user
 if adding then
@@ -151,7 +155,7 @@ if adding then
 elseif redis.call('SREM', p .. 'node:' .. node .. ':viewing', entry) == 1 then
   if redis.call('HINCRBY', key, user, -1) <= 0 then redis.call('HDEL', key, user) end
 end
-return redis.call('HLEN', key)
+return {redis.call('HLEN', key), missing}
 """
 
 COUNTS = """
@@ -200,6 +204,7 @@ class Cluster:
         link.on_control = self._control
         link.on_subscriber_up.append(lambda _conn: self._resync())
         self.reaped_nodes = 0
+        self._reregistering = False
 
     def args(self, *rest: Any) -> list[Any]:
         return [self.link.prefix, self.link.node, *rest]
@@ -235,9 +240,22 @@ class Cluster:
             if added == 1:
                 # Reaped while we could not heartbeat (or never registered):
                 # put this node's users and viewers back.
-                self._register_local()
+                self.reregister()
 
         return d.addCallbacks(beat, lambda _: None)
+
+    def reregister(self) -> None:
+        """This node was missing from the nodes set: register all of its
+        local state again (at most once per reactor turn)."""
+        if self._reregistering:
+            return
+        self._reregistering = True
+
+        def run() -> None:
+            self._reregistering = False
+            self._register_local()
+
+        self.clock.callLater(0, run)
 
     def _reap(self) -> Deferred[None]:
         d = self.link.eval(REAP, [self.link.prefix, int(self.node_timeout * 1000), ""])
@@ -341,7 +359,10 @@ class ClusterPresence:
         d.addCallbacks(self._set_done, self._set_failed, callbackArgs=(user_id,), errbackArgs=(user_id, delta))
         return d
 
-    def _set_done(self, became_online: Any, user_id: str) -> None:
+    def _set_done(self, result: Any, user_id: str) -> None:
+        became_online, missing = result
+        if missing == 1:
+            self.cluster.reregister()
         if became_online == 1:
             self._online.add(user_id)
             self.cluster.announce("on", user_id)
@@ -446,7 +467,10 @@ class ClusterViewers:
     def _change(self, stream_id: str, user_id: str, adding: bool) -> Deferred[None]:
         d = self.link.eval(VIEW_CHANGE, self.cluster.args(stream_id, user_id, "1" if adding else "0"))
 
-        def counted(count: Any) -> None:
+        def counted(result: Any) -> None:
+            count, missing = result
+            if missing == 1:
+                self.cluster.reregister()
             self._remember(stream_id, int(count))
             self.cluster.announce("views", stream_id)
             if self.on_changed is not None:

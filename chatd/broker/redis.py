@@ -66,8 +66,18 @@ def encode_event(node: str, event: Published) -> bytes:
 
 def decode_event(payload: bytes) -> tuple[str, Published]:
     header, _, data = payload.partition(b"\n")
-    node, event_type, skip_user, skip_connection, seq = json.loads(header)
+    fields = json.loads(header)
+    if not isinstance(fields, list) or len(fields) != 5:
+        raise ValueError("not a chatd broker header")
+    node, event_type, skip_user, skip_connection, seq = fields
+    if not (isinstance(node, str) and isinstance(event_type, str) and _optional(skip_user, str)
+            and _optional(skip_connection, str) and _optional(seq, int)):
+        raise ValueError("bad field types in a chatd broker header")
     return node, Published(event_type, data, skip_user, skip_connection, seq)
+
+
+def _optional(value: Any, kind: type) -> bool:
+    return value is None or (isinstance(value, kind) and not isinstance(value, bool))
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):

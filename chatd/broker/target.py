@@ -35,9 +35,11 @@ class RedisTarget:
         if not parts.hostname:
             raise ValueError("the Redis URL has no host")
         try:
-            port = parts.port or 6379
+            port = parts.port if parts.port is not None else 6379
         except ValueError as e:
             raise ValueError(f"bad port in the Redis URL: {e}") from None
+        if not 0 < port < 65536:
+            raise ValueError("the Redis port must be 1 to 65535")
         path = parts.path.strip("/")
         if path and not path.isdigit():
             raise ValueError(f"the Redis database must be a number, not {path!r}")

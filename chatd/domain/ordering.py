@@ -83,8 +83,15 @@ class RoomOrder:
             return
         waiting, room.unknown = room.unknown, None
         room.next_seq = last_seq + 1
+        waiting.sort(key=_seq)
         for event in waiting:
-            self.offer(channel, event)
+            if _seq(event) <= last_seq:
+                # Only connections still joining can want these (another
+                # join whose snapshot was read earlier); each filters by its
+                # own snapshot.
+                self._deliver(channel, event)
+            else:
+                self.offer(channel, event)
 
     def forget(self, channel: str) -> None:
         """No local connection follows the room any more."""
@@ -143,7 +150,7 @@ class RoomOrder:
             self._release(channel, room)
             return
         if missing > MAX_FILL:
-            self._skip_to(channel, room, first_held, "too many")
+            self._skip_to(channel, room, "too many")
             return
         room.filling = True
         d = self._fetch_missing(channel, room.next_seq - 1, missing)
@@ -160,22 +167,29 @@ class RoomOrder:
                 room.held[seq] = event
         self.filled += len(events)
         self._release(channel, room)
-        if room.held and min(room.held) > room.next_seq:
-            self._skip_to(channel, room, min(room.held), "not found in storage")
+        if room.next_seq < first_held:
+            # storage did not have all it was asked for (cannot happen with
+            # gap-free seq, but never wait for it forever)
+            self._skip_to(channel, room, "not found in storage")
 
     def _fill_failed(self, failure: Failure, channel: str, room: _Room, first_held: int) -> None:
         room.filling = False
         log.failure("reading back messages missing in {channel} failed", failure, channel=channel)
         if self._rooms.get(channel) is room:
-            self._skip_to(channel, room, first_held, "storage failed")
+            self._skip_to(channel, room, "storage failed")
 
-    def _skip_to(self, channel: str, room: _Room, seq: int, why: str) -> None:
-        """Give up on a gap: deliver what follows it (clients see the jump in
-        ``seq`` and can fetch the rest with ``chat:history``)."""
-        log.warn("skipping messages {first}..{last} of {channel} ({why})",
-                 first=room.next_seq, last=seq - 1, channel=channel, why=why)
-        self.skipped += seq - room.next_seq
-        room.next_seq = seq
+    def _skip_to(self, channel: str, room: _Room, why: str) -> None:
+        """Give up on the hole before the first held message: deliver from
+        there on (clients see the jump in ``seq`` and can fetch the rest with
+        ``chat:history``).  Later holes get their own wait and read-back."""
+        if not room.held:
+            return
+        first = min(room.held)
+        if first > room.next_seq:
+            log.warn("skipping messages {first}..{last} of {channel} ({why})",
+                     first=room.next_seq, last=first - 1, channel=channel, why=why)
+            self.skipped += first - room.next_seq
+            room.next_seq = first
         self._release(channel, room)
 
     def stop(self) -> None:
@@ -186,3 +200,7 @@ class RoomOrder:
         """For tests: (next seq, held seqs) of a followed room."""
         room = self._rooms.get(channel)
         return None if room is None else (room.next_seq, sorted(room.held))
+
+
+def _seq(event: Published) -> int:
+    return event.seq if event.seq is not None else 0

@@ -100,8 +100,12 @@ class Scripts:
     def eval(self, script: str, *args: Any) -> Any:
         return self.r.call("EVAL", script, 0, *args)
 
-    def user_set(self, node: str, user: str, count: int, delta: int) -> int:
+    def user_set_full(self, node: str, user: str, count: int, delta: int) -> list[int]:
+        """[became online, node was missing from the nodes set]"""
         return self.eval(USER_SET, self.p, node, user, count, delta)
+
+    def user_set(self, node: str, user: str, count: int, delta: int) -> int:
+        return self.user_set_full(node, user, count, delta)[0]
 
     def user_leave(self, node: str, user: str) -> int:
         return self.eval(USER_LEAVE, self.p, node, user)
@@ -112,8 +116,12 @@ class Scripts:
     def reap(self, timeout_ms: int = TIMEOUT_MS, only: str = "") -> list[Any]:
         return self.eval(REAP, self.p, timeout_ms, only)
 
-    def view(self, node: str, stream: str, user: str, adding: bool) -> int:
+    def view_full(self, node: str, stream: str, user: str, adding: bool) -> list[int]:
+        """[viewer count, node was missing from the nodes set]"""
         return self.eval(VIEW_CHANGE, self.p, node, stream, user, "1" if adding else "0")
+
+    def view(self, node: str, stream: str, user: str, adding: bool) -> int:
+        return self.view_full(node, stream, user, adding)[0]
 
     def counts(self, *users: str) -> dict[str, int]:
         flat = self.eval(COUNTS, self.p, *users)
@@ -405,19 +413,22 @@ def test_a_clean_leave_of_a_node_that_never_heartbeat_reports_its_registration(s
 def test_a_reaped_node_learns_it_even_if_a_user_change_came_before_its_heartbeat(scripts):
     """n1 stalls (a long pause, not a disconnect), n2 reaps it: alice and bob
     go offline cluster-wide although both are still connected to n1.  When
-    n1 resumes, a connection of carol's happens to open before n1's next
-    heartbeat tick.  ``Cluster._heartbeat`` relies on HEARTBEAT returning 1
-    to find out it was reaped and register its local state again; but
-    USER_SET's ``registered()`` has already put n1 back into the nodes set,
-    so HEARTBEAT returns 0 and alice and bob stay offline for good."""
+    n1 resumes, a connection of carol's may open before n1's next heartbeat;
+    the script that registers carol puts n1 back and says so, so n1
+    registers its local state again (``Cluster.reregister``)."""
     scripts.heartbeat("n1", 2)
     scripts.user_set("n1", "alice", 1, 1)
     scripts.user_set("n1", "bob", 1, 1)
     scripts.silent_since("n1", scripts.server_ms() - 60_000)
     assert parse_reap(scripts.reap())[0].keys() == {"alice", "bob"}
     # n1 resumes: a new connection first, then its heartbeat
-    scripts.user_set("n1", "carol", 1, 1)
-    assert scripts.heartbeat("n1", 3) == 1, "n1 cannot tell it was reaped"
+    assert scripts.user_set_full("n1", "carol", 1, 1) == [1, 1], "n1 cannot tell it was reaped"
+    assert scripts.heartbeat("n1", 3) == 0
+    assert scripts.user_set_full("n1", "dave", 1, 1) == [1, 0]
+    # the same through a viewer change
+    scripts.silent_since("n1", scripts.server_ms() - 60_000)
+    parse_reap(scripts.reap())
+    assert scripts.view_full("n1", "s", "carol", True) == [1, 1]
 
 
 # -- VIEW_CHANGE ---------------------------------------------------------------------------
