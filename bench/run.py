@@ -23,6 +23,16 @@ Scenarios (each on a fresh server on a free loopback port):
 
 On a machine with two or more CPUs the server is pinned to CPU 0 and the
 generator to CPU 1 (``--no-pin`` to let the scheduler decide).
+
+``--processes N`` runs chatd as N processes (free ports, one scratch
+directory each) sharing Redis (``--redis``, a fresh key prefix per run),
+the PostgreSQL ``--database`` and one JWT secret; the generator spreads the
+receivers/viewers round robin over them, the sender uses the first.  Repeat
+it (``--processes 1 --processes 2``) to run both in every round and get the
+ratio; N > 1 implies ``--no-pin`` for every variant.
+
+    .venv/bin/python bench/run.py --scenario fanout --database postgresql://127.0.0.1:5432/test \
+        --processes 1 --processes 2 --workers 2 --no-ceiling
 """
 
 from __future__ import annotations
