@@ -265,8 +265,14 @@ class ChatdService(Service):
         self.chat.typing.stop_all()
         self.presence.stop()
         if self.cluster is not None:
-            # Users connected nowhere else go offline for the other nodes now.
-            yield self.cluster.stop()
+            # Users connected nowhere else go offline for the other nodes now
+            # (bounded: a node that cannot finish is reaped by the others).
+            leaving = self.cluster.stop()
+            leaving.addTimeout(self.config.shutdown_timeout, self.reactor)
+            try:
+                yield leaving
+            except Exception:
+                log.warn("leaving the cluster did not finish in time; the other nodes will reap this one")
         self.live.stop()
         if self.registry.order is not None:
             self.registry.order.stop()

@@ -41,6 +41,13 @@ class InProcessBroker:
             self._receiver(channel, event)
         return succeed(None)
 
+    def publish_many(self, channels: list[str], event: Published) -> Deferred[None]:
+        if self._receiver is not None:
+            for channel in channels:
+                if channel in self._subscriptions:
+                    self._receiver(channel, event)
+        return succeed(None)
+
     def ready(self, channel: str) -> Deferred[None]:
         return succeed(None)
 

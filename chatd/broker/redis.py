@@ -58,22 +58,32 @@ def new_node_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def encode_event(node: str, event: Published) -> bytes:
-    header = json.dumps([node, event.type, event.skip_user, event.skip_connection, event.seq],
-                        separators=(",", ":")).encode()
-    return header + b"\n" + event.data
+def encode_event(node: str, event: Published, channels: list[str] | None = None) -> bytes:
+    fields: list[Any] = [node, event.type, event.skip_user, event.skip_connection, event.seq]
+    if channels is not None:
+        fields.append(channels)
+    return json.dumps(fields, separators=(",", ":")).encode() + b"\n" + event.data
 
 
 def decode_event(payload: bytes) -> tuple[str, Published]:
+    node, event, _ = decode_event_for(payload)
+    return node, event
+
+
+def decode_event_for(payload: bytes) -> tuple[str, Published, list[str] | None]:
+    """(publishing node, event, the channels of a multi-channel publish)."""
     header, _, data = payload.partition(b"\n")
     fields = json.loads(header)
-    if not isinstance(fields, list) or len(fields) != 5:
+    if not isinstance(fields, list) or len(fields) not in (5, 6):
         raise ValueError("not a chatd broker header")
-    node, event_type, skip_user, skip_connection, seq = fields
+    node, event_type, skip_user, skip_connection, seq = fields[:5]
+    channels = fields[5] if len(fields) == 6 else None
     if not (isinstance(node, str) and isinstance(event_type, str) and _optional(skip_user, str)
             and _optional(skip_connection, str) and _optional(seq, int)):
         raise ValueError("bad field types in a chatd broker header")
-    return node, Published(event_type, data, skip_user, skip_connection, seq)
+    if channels is not None and not (isinstance(channels, list) and all(isinstance(c, str) for c in channels)):
+        raise ValueError("bad channel list in a chatd broker header")
+    return node, Published(event_type, data, skip_user, skip_connection, seq), channels
 
 
 def _optional(value: Any, kind: type) -> bool:
@@ -157,6 +167,7 @@ class RedisLink:
         self.ca_file = ca_file
         self.node = node_id or new_node_id()
         self.control_channel = (prefix + "cluster").encode()
+        self.many_channel = (prefix + "many").encode()
         self._commands = _CommandFactory(self, target)
         self._subscriptions = _SubscriberFactory(self)
         self._subscriptions.charset = None
@@ -200,7 +211,8 @@ class RedisLink:
 
     def _subscriber_up(self, conn: Any) -> None:
         self._subscriber = conn
-        conn.subscribe([self.control_channel]).addErrback(self._log_failure, "subscribing to the control channel")
+        conn.subscribe([self.control_channel, self.many_channel]).addErrback(
+            self._log_failure, "subscribing to the control channels")
         for callback in self.on_subscriber_up:
             callback(conn)
         self._maybe_up()
@@ -396,6 +408,19 @@ class RedisBroker:
         d = self.link.publish(self._channel_prefix + channel.encode(), encode_event(self.link.node, event))
         return d.addCallbacks(lambda _: None, self._publish_failed)
 
+    def publish_many(self, channels: list[str], event: Published) -> Deferred[None]:
+        """One event to many channels (a presence change to every online
+        member of a user's audience, a backend push to a list of users):
+        ONE publish on the shared multi-channel channel, whose header lists
+        the channels; each node delivers to those it listens on."""
+        if self._receiver is not None:
+            for channel in channels:
+                if channel in self._subscriptions:
+                    self._receiver(channel, event)
+        self.published += 1
+        d = self.link.publish(self.link.many_channel, encode_event(self.link.node, event, channels))
+        return d.addCallbacks(lambda _: None, self._publish_failed)
+
     def _publish_failed(self, failure: Failure) -> None:
         """Logged once per outage by the link; local delivery happened."""
         self.publish_failures += 1
@@ -403,18 +428,21 @@ class RedisBroker:
             log.failure("redis publish failed", failure)
 
     def _message(self, channel: bytes, payload: bytes) -> None:
-        if not channel.startswith(self._channel_prefix) or self._receiver is None:
+        many = channel == self.link.many_channel
+        if self._receiver is None or not (many or channel.startswith(self._channel_prefix)):
             return
         try:
-            node, event = decode_event(payload)
+            node, event, channels = decode_event_for(payload)
         except (ValueError, TypeError):
             log.warn("dropped a malformed broker message on {channel}", channel=channel)
             return
         if node == self.link.node:
             return  # delivered locally when published
-        name = channel[len(self._channel_prefix):].decode()
-        if name in self._subscriptions:
-            self._receiver(name, event)
+        if not many:
+            channels = [channel[len(self._channel_prefix):].decode()]
+        for name in channels or ():
+            if name in self._subscriptions:
+                self._receiver(name, event)
 
     def ping(self) -> Deferred[None]:
         return self.link.ping()

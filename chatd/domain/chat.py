@@ -111,6 +111,15 @@ class ChatService:
             d.addCallback(lambda _: observe(time.monotonic() - started))
         d.addErrback(self._publish_failed, channel, event.type)
 
+    def publish_many(self, channels: list[str], event: Published) -> None:
+        if not channels:
+            return
+        if len(channels) == 1:
+            self.publish(channels[0], event)
+            return
+        d = self.broker.publish_many(channels, event)
+        d.addErrback(self._publish_failed, f"{len(channels)} channels", event.type)
+
     @staticmethod
     def _publish_failed(failure: Failure, channel: str, event_type: str) -> None:
         log.failure("publishing {event} on {channel} failed", failure, event=event_type, channel=channel)

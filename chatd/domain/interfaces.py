@@ -136,6 +136,9 @@ class Broker(Protocol):
 
     def publish(self, channel: str, event: Published) -> Deferred[None]: ...
 
+    def publish_many(self, channels: list[str], event: Published) -> Deferred[None]:
+        """The same event on many channels, as one message between nodes."""
+
     def ready(self, channel: str) -> Deferred[None]:
         """Fires once events published on the channel anywhere reach this
         node (a Redis SUBSCRIBE is confirmed asynchronously)."""

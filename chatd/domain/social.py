@@ -185,10 +185,8 @@ class SocialService:
         return d
 
     def _tell(self, audience: list[str], event_type: str, data: dict[str, Any]) -> None:
-        """One encoding, one publish per online member of the audience."""
-        event = Published(event_type, encode(data))
-        for user_id in audience:
-            self.chat.publish(user_channel(user_id), event)
+        """One encoding, one publish for every online member of the audience."""
+        self.chat.publish_many([user_channel(u) for u in audience], Published(event_type, encode(data)))
 
     @inlineCallbacks
     def online_status(self, conn: Connection):
@@ -369,8 +367,7 @@ class SocialService:
         to some users' connections, or to everyone (``user_ids=None``)."""
         event = Published("message", encode({"type": kind, "data": data, "timestamp": now_iso()}))
         channels = [BROADCAST_CHANNEL] if user_ids is None else [user_channel(u) for u in user_ids]
-        for channel in channels:
-            self.chat.publish(channel, event)
+        self.chat.publish_many(channels, event)
 
     @inlineCallbacks
     def _require_known(self, user_id: str):

@@ -202,6 +202,7 @@ class FakeLink:
     def __init__(self, prefix: str = "chatd:", node: str = "node-a") -> None:
         self.prefix = prefix
         self.node = node
+        self.many_channel = (prefix + "many").encode()
         self.subscriber: FakeSubscriber | None = FakeSubscriber()
         self.on_message: Any = None
         self.on_subscriber_up: list[Any] = []
@@ -548,3 +549,30 @@ def test_ping_start_and_stop_go_to_the_link(s):
     assert s.link.stopped == 1
     assert waiter.called  # nobody is left waiting
     assert s.clock.getDelayedCalls() == []  # the sync pass and the ready timeout
+
+
+def test_publish_many_is_one_publish_and_reaches_local_and_remote_listeners_once():
+    setup = Setup()
+    broker = setup.broker
+    broker.subscribe("user:a")
+    broker.subscribe("user:c")
+    event = Published("user:online", b'{"userId":"x"}')
+    broker.publish_many(["user:a", "user:b", "user:c"], event)
+    assert [channel for channel, _ in setup.received] == ["user:a", "user:c"]
+    assert len(setup.link.published) == 1
+    channel, payload = setup.link.published[0]
+    assert channel == b"chatd:many"
+    # the echo from Redis is dropped; another node's multi publish is delivered
+    setup.link.on_message(channel, payload)
+    assert len(setup.received) == 2
+    remote = payload.replace(b'"node-a"', b'"node-b"', 1)
+    setup.link.on_message(channel, remote)
+    assert [c for c, _ in setup.received[2:]] == ["user:a", "user:c"]
+
+
+def test_a_malformed_channel_list_is_dropped():
+    setup = Setup()
+    setup.broker.subscribe("user:a")
+    setup.link.on_message(b"chatd:many", b'["node-b","t",null,null,null,"user:a"]\n{}')
+    setup.link.on_message(b"chatd:many", b'["node-b","t",null,null,null,[1]]\n{}')
+    assert setup.received == []
