@@ -146,7 +146,7 @@ class _CommandFactory(txredisapi.RedisFactory):
     def __init__(self, link: RedisLink, target: RedisTarget) -> None:
         super().__init__(
             target.host, target.db, 1, isLazy=True, charset=None, password=target.password,
-            replyTimeout=COMMAND_TIMEOUT, username=target.username,
+            replyTimeout=COMMAND_TIMEOUT, convertNumbers=False, username=target.username,
         )
         self.link = link
 
@@ -171,6 +171,7 @@ class RedisLink:
         self._commands = _CommandFactory(self, target)
         self._subscriptions = _SubscriberFactory(self)
         self._subscriptions.charset = None
+        self._subscriptions.convertNumbers = False
         self._subscriptions.password = target.password
         self._subscriptions.username = target.username
         self._subscriber: Any = None
