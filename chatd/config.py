@@ -149,6 +149,13 @@ def _redis(value: Any) -> str | None:
     return url
 
 
+def _log_format(value: Any) -> str:
+    text = _text(value)
+    if text not in ("text", "json"):
+        raise ValueError("expected 'text' or 'json'")
+    return text
+
+
 def _redis_prefix(value: Any) -> str:
     text = _text(value)
     if not text or len(text) > 64 or any(c.isspace() for c in text):
@@ -202,6 +209,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("reaction_rate", _positive_number, 10.0, "live reactions per second allowed per user (burst: twice that)"),
     Setting("viewer_count_interval", _positive_number, 0.5, "least seconds between two live:viewer-count pushes of a stream"),
     Setting("metrics_require_auth", _boolean, False, "whether GET /metrics needs the API key or an admin token"),
+    Setting("log_format", _log_format, "text", "'text' (human-readable) or 'json' (one JSON object per line, for journald and log shippers)"),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -239,6 +247,7 @@ class Config:
     reaction_rate: float = 10.0
     viewer_count_interval: float = 0.5
     metrics_require_auth: bool = False
+    log_format: str = "text"
     secret_generated: bool = False
 
     @property

@@ -64,6 +64,19 @@ class ChatdService(Service):
         self.port: IListeningPort | None = None
         self._built = False
 
+    def setServiceParent(self, parent: Any) -> Any:
+        """Under twistd the parent is the application, whose log observer
+        twistd installs after building the service: with ``log_format =
+        "json"`` that is chatd's JSON-lines observer."""
+        result = super().setServiceParent(parent)
+        if self.config.log_format == "json" and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            from chatd.logs import JsonLinesObserver
+
+            parent.setComponent(ILogObserver, JsonLinesObserver())
+        return result
+
     # -- building ---------------------------------------------------------------
 
     def prepare(self) -> None:

@@ -230,7 +230,8 @@ class RedisLink:
         if not self.is_up():
             return
         if self._down_logged or not self._was_up:
-            log.info("redis {target} connected (node {node})", target=self.target.safe(), node=self.node)
+            log.info("redis {target} connected (node {node})", event="redis.up",
+                     target=self.target.safe(), node=self.node)
         reconnect = self._was_up
         self._was_up = True
         self._down_logged = False
@@ -243,8 +244,8 @@ class RedisLink:
         self.last_error = why
         if not self._down_logged and not self._stopping:
             self._down_logged = True
-            log.warn("redis {target} unavailable ({why}); serving local connections only, reconnecting",
-                     target=self.target.safe(), why=why)
+            log.warn("redis {target} unavailable ({error}); serving local connections only, reconnecting",
+                     event="redis.down", target=self.target.safe(), error=why)
 
     def is_up(self) -> bool:
         return self._subscriber is not None and self._command_connection() is not None

@@ -39,6 +39,8 @@ class Responder(Connection, Protocol):
 
     def reply_error(self, envelope: Envelope, code: str, message: str) -> None: ...
 
+    def note_error(self, code: str, request: str | None) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -153,8 +155,7 @@ class Dispatcher:
 
     def _refuse(self, responder: Responder, envelope: Envelope, route: Route, code: str, message: str) -> None:
         if envelope.id is None and route.error_event is not None:
-            if self.metrics is not None:
-                self.metrics.error(code)
+            responder.note_error(code, envelope.type)
             data: dict[str, Any] = {"code": code, "message": message}
             temp_id = envelope.data.get("tempId") if isinstance(envelope.data, dict) else None
             if isinstance(temp_id, str):

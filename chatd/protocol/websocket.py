@@ -163,6 +163,9 @@ class ChatdServerProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         factory = self.factory
         factory.connections[self] = None
+        self._opened_at = factory.clock.seconds()
+        log.info("connection {connection} opened from {peer}", event="connection.open",
+                 connection=self.connection_id, peer=self.peer)
         self._bucket = _TokenBucket(factory.config.rate_limit, factory.config.rate_burst, factory.clock.seconds())
         self._buffer_owner = _socket_transport(self.transport)
         self._fast_send = self._fast_sender()
@@ -178,14 +181,17 @@ class ChatdServerProtocol(WebSocketServerProtocol):
     def _auth_timed_out(self) -> None:
         self._auth_timer = None
         if self.identity is None:
-            log.info("connection {connection} did not authenticate in time", connection=self.connection_id)
+            log.info("connection {connection} did not authenticate in time", event="auth.failed",
+                     connection=self.connection_id, reason="timeout")
             self.close_with(CLOSE_UNAUTHENTICATED, "authentication timeout")
 
     def _authenticate(self, token: Any, envelope: Envelope | None) -> None:
         try:
             identity = self.factory.verifier.verify(token)
         except AuthError as e:
-            log.info("authentication failed on {connection}: {reason}", connection=self.connection_id, reason=str(e))
+            log.info("authentication failed on {connection}: {reason}", event="auth.failed",
+                     connection=self.connection_id, user=self.identity.user_id if self.identity else None,
+                     reason=str(e))
             self._error(ErrorCode.UNAUTHORIZED, f"authentication failed: {e}",
                         envelope.id if envelope else None, "auth")
             if self.identity is None:
@@ -209,6 +215,8 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         if envelope is not None and envelope.id is not None:
             self._send(encode_ack(envelope.id, data))
         if first:
+            log.info("connection {connection} authenticated as {user}", event="auth.ok",
+                     connection=self.connection_id, user=identity.user_id)
             self.factory.sessions.opened(self)
 
     # -- requests -------------------------------------------------------------
@@ -252,7 +260,8 @@ class ChatdServerProtocol(WebSocketServerProtocol):
 
     def _rate_limited(self, payload: bytes, bucket: _TokenBucket) -> None:
         if bucket.strikes > self.factory.config.rate_burst:
-            log.info("closing flooding connection {connection}", connection=self.connection_id)
+            log.info("closing flooding connection {connection} ({user})", event="connection.flooding",
+                     connection=self.connection_id, user=self.identity.user_id if self.identity else None)
             self.close_with(CLOSE_POLICY, "flooding")
             return
         try:
@@ -276,10 +285,18 @@ class ChatdServerProtocol(WebSocketServerProtocol):
             self._error(code, message, envelope.id, envelope.type or None)
 
     def _error(self, code: str, message: str, request_id: str | None = None, event: str | None = None) -> None:
+        self.note_error(code, event)
+        self._send(encode_error(code, message, request_id, event))
+
+    def note_error(self, code: str, request: str | None) -> None:
+        """Count and log an error sent to this connection (the code and the
+        request's event type; never the request's content)."""
         metrics = self.factory.metrics
         if metrics is not None:
             metrics.error(code)
-        self._send(encode_error(code, message, request_id, event))
+        log.info("sent {code} to {connection} ({user}) for {request}", event="error.sent", code=str(code),
+                 request=request, connection=self.connection_id,
+                 user=self.identity.user_id if self.identity else None)
 
     # -- Connection (what the domain sends through) ------------------------------
 
@@ -359,6 +376,7 @@ class ChatdServerProtocol(WebSocketServerProtocol):
     def _overflowed(self) -> None:
         log.warn(
             "closing slow consumer {connection} ({user}): more than {limit} bytes waiting",
+            event="connection.slow",
             connection=self.connection_id,
             user=self.identity.user_id if self.identity else None,
             limit=self.factory.config.max_send_buffer,
@@ -368,8 +386,6 @@ class ChatdServerProtocol(WebSocketServerProtocol):
     # -- closing --------------------------------------------------------------
 
     def disconnect(self, code: int, reason: str) -> None:
-        log.info("closing {connection} ({user}) with {code}: {reason}", connection=self.connection_id,
-                 user=self.identity.user_id if self.identity else None, code=code, reason=reason)
         self.close_with(code, reason)
 
     def close_with(self, code: int, reason: str) -> None:
@@ -388,7 +404,12 @@ class ChatdServerProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._detach()
-        self.factory.connections.pop(self, None)
+        if self.factory.connections.pop(self, 0) is None:
+            opened = getattr(self, "_opened_at", None)
+            log.info("connection {connection} ({user}) closed with {code} {reason}", event="connection.close",
+                     connection=self.connection_id, user=self.identity.user_id if self.identity else None,
+                     code=code, reason=reason or "", clean=wasClean,
+                     seconds=round(self.factory.clock.seconds() - opened, 3) if opened is not None else None)
         closed = self.factory.closed_waiters.pop(self, None)
         if closed is not None:
             closed.callback(None)

@@ -69,6 +69,7 @@ class SqlStore(SocialQueries, StreamQueries):
         self.engine = engine
         self.pool = pool if pool is not None else engine.pool()
         self.writer = GroupCommitWriter(self, max_batch)
+        self._outage = False
 
     # -- running transactions ------------------------------------------------
 
@@ -76,8 +77,14 @@ class SqlStore(SocialQueries, StreamQueries):
         """Run ``work(cursor, *args)`` in one transaction on a pool thread."""
         d = self.pool.runWithConnection(self._transaction, work, args)
         d.addCallback(_raise_failed)
-        d.addErrback(self._translate)
+        d.addCallbacks(self._reachable, self._translate)
         return d
+
+    def _reachable(self, result: T) -> T:
+        if self._outage:
+            self._outage = False
+            log.info("database reachable again", event="storage.up")
+        return result
 
     def _transaction(self, conn: adbapi.Connection, work: Callable[..., T], args: tuple[Any, ...]) -> T | _Failed:
         """Runs on a pool thread.  Never raises: adbapi's own rollback and
@@ -98,7 +105,8 @@ class SqlStore(SocialQueries, StreamQueries):
                     return _Failed(e)
                 if not self._replace_connection(conn) or attempt == 2:
                     return _Failed(e)
-                log.info("database connection failed ({error}); retrying on a new connection", error=_short(e))
+                log.warn("database connection failed ({error}); retrying on a new connection",
+                         event="storage.error", error=_short(e))
                 continue
             try:
                 conn.commit()
@@ -124,6 +132,10 @@ class SqlStore(SocialQueries, StreamQueries):
     def _translate(self, failure: Failure) -> Failure:
         error = failure.value
         if isinstance(error, _CommitStarted) or self.engine.is_unavailable(error):
+            if not self._outage:  # once per outage, not once per request
+                self._outage = True
+                log.warn("database unavailable ({error}); requests that need it get UNAVAILABLE",
+                         event="storage.down", error=_short(error))
             raise StoreUnavailable(_short(error))
         if self.engine.is_bad_data(error):
             raise ChatError(ErrorCode.INVALID_MESSAGE, f"the database refused a value: {_short(error)}")
@@ -492,11 +504,11 @@ class GroupCommitWriter:
         only the guilty one fails."""
         if failure.check(StoreUnavailable) or len(batch) == 1:
             if not failure.check(StoreUnavailable, ChatError):
-                log.failure("storing a message failed", failure)
+                log.failure("storing a message failed", failure, event="storage.error")
             for _, d in batch:
                 d.errback(failure)
             return None
-        log.info("message batch of {count} failed ({error}); storing one by one",
+        log.warn("message batch of {count} failed ({error}); storing one by one", event="storage.error",
                  count=len(batch), error=failure.getErrorMessage())
         return self._one_by_one(batch)
 

@@ -1,0 +1,75 @@
+"""Logging: human-readable by default (twistd's own format), or one JSON
+object per line (``--log-format json``) for journald and log shippers.
+
+chatd logs through ``twisted.logger`` with named fields, so both formats
+carry the same facts.  Events about connections name the connection and
+the user (``connection``, ``user``) and say what happened in ``event``
+(``connection.open``, ``auth.ok``, ``auth.failed``, ``error.sent``,
+``connection.close``, ``storage.error``, ``redis.down``, ``redis.up``, …);
+tokens and message content are never put into a log event.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from twisted.logger import ILogObserver, formatEvent
+from zope.interface import implementer
+
+LOG_FORMATS = ("text", "json")
+
+# Keys twisted.logger adds to every event, and legacy-log keys that repeat
+# the message: not copied into the JSON object as fields.
+_INTERNAL = {"format", "message", "isError", "system", "time", "why", "failure", "log_trace"}
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def event_as_json(event: dict[str, Any]) -> str:
+    """One log event as a JSON object: time (UTC, ISO 8601), level,
+    namespace, the formatted message, then the event's own fields."""
+    stamp = event.get("log_time")
+    record: dict[str, Any] = {
+        "time": datetime.fromtimestamp(stamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        if isinstance(stamp, int | float) else None,
+        "level": getattr(event.get("log_level"), "name", "info"),
+        "namespace": event.get("log_namespace") or event.get("system") or "-",
+        "message": formatEvent(event),
+    }
+    for key, value in event.items():
+        if key.startswith("log_") or key in _INTERNAL or key in record:
+            continue
+        record[key] = _plain(value)
+    failure = event.get("log_failure")
+    if failure is not None:
+        record["error"] = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+        record["traceback"] = failure.getTraceback()
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+@implementer(ILogObserver)
+class JsonLinesObserver:
+    """Writes each event as one line of JSON and flushes it at once (a
+    supervisor reading our stdout must see a line as soon as it is logged)."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self._stream = stream
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        stream = self._stream or sys.__stdout__ or sys.stdout
+        try:
+            stream.write(event_as_json(event) + "\n")
+            stream.flush()
+        except Exception:  # a log line must never take the server down
+            pass
