@@ -23,6 +23,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
@@ -79,11 +80,16 @@ class _SendBufferWatch:
 
 
 def _socket_transport(transport: Any) -> Any:
-    """The transport that owns the socket's write buffer (TLS wraps one)."""
+    """The transport that owns the socket's write buffer (TLS wraps one).
+
+    Checked by type: a TLS protocol wrapper forwards unknown attributes to
+    the transport below it, so asking it for ``socket`` or ``dataBuffer``
+    would answer with the raw TCP connection's (and writing there would
+    bypass encryption)."""
     for _ in range(4):
-        if hasattr(transport, "_tempDataLen"):
+        if isinstance(transport, FileDescriptor):
             return transport
-        transport = getattr(transport, "transport", None)
+        transport = transport.__dict__.get("transport") if hasattr(transport, "__dict__") else None
         if transport is None:
             return None
     return None
@@ -323,7 +329,10 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         Twisted's.  TLS and other transports always use ``transport.write``."""
         transport = self.transport
         tcp = self._buffer_owner
-        if tcp is not transport or not hasattr(tcp, "socket") or not hasattr(tcp, "dataBuffer"):
+        if (tcp is not transport or not hasattr(tcp, "socket") or not hasattr(tcp, "dataBuffer")
+                or getattr(tcp, "TLS", False)):
+            # TLS started inside the TCP transport (listenSSL does that): its
+            # write encrypts, the raw socket must never be written to.
             return transport.write
         sock_send = tcp.socket.send
         write = tcp.write
