@@ -190,6 +190,13 @@ class ChatdService(Service):
         self.build()
         try:
             endpoint = endpoints.serverFromString(self.reactor, self.config.listen)
+        except IndexError as e:
+            if self.config.listen.startswith("systemd:"):
+                raise StartupError(
+                    f"listen {self.config.listen}: no such socket passed by systemd "
+                    "(LISTEN_FDS/LISTEN_PID; start chatd through its .socket unit)"
+                ) from e
+            raise StartupError(f"invalid listen ({self.config.listen}): {_one_line(e)}") from e
         except Exception as e:
             raise StartupError(f"invalid listen ({self.config.listen}): {_one_line(e)}") from e
         d = endpoint.listen(self.site)
@@ -208,7 +215,10 @@ class ChatdService(Service):
         and systemd answer synchronously, so a failure stops start-up."""
         super().privilegedStartService()
         outcome: list[Any] = []
-        self.listen().addBoth(outcome.append)
+        try:
+            self.listen().addBoth(outcome.append)
+        except StartupError as e:
+            fail_startup(str(e))
         if outcome and isinstance(outcome[0], Failure):
             fail_startup(outcome[0].getErrorMessage())
 
