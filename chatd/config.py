@@ -209,6 +209,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("reaction_rate", _positive_number, 10.0, "live reactions per second allowed per user (burst: twice that)"),
     Setting("viewer_count_interval", _positive_number, 0.5, "least seconds between two live:viewer-count pushes of a stream"),
     Setting("metrics_require_auth", _boolean, False, "whether GET /metrics needs the API key or an admin token"),
+    Setting("tls_cert", _public_key_file, None, "PEM certificate (chain) file: serve TLS (wss://, https://) on any listen endpoint, systemd: included"),
+    Setting("tls_key", _public_key_file, None, "PEM private key file for tls_cert"),
     Setting("log_format", _log_format, "text", "'text' (human-readable) or 'json' (one JSON object per line, for journald and log shippers)"),
 )
 
@@ -247,6 +249,8 @@ class Config:
     reaction_rate: float = 10.0
     viewer_count_interval: float = 0.5
     metrics_require_auth: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
     log_format: str = "text"
     secret_generated: bool = False
 
@@ -344,12 +348,27 @@ def _finish(values: dict[str, Any], create_secret: bool) -> Config:
         if create_secret:
             values["jwt_secret"] = load_or_create_secret(data_dir)
             generated = True
+    if bool(values.get("tls_cert")) != bool(values.get("tls_key")):
+        raise ConfigError("invalid tls_cert/tls_key: give both, or neither")
+    if values.get("tls_cert") and listen.startswith("ssl:"):
+        raise ConfigError("invalid tls_cert: listen is ssl: already (use one or the other)")
+    if values.get("tls_cert"):
+        _check_tls(values["tls_cert"], values["tls_key"])
     if values.get("jwt_secret") and len(values["jwt_secret"]) < 16:
         raise ConfigError("invalid jwt_secret: use at least 16 characters")
     cfg = Config(**{k: v for k, v in values.items() if k in {f.name for f in fields(Config)}}, secret_generated=generated)
     if cfg.ping_interval and cfg.ping_timeout >= cfg.ping_interval:
         raise ConfigError("invalid ping_timeout: must be shorter than ping_interval")
     return cfg
+
+
+def _check_tls(cert_file: str, key_file: str) -> None:
+    from chatd.tls import server_options
+
+    try:
+        server_options(cert_file, key_file)
+    except Exception as e:
+        raise ConfigError(f"invalid tls_cert/tls_key: {' '.join(str(e).split()) or type(e).__name__}") from None
 
 
 def _check_endpoint(description: str) -> None:

@@ -199,7 +199,14 @@ class ChatdService(Service):
             raise StartupError(f"invalid listen ({self.config.listen}): {_one_line(e)}") from e
         except Exception as e:
             raise StartupError(f"invalid listen ({self.config.listen}): {_one_line(e)}") from e
-        d = endpoint.listen(self.site)
+        factory: Any = self.site
+        if self.config.tls_cert and self.config.tls_key:
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            from chatd.tls import server_options
+
+            factory = TLSMemoryBIOFactory(server_options(self.config.tls_cert, self.config.tls_key), False, self.site)
+        d = endpoint.listen(factory)
 
         def listening(port: IListeningPort) -> IListeningPort:
             self.port = port
@@ -235,7 +242,7 @@ class ChatdService(Service):
         assert self.port is not None
         address = self.port.getHost()
         host = getattr(address, "host", None)
-        http = "https" if self.config.listen.startswith("ssl:") else "http"
+        http = "https" if self.config.listen.startswith("ssl:") or self.config.tls_cert else "http"
         ws = "wss" if http == "https" else "ws"
         where = f"{host}:{address.port}" if host is not None else str(address)
         if ":" in str(host):

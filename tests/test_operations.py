@@ -22,7 +22,7 @@ from websockets.sync.client import connect
 from chatd.auth import mint_token
 from chatd.config import Config
 from tests.certs import make_certificates
-from tests.daemon import BIN, REPO, TWISTD, Daemon, clean_env, free_port
+from tests.daemon import BIN, REPO, TWISTD, Daemon, clean_env, free_port, run_module
 from tests.syncclient import Client
 
 SECRET = "operations-secret-" + "q" * 40
@@ -163,6 +163,45 @@ def test_tls_serves_wss_and_https_on_one_port(tmp_path):
         assert f"listening on https://127.0.0.1:{port} (WebSocket wss://" in daemon.output()
     finally:
         assert daemon.terminate()
+
+
+def test_tls_on_a_socket_passed_by_systemd(tmp_path):
+    """tls_cert/tls_key wrap any endpoint: the shared systemd socket serves
+    wss:// and https://."""
+    files = make_certificates(tmp_path / "tls", ["localhost"])
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    env = clean_env(CHATD_JWT_SECRET=SECRET, CHATD_TLS_CERT=str(files["cert"]), CHATD_TLS_KEY=str(files["key"]))
+    proc = _activated(listener, ["--data-dir", str(tmp_path / "data")], env, tmp_path / "tls.log")
+    listener.close()
+    context = ssl.create_default_context(cafile=str(files["ca"]))
+    try:
+        assert _healthy(f"https://localhost:{port}/healthz", context)["status"] == "ok"
+        token = mint_token(Config(jwt_secret=SECRET), "alice")
+        with connect(f"wss://localhost:{port}/ws?token={token}", ssl=context, open_timeout=10) as ws:
+            assert json.loads(ws.recv(timeout=5))["type"] == "authenticated"
+    finally:
+        proc.terminate()
+        assert proc.wait(20) in (0, -15)
+    assert "listening on https://127.0.0.1:" in (tmp_path / "tls.log").read_text()
+
+
+def test_tls_settings_are_checked_before_start(tmp_path):
+    files = make_certificates(tmp_path / "a", ["localhost"])
+    other = make_certificates(tmp_path / "b", ["localhost"])
+    cases = {
+        "give both": {"CHATD_TLS_CERT": str(files["cert"])},
+        "do not match": {"CHATD_TLS_CERT": str(files["cert"]), "CHATD_TLS_KEY": str(other["key"])},
+        "no PEM certificate": {"CHATD_TLS_CERT": str(files["key"]), "CHATD_TLS_KEY": str(files["key"])},
+    }
+    for why, env in cases.items():
+        result = run_module(["check-config"], clean_env(**env), str(tmp_path))
+        assert result.returncode == 1 and "tls_cert" in result.stderr and why in result.stderr, (why, result.stderr)
+    good = run_module(["check-config"], clean_env(CHATD_TLS_CERT=str(files["cert"]), CHATD_TLS_KEY=str(files["key"])),
+                      str(tmp_path))
+    assert good.returncode == 0, good.stderr
 
 
 # -- logging ---------------------------------------------------------------------------
