@@ -57,6 +57,12 @@ def test_systemd_units_verify(tmp_path):
     ours = [line for line in (result.stdout + result.stderr).splitlines()
             if any(name.split("@")[0].split(".")[0] in line for name in names)]
     assert result.returncode == 0 and not ours, result.stdout + result.stderr
+    # The hardening, scored by systemd itself: exposure 1.7 of 10 ("OK")
+    # today; fail if a change pushes it past 2.5.
+    for unit in ("chatd.service", "chatd@1.service"):
+        security = subprocess.run([analyze, "security", "--offline=true", "--threshold=25", unit], cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=60)
+        assert security.returncode == 0, security.stdout[-2000:] + security.stderr
 
 
 def test_units_run_what_the_docs_say():
