@@ -230,6 +230,8 @@ def test_json_logs_one_object_per_line_without_tokens_or_content(tmp_path):
         assert alice.request("no:such", {"x": secret_words})["data"]["code"] == "UNKNOWN_EVENT"
         connection_id = alice.connection_id
         alice.close()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz?token={good}", timeout=5) as response:
+            assert response.status == 200  # access-logged without its query string
         with pytest.raises(ConnectionClosed):
             Client(f"ws://127.0.0.1:{port}/ws", forged)
         time.sleep(0.5)
@@ -251,5 +253,6 @@ def test_json_logs_one_object_per_line_without_tokens_or_content(tmp_path):
     failed = by_event["auth.failed"]
     assert len(failed) == 1 and "signature" in failed[0]["reason"].lower()
     assert any("chatd stopped" in r["message"] for r in records)
+    assert any('"GET /healthz HTTP/1.1" 200' in r["message"] for r in records)
     for forbidden in (good, forged, SECRET, secret_words, good.split(".")[2]):
         assert forbidden not in text

@@ -281,7 +281,7 @@ class Cluster:
             if self.viewers is not None:
                 self.viewers.remote_changed(stream)
         if announcements:
-            log.info("reaped a silent node: {count} users offline", count=len(announcements))
+            log.info("reaped a silent node: {count} users offline", event="cluster.reaped", count=len(announcements))
             self.reaped_nodes += 1
         return DeferredList(announcements, consumeErrors=True)
 
@@ -305,7 +305,8 @@ class Cluster:
                 loop.stop()
         d = self.link.eval(REAP, [self.link.prefix, 0, self.link.node])
         d.addCallback(self._reaped)
-        return d.addErrback(lambda f: log.warn("leaving the cluster failed: {error}", error=f.getErrorMessage()))
+        return d.addErrback(lambda f: log.warn("leaving the cluster failed: {error}", event="cluster.error",
+                                               error=f.getErrorMessage()))
 
 
 class ClusterPresence:

@@ -122,7 +122,8 @@ class ChatService:
 
     @staticmethod
     def _publish_failed(failure: Failure, channel: str, event_type: str) -> None:
-        log.failure("publishing {event} on {channel} failed", failure, event=event_type, channel=channel)
+        log.failure("publishing {type} on {channel} failed", failure, event="broker.error", type=event_type,
+                    channel=channel)
 
     def publish_local(self, channel: str, event: Published) -> None:
         """Deliver to this node's connections only (each node pushes what it

@@ -166,7 +166,7 @@ class Dispatcher:
 
     def _server_error(self, failure: Failure, responder: Responder, envelope: Envelope, route: Route) -> None:
         log.failure(
-            "handler for {event} failed on connection {connection}",
-            failure, event=envelope.type, connection=responder.connection_id,
+            "handler for {request} failed on connection {connection}",
+            failure, event="request.failed", request=envelope.type, connection=responder.connection_id,
         )
         self._refuse(responder, envelope, route, ErrorCode.SERVER_ERROR, "internal error; the request was not completed")

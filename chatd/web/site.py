@@ -143,6 +143,29 @@ class MetricsPage(Resource):
         return self._metrics.render()
 
 
+def _escape(value: bytes | str) -> str:
+    text = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def access_log_line(timestamp: str, request: Any) -> str:
+    """Twisted's combined log format without the query string: a token
+    given as ``?token=`` must never reach a log."""
+    path = request.uri.split(b"?", 1)[0]
+    referrer = (request.getHeader(b"referer") or b"-").split(b"?", 1)[0]
+    return '"{ip}" - - {timestamp} "{method} {path} {protocol}" {code} {length} "{referrer}" "{agent}"'.format(
+        ip=_escape(request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else "-"),
+        timestamp=timestamp,
+        method=_escape(request.method),
+        path=_escape(path),
+        protocol=_escape(request.clientproto),
+        code=request.code,
+        length=request.sentLength or "-",
+        referrer=_escape(referrer),
+        agent=_escape(request.getHeader(b"user-agent") or b"-"),
+    )
+
+
 def build_site(ws_factory: Any, api: Resource, ready_checks: dict[str, Callable[[], Deferred[Any]]],
                metrics_page: Resource | None = None, demo_mint: Callable[[str], str] | None = None) -> Site:
     root = Resource()
@@ -157,7 +180,7 @@ def build_site(ws_factory: Any, api: Resource, ready_checks: dict[str, Callable[
     root.putChild(b"api", api)
     if metrics_page is not None:
         root.putChild(b"metrics", metrics_page)
-    site = Site(root)
+    site = Site(root, logFormatter=access_log_line)
     site.displayTracebacks = False
     site.noisy = False
     return site
