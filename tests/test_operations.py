@@ -146,20 +146,25 @@ def test_socket_activation_shares_one_listening_socket(tmp_path):
 # -- TLS -------------------------------------------------------------------------------
 
 
+def _https_and_wss(port: int, ca: Path) -> None:
+    """GET /healthz over https:// and a ping over wss://, trusting only ``ca``."""
+    context = ssl.create_default_context(cafile=str(ca))
+    assert _healthy(f"https://localhost:{port}/healthz", context)["status"] == "ok"
+    token = mint_token(Config(jwt_secret=SECRET), "alice")
+    with connect(f"wss://localhost:{port}/ws?token={token}", ssl=context, open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=5))["type"] == "authenticated"
+        ws.send(json.dumps({"type": "ping", "id": "p"}))
+        assert json.loads(ws.recv(timeout=5))["id"] == "p"
+
+
 def test_tls_serves_wss_and_https_on_one_port(tmp_path):
     files = make_certificates(tmp_path / "tls", ["localhost"], ["127.0.0.1"])
     port = free_port()
     listen = f"ssl:{port}:interface=127.0.0.1:privateKey={files['key']}:certKey={files['cert']}"
     daemon = Daemon(["--listen", listen, "--data-dir", str(tmp_path / "data"), "--jwt-secret", SECRET],
                     clean_env(), str(tmp_path))
-    context = ssl.create_default_context(cafile=str(files["ca"]))
     try:
-        assert _healthy(f"https://localhost:{port}/healthz", context)["status"] == "ok"
-        token = mint_token(Config(jwt_secret=SECRET), "alice")
-        with connect(f"wss://localhost:{port}/ws?token={token}", ssl=context, open_timeout=10) as ws:
-            assert json.loads(ws.recv(timeout=5))["type"] == "authenticated"
-            ws.send(json.dumps({"type": "ping", "id": "p"}))
-            assert json.loads(ws.recv(timeout=5))["id"] == "p"
+        _https_and_wss(port, files["ca"])
         # plain HTTP on the TLS port is refused, and so is an untrusted client
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://localhost:{port}/healthz", timeout=3).read()
@@ -182,12 +187,8 @@ def test_tls_on_a_socket_passed_by_systemd(tmp_path):
     env = clean_env(CHATD_JWT_SECRET=SECRET, CHATD_TLS_CERT=str(files["cert"]), CHATD_TLS_KEY=str(files["key"]))
     proc = _activated(listener, ["--data-dir", str(tmp_path / "data")], env, tmp_path / "tls.log")
     listener.close()
-    context = ssl.create_default_context(cafile=str(files["ca"]))
     try:
-        assert _healthy(f"https://localhost:{port}/healthz", context)["status"] == "ok"
-        token = mint_token(Config(jwt_secret=SECRET), "alice")
-        with connect(f"wss://localhost:{port}/ws?token={token}", ssl=context, open_timeout=10) as ws:
-            assert json.loads(ws.recv(timeout=5))["type"] == "authenticated"
+        _https_and_wss(port, files["ca"])
     finally:
         proc.terminate()
         assert proc.wait(20) in (0, -15)
