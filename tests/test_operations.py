@@ -125,6 +125,12 @@ def test_socket_activation_shares_one_listening_socket(tmp_path):
             args = ["--data-dir", str(tmp_path / f"i{index}"), "--database", f"sqlite:///{tmp_path}/i{index}.db"]
             procs.append(_activated(listener, args, env, tmp_path / f"i{index}.log"))
         listener.close()  # only the instances hold it now, as with systemd
+        logs = [tmp_path / f"i{i}.log" for i in range(2)]
+        deadline = time.monotonic() + 30
+        while not all(f"listening on http://127.0.0.1:{port}" in log.read_text() for log in logs):
+            assert time.monotonic() < deadline, [log.read_text() for log in logs]
+            assert all(proc.poll() is None for proc in procs), [log.read_text() for log in logs]
+            time.sleep(0.1)
         assert _healthy(f"http://127.0.0.1:{port}/healthz")["status"] == "ok"
         token = mint_token(Config(jwt_secret=SECRET), "alice")
         client = Client(f"ws://127.0.0.1:{port}/ws", token)
@@ -134,8 +140,7 @@ def test_socket_activation_shares_one_listening_socket(tmp_path):
         assert procs[0].wait(20) in (0, -15)
         for _ in range(20):  # every new connection now lands on the survivor
             assert _healthy(f"http://127.0.0.1:{port}/healthz", timeout=5)["status"] == "ok"
-        logs = [(tmp_path / f"i{i}.log").read_text() for i in range(2)]
-        assert all(f"listening on http://127.0.0.1:{port}" in text for text in logs), logs
+        assert procs[1].poll() is None
     finally:
         for proc in procs:
             if proc.poll() is None:
