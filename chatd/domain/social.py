@@ -151,8 +151,7 @@ class SocialService:
         identity = conn.identity
         assert identity is not None
         self.presence.opened(identity.user_id)
-        d = self.store.touch_user(identity.user_id, identity.name, now_ms())
-        d.addCallback(lambda _: self.store.unread_notifications(identity.user_id, NOTIFICATIONS_ON_CONNECT))
+        d = self.store.open_session(identity.user_id, identity.name, now_ms(), NOTIFICATIONS_ON_CONNECT)
         d.addCallback(self._hand_over, conn)
         d.addErrback(lambda f: log.failure("opening the session of {user} failed", f, user=identity.user_id))
 
@@ -178,8 +177,8 @@ class SocialService:
         d.addErrback(lambda f: log.failure("announcing {user} online failed", f, user=user_id))
 
     def _went_offline(self, user_id: str, at: int) -> Deferred[None]:
-        d = self.store.set_last_seen(user_id, at)
-        d.addCallback(lambda _: self._audience_online(user_id))
+        d = self.store.close_session(user_id, at)
+        d.addCallback(self.presence.online_among)
         d.addCallback(self._tell, "user:offline", {"userId": user_id, "lastSeen": iso_from_ms(at)})
         d.addErrback(lambda f: log.failure("announcing {user} offline failed", f, user=user_id))
         return d

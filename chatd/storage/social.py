@@ -29,10 +29,31 @@ class SocialQueries:
         cur.execute(
             self.engine.sql(
                 "INSERT INTO users (user_id, name, first_seen) VALUES (?, ?, ?)"
-                " ON CONFLICT (user_id) DO UPDATE SET name = COALESCE(excluded.name, users.name)"
+                # no write (and no fsync) when a known user reconnects unchanged
+                " ON CONFLICT (user_id) DO UPDATE SET name = excluded.name"
+                " WHERE excluded.name IS NOT NULL AND (users.name IS NULL OR users.name <> excluded.name)"
             ),
             (user_id, name, at_ms),
         )
+
+    def open_session(self, user_id: str, name: str | None, at_ms: int, limit: int) -> Deferred[list[Notification]]:
+        """A connection authenticated: record the user and read the
+        notifications waiting for them, in one transaction (one trip to the
+        database thread per connection instead of two)."""
+        return self.run(self._open_session, user_id, name, at_ms, limit)
+
+    def _open_session(self, cur: Any, user_id: str, name: str | None, at_ms: int, limit: int) -> list[Notification]:
+        self._touch_user(cur, user_id, name, at_ms)
+        return self._unread_notifications(cur, user_id, limit)
+
+    def close_session(self, user_id: str, at_ms: int) -> Deferred[list[str]]:
+        """A user went offline: record when, and return their presence
+        audience, in one transaction."""
+        return self.run(self._close_session, user_id, at_ms)
+
+    def _close_session(self, cur: Any, user_id: str, at_ms: int) -> list[str]:
+        self._set_last_seen(cur, user_id, at_ms)
+        return self._presence_audience(cur, user_id)
 
     def user_exists(self, user_id: str) -> Deferred[bool]:
         return self.run(self._user_exists, user_id)

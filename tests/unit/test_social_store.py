@@ -70,3 +70,14 @@ async def test_notifications_unread_oldest_first_until_acked(store):  # noqa: F8
     assert await store.ack_notification("bob", "n2", 50) is False  # not bob's
     assert [n.id for n in await store.unread_notifications("alice", 100)] == ["n2", "n0"]
     assert [n.id for n in await store.unread_notifications("alice", 1)] == ["n2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_and_close_session_are_one_transaction_each(store):  # noqa: F811
+    await store.add_notification(Notification("n1", "alice", "t", "title", "m", None, 5))
+    waiting = await store.open_session("alice", "Alice", 10, 100)
+    assert [n.id for n in waiting] == ["n1"] and await store.user_exists("alice")
+    assert [n.id for n in await store.open_session("alice", None, 20, 100)] == ["n1"]  # name kept, no write
+    await make_room(store, "alice", ["bob"])
+    assert await store.close_session("alice", 30) == ["bob"]
+    assert await store.last_seen("alice") == 30
