@@ -1,6 +1,6 @@
 """Load generator for chatd (and bench/ceiling.py) on picows + uvloop.
 
-Three scenarios, each printing one JSON object (its results) as the last line
+Four scenarios, each printing one JSON object (its results) as the last line
 of stdout:
 
 * ``fanout``: one sender connection creates a public room, ``--receivers``
@@ -28,6 +28,16 @@ of stdout:
   reaction arrives twice or after a later one of the same sender.
   live:viewer-count pushes are not counted as deliveries; the last count
   each viewer was told is checked against viewers + senders.
+* ``connect``: ``--connects`` connections (users ``bench-<tag>-c<i>``, a
+  token in the URL), spread over ``--workers`` forked processes with
+  ``--connect-window`` attempts in flight in all; each is complete when its
+  ``authenticated`` push arrives and is then closed cleanly (CLOSE 1000,
+  the server's CLOSE back).  Reports connects/s (first attempt to last
+  ``authenticated``), p50/p99 connect latency (TCP connect start to
+  ``authenticated``), failed handshakes, server CPU over the connect phase
+  and, after waiting ``--settle`` s and for the server to go idle (chatd
+  processes a user's going offline 3 s after the close), the server CPU of
+  that tail as well.
 
 The content of every message starts with ``~T<20-digit monotonic_ns><8-digit
 index>`` (a reaction's ``emoji`` is exactly that, 30 of its 32 characters);
@@ -67,10 +77,11 @@ import sys
 import time
 from array import array
 from collections.abc import Sequence
+from functools import partial
 
 import jwt
 import uvloop
-from picows import WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSCloseCode, WSListener, WSMsgType, WSTransport, ws_connect
 
 TICK = os.sysconf("SC_CLK_TCK")
 MARK = b"~T"
@@ -398,6 +409,18 @@ def pipe_send(conn, obj) -> None:
     conn.send(obj)
 
 
+async def gather_workers(futures: list[asyncio.Future], timeout: float, what: str) -> tuple[list[dict], list[str]]:
+    """The ("done", result) of every worker: (results, failures)."""
+    outs, failures = [], []
+    for fut in futures:
+        try:
+            reply = await asyncio.wait_for(fut, timeout)
+        except (TimeoutError, EOFError, OSError) as e:
+            reply = ("fail", f"no result from a {what} worker: {e!r}")
+        (outs if reply[0] == "done" else failures).append(reply[1])
+    return outs, failures
+
+
 async def close_all(listeners) -> None:
     for ln in listeners:
         if ln.transport is not None and not ln.closed:
@@ -482,18 +505,35 @@ class Probe(Receiver):
         self.slow_path(transport, frame)
 
 
-def receiver_worker(conn, urls: list[str], tokens: list[str], messages: int, stall: float, sample: int) -> None:
-    """A forked process owning a share of the receivers."""
+def run_worker(conn, main, *args) -> None:
+    """The body of a forked worker process: run ``main(conn, *args)`` on
+    uvloop; report a failure to the parent, never leave it hanging."""
     try:
-        uvloop.run(_receiver_worker(conn, urls, tokens, messages, stall, sample))
-    except Exception as e:  # report, never hang the parent
+        uvloop.run(main(conn, *args))
+    except Exception as e:
         try:
             pipe_send(conn, ("fail", f"{type(e).__name__}: {e}"))
         except OSError:
             pass
 
 
+def fork_workers(main, shares: list[tuple]) -> tuple[list, list]:
+    """Fork one worker per entry of ``shares`` (the arguments of
+    ``main`` after the pipe), before any event loop exists."""
+    ctx = multiprocessing.get_context("fork")
+    pipes, procs = [], []
+    for share in shares:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=run_worker, daemon=True, args=(child, main, *share))
+        proc.start()
+        child.close()
+        pipes.append(parent)
+        procs.append(proc)
+    return pipes, procs
+
+
 async def _receiver_worker(conn, urls: list[str], tokens: list[str], messages: int, stall: float, sample: int) -> None:
+    """A forked process owning a share of the receivers."""
     tally = Tally(len(tokens) * messages)
     tally.done = asyncio.get_running_loop().create_future()
     room = (await pipe_future(conn))[1]
@@ -609,18 +649,9 @@ def start_workers(args):
     """Fork the receiver processes before any event loop exists."""
     n = args.receivers
     workers = max(1, min(args.workers, n))
-    ctx = multiprocessing.get_context("fork")
     tokens = [token(args, f"r{i}") for i in range(n)]
-    pipes, procs = [], []
-    for w in range(workers):
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=receiver_worker, daemon=True,
-                           args=(child, args.urls, tokens[w::workers], args.messages, args.stall, max(1, args.sample)))
-        proc.start()
-        child.close()
-        pipes.append(parent)
-        procs.append(proc)
-    return pipes, procs
+    return fork_workers(_receiver_worker, [(args.urls, tokens[w::workers], args.messages, args.stall,
+                                            max(1, args.sample)) for w in range(workers)])
 
 
 def stop_workers(pipes, procs) -> None:
@@ -665,20 +696,13 @@ async def _fanout(args, pipes, workers: int) -> dict:
     except TimeoutError:
         pass
     t_acked = sender.last_ack
-    results = []
-    for fut in done_futures:
-        try:
-            results.append(await asyncio.wait_for(fut, args.stall + 30))
-        except (TimeoutError, EOFError, OSError) as e:
-            results.append(("fail", f"no result from a receiver worker: {e!r}"))
+    outs, failures = await gather_workers(done_futures, args.stall + 30, "receiver")
     server_cpu1 = servers_cpu(args.server_pids)
     own_cpu1 = cpu_seconds()
     mach1 = machine_ticks()
     procs1 = process_ticks()
     # CPU figures are averages over the interval between the two samples.
     cpu_wall = max(1e-9, (monotonic_ns() - t0) / 1e9)
-    failures = [r[1] for r in results if r[0] != "done"]
-    outs = [r[1] for r in results if r[0] == "done"]
     hist: dict[int, int] = {}
     for o in outs:
         for k, v in o["hist"].items():
@@ -957,20 +981,9 @@ async def live_join_all(listeners, stream: str, concurrency: int = 64) -> dict[s
     return statuses
 
 
-def live_worker(conn, urls: list[str], tokens: list[str], reactions: int, senders: int, stall: float,
-                sample: int) -> None:
-    """A forked process owning a share of the viewers."""
-    try:
-        uvloop.run(_live_worker(conn, urls, tokens, reactions, senders, stall, sample))
-    except Exception as e:  # report, never hang the parent
-        try:
-            pipe_send(conn, ("fail", f"{type(e).__name__}: {e}"))
-        except OSError:
-            pass
-
-
 async def _live_worker(conn, urls: list[str], tokens: list[str], reactions: int, senders: int, stall: float,
                        sample: int) -> None:
+    """A forked process owning a share of the viewers."""
     n = len(tokens)
     tally = LiveTally(n * reactions)
     tally.done = asyncio.get_running_loop().create_future()
@@ -1117,19 +1130,9 @@ def start_live_workers(args):
     """Fork the viewer processes before any event loop exists."""
     n = args.viewers
     workers = max(1, min(args.workers, n))
-    ctx = multiprocessing.get_context("fork")
     tokens = [token(args, f"v{i}") for i in range(n)]
-    pipes, procs = [], []
-    for w in range(workers):
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=live_worker, daemon=True,
-                           args=(child, args.urls, tokens[w::workers], args.reactions, args.senders, args.stall,
-                                 max(1, args.sample)))
-        proc.start()
-        child.close()
-        pipes.append(parent)
-        procs.append(proc)
-    return pipes, procs
+    return fork_workers(_live_worker, [(args.urls, tokens[w::workers], args.reactions, args.senders, args.stall,
+                                        max(1, args.sample)) for w in range(workers)])
 
 
 async def _live(args, pipes, workers: int) -> dict:
@@ -1210,12 +1213,7 @@ async def _live(args, pipes, workers: int) -> dict:
                 pipe_send(p, ("target", acked))
             except OSError:
                 pass
-    results = []
-    for fut in done_futures:
-        try:
-            results.append(await asyncio.wait_for(fut, args.stall + 30))
-        except (TimeoutError, EOFError, OSError) as e:
-            results.append(("fail", f"no result from a viewer worker: {e!r}"))
+    outs, failures = await gather_workers(done_futures, args.stall + 30, "viewer")
     server_cpu1 = servers_cpu(args.server_pids)
     own_cpu1 = cpu_seconds()
     mach1 = machine_ticks()
@@ -1225,8 +1223,6 @@ async def _live(args, pipes, workers: int) -> dict:
     deadline = time.monotonic() + 2
     while sum(s.echo for s in senders) < k * acked and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-    failures = [r[1] for r in results if r[0] != "done"]
-    outs = [r[1] for r in results if r[0] == "done"]
     hist: dict[int, int] = {}
     for o in outs:
         for key, v in o["hist"].items():
@@ -1286,12 +1282,205 @@ async def _live(args, pipes, workers: int) -> dict:
     }
 
 
+# -- connect ---------------------------------------------------------------------------
+
+
+AUTHENTICATED = b'{"type":"authenticated"'
+MAX_CONNECT_ERRORS = 100  # a worker stops opening connections after this many failures
+
+
+class CpuWindow:
+    """CPU of the servers, of the generator and of every other process from
+    construction to ``stop`` (utime+stime from /proc, as in every scenario),
+    in % of one CPU."""
+
+    def __init__(self, server_pids: list[int], ours: set[int]) -> None:
+        self.server_pids, self.ours = server_pids, ours
+        self.server0 = servers_cpu(server_pids)
+        self.own0 = cpu_seconds()
+        self.mach0 = machine_ticks()
+        self.procs0 = process_ticks()
+        self.t0 = monotonic_ns()
+        self.server_s = float("nan")
+
+    def stop(self, workers_cpu_s: float = 0.0) -> dict:
+        """The figures; ``workers_cpu_s`` is what the generator's workers
+        measured of themselves over the same window."""
+        self.server_s = servers_cpu(self.server_pids) - self.server0
+        own = cpu_seconds() - self.own0
+        mach1, procs1 = machine_ticks(), process_ticks()
+        wall = max(1e-9, (monotonic_ns() - self.t0) / 1e9)
+        return {"server_cpu_pct": 100.0 * self.server_s / wall,
+                "generator_cpu_pct": 100.0 * (own + workers_cpu_s) / wall,
+                **machine_pct(self.mach0, mach1, wall),
+                **other_load(self.procs0, procs1, self.ours, wall),
+                "cpu_sampled_s": wall,
+                "server_peak_rss_mb": servers_rss(self.server_pids)}
+
+
+class Connector(WSListener):
+    """One connection of the connect scenario: waits for ``authenticated``,
+    then closes cleanly (CLOSE 1000, the server's CLOSE back, then the TCP
+    close)."""
+
+    def __init__(self, started: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.started = started  # monotonic_ns before the TCP connect
+        self.authenticated = 0  # monotonic_ns of the authenticated push
+        self.clean = False  # the server answered our CLOSE
+        self.ready: asyncio.Future[bool] = loop.create_future()  # authenticated, or lost before
+        self.gone: asyncio.Future[bool] = loop.create_future()
+
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        kind = frame.msg_type
+        if kind == WSMsgType.TEXT:
+            if not self.authenticated and frame.get_payload_as_bytes().startswith(AUTHENTICATED):
+                self.authenticated = monotonic_ns()
+                self.ready.set_result(True)
+                transport.send_close(WSCloseCode.OK)
+        elif kind == WSMsgType.CLOSE:
+            self.clean = bool(self.authenticated)
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        for fut in (self.ready, self.gone):
+            if not fut.done():
+                fut.set_result(False)
+
+
+class ConnectTally:
+    """What one connect worker records."""
+
+    def __init__(self) -> None:
+        self.latencies = array("q")  # TCP connect start -> authenticated, ns
+        self.last = 0  # monotonic_ns of the last authenticated push
+        self.errors = 0
+        self.error_samples: list[str] = []
+        self.open: list[Connector] = []  # authenticated, closing
+
+    def fail(self, why: str) -> None:
+        self.errors += 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(why[:300])
+
+
+async def connect_once(url: str, tally: ConnectTally, timeout: float) -> None:
+    """Open one connection and wait for its ``authenticated`` push (the
+    close then goes on without holding the window slot)."""
+    started = monotonic_ns()
+    try:
+        transport, ln = await ws_connect(partial(Connector, started), url, websocket_handshake_timeout=timeout)
+    except Exception as e:  # refused, reset, handshake rejected or timed out
+        tally.fail(f"handshake: {type(e).__name__}: {e}")
+        return
+    try:
+        ok = await asyncio.wait_for(asyncio.shield(ln.ready), timeout)
+    except TimeoutError:
+        ok = False
+    if not ok:
+        transport.disconnect()
+        tally.fail(f"no authenticated push (disconnected: {transport.is_disconnected()})")
+        return
+    tally.latencies.append(ln.authenticated - started)
+    tally.last = max(tally.last, ln.authenticated)
+    tally.open.append(ln)
+
+
+async def connect_lane(jobs, tally: ConnectTally, timeout: float) -> None:
+    """One window slot: connections one after the other, from ``jobs``
+    (an iterator of URLs shared by all slots)."""
+    for url in jobs:
+        if tally.errors >= MAX_CONNECT_ERRORS:
+            return
+        await connect_once(url, tally, timeout)
+
+
+async def _connect_worker(conn, urls: list[str], window: int, timeout: float) -> None:
+    """A forked process opening its share of the connections (``urls``:
+    one full ``ws://…?token=`` URL each), ``window`` at a time."""
+    tally = ConnectTally()
+    if (await pipe_future(conn))[0] != "go":
+        return
+    cpu0 = cpu_seconds()
+    first = monotonic_ns()
+    jobs = iter(urls)
+    await asyncio.gather(*(connect_lane(jobs, tally, timeout) for _ in range(max(1, min(window, len(urls))))))
+    if tally.open:
+        await asyncio.wait([ln.gone for ln in tally.open], timeout=timeout)
+    hist: dict[int, int] = {}
+    histogram_add(hist, tally.latencies)
+    pipe_send(conn, ("done", {
+        "completed": len(tally.latencies), "first_ns": first, "last_ns": tally.last, "hist": hist,
+        "errors": tally.errors, "error_samples": tally.error_samples,
+        "unclean_closes": sum(1 for ln in tally.open if not ln.clean),
+        "cpu_s": cpu_seconds() - cpu0,
+    }))
+
+
+def start_connect_workers(args):
+    """Fork the connect workers, each with its share of the connections
+    (round robin over the servers) and of the window."""
+    n = args.connects
+    workers = max(1, min(args.workers, n))
+    urls = [f"{args.urls[i % len(args.urls)]}?token={token(args, f'c{i}')}" for i in range(n)]
+    return fork_workers(_connect_worker, [(urls[w::workers], -(-args.connect_window // workers), args.stall)
+                                          for w in range(workers)])
+
+
+async def settle(pids: list[int], after: float, limit: float) -> tuple[float, float]:
+    """Wait ``after`` seconds, then (at most ``limit`` more) until a 0.5 s
+    sample shows the servers idle (at most one clock tick of CPU).
+    Returns the seconds waited and the server CPU seconds used meanwhile."""
+    t0, cpu0 = time.monotonic(), servers_cpu(pids)
+    await asyncio.sleep(after)
+    deadline = time.monotonic() + limit
+    before = servers_cpu(pids)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        now = servers_cpu(pids)
+        if now - before <= 1.5 / TICK:
+            break
+        before = now
+    return time.monotonic() - t0, servers_cpu(pids) - cpu0
+
+
+async def _connect(args, pipes, workers: int) -> dict:
+    done = [pipe_future(p) for p in pipes]
+    cpu = CpuWindow(args.server_pids, {os.getpid(), os.getppid(), *args.server_pids, *args.worker_pids})
+    for p in pipes:
+        pipe_send(p, ("go",))
+    outs, failures = await gather_workers(done, args.timeout + args.stall, "connect")
+    window = cpu.stop(sum(o["cpu_s"] for o in outs))
+    tail_s, tail_cpu_s = await settle(args.server_pids, args.settle, args.stall)
+    hist: dict[int, int] = {}
+    for o in outs:
+        for k, v in o["hist"].items():
+            hist[k] = hist.get(k, 0) + v
+    completed = sum(o["completed"] for o in outs)
+    first = min((o["first_ns"] for o in outs), default=0)
+    wall = max(1e-9, (max((o["last_ns"] for o in outs), default=first) - first) / 1e9)
+    return {
+        "scenario": "connect", "connects": args.connects, "window": args.connect_window, "workers": workers,
+        "completed": completed, "errors": sum(o["errors"] for o in outs),
+        "error_samples": [x for o in outs for x in o["error_samples"]][:5],
+        "unclean_closes": sum(o["unclean_closes"] for o in outs),
+        "worker_failures": failures,
+        "seconds": wall, "connects_per_s": completed / wall,
+        "p50_ms": percentile(hist, 0.50), "p99_ms": percentile(hist, 0.99), "max_ms": percentile(hist, 1.0),
+        **window,
+        "server_us_per_connect": 1e6 * cpu.server_s / completed if completed else None,
+        "settle_s": tail_s, "server_settle_cpu_s": tail_cpu_s,
+        "server_us_per_connect_total": 1e6 * (cpu.server_s + tail_cpu_s) / completed if completed else None,
+    }
+
+
+
 # -- command line --------------------------------------------------------------------
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("scenario", choices=["fanout", "ingest", "live"])
+    p.add_argument("scenario", choices=["fanout", "ingest", "live", "connect"])
     p.add_argument("--url", required=True, action="append",
                    help="ws://host:port/ws; several servers of one cluster: repeat it or separate with commas "
                         "(receivers/viewers are spread round robin, everything else uses the first)")
@@ -1309,7 +1498,7 @@ def parse_args(argv=None):
     f = p.add_argument_group("fanout")
     f.add_argument("--receivers", type=int, default=1000)
     f.add_argument("--messages", type=int, default=2000)
-    f.add_argument("--workers", type=int, default=1, help="receiver (fanout) or viewer (live) processes")
+    f.add_argument("--workers", type=int, default=1, help="receiver (fanout), viewer (live) or connecting (connect) processes")
     f.add_argument("--sample", type=int, default=10,
                    help="every N-th receiver or viewer also measures delay and order (all count exactly; default 10)")
     i = p.add_argument_group("ingest")
@@ -1321,6 +1510,12 @@ def parse_args(argv=None):
     lv.add_argument("--reactions", type=int, default=5000, help="reactions sent in all")
     lv.add_argument("--reaction-rate", type=float, default=500.0, help="reactions per second, all senders together")
     lv.add_argument("--senders", type=int, default=4, help="reacting connections (users of their own)")
+    c = p.add_argument_group("connect")
+    c.add_argument("--connects", type=int, default=5000, help="connections opened, authenticated and closed")
+    c.add_argument("--connect-window", type=int, default=64, help="connection attempts in flight, all workers together")
+    c.add_argument("--settle", type=float, default=4.0,
+                   help="after the last close, wait this long (chatd's 3 s presence grace + 1) and then for the "
+                        "server to go idle, and report the server CPU used meanwhile")
     args = p.parse_args(argv)
     if args.scenario == "live" and (args.reactions < 1 or args.reaction_rate <= 0 or args.viewers < 1):
         p.error("live needs --viewers >= 1, --reactions >= 1 and --reaction-rate > 0")
@@ -1337,20 +1532,19 @@ def parse_args(argv=None):
     return args
 
 
+# scenario -> (fork its worker processes, run it in the main process)
+WORKER_SCENARIOS = {"fanout": (start_workers, _fanout), "live": (start_live_workers, _live),
+                    "connect": (start_connect_workers, _connect)}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.scenario == "fanout":
-        pipes, procs = start_workers(args)
+    if args.scenario in WORKER_SCENARIOS:
+        start, run = WORKER_SCENARIOS[args.scenario]
+        pipes, procs = start(args)
         args.worker_pids = [proc.pid for proc in procs]
         try:
-            result = uvloop.run(_fanout(args, pipes, len(pipes)))
-        finally:
-            stop_workers(pipes, procs)
-    elif args.scenario == "live":
-        pipes, procs = start_live_workers(args)
-        args.worker_pids = [proc.pid for proc in procs]
-        try:
-            result = uvloop.run(_live(args, pipes, len(pipes)))
+            result = uvloop.run(run(args, pipes, len(pipes)))
         finally:
             stop_workers(pipes, procs)
     else:

@@ -20,6 +20,12 @@ Scenarios (each on a fresh server on a free loopback port):
   ``--reactions`` live:reaction requests at a fixed ``--reaction-rate``:
   deliveries/s, p50/p99 send-to-receipt delay, achieved send rate, server
   and generator CPU.  chatd's per-user reaction limit is lifted.
+* connect — ``--connects`` connections (token in the URL), ``--connect-window``
+  attempts in flight, each closed cleanly once its ``authenticated`` push
+  arrives: connects/s, p50/p99 connect latency, server CPU per connection
+  (connect phase, and with the tail until the server is idle again: chatd
+  marks users offline 3 s after their last close), failed handshakes.
+  Runs against chatd and bench/ceiling.py, and prints the ratio.
 
 On a machine with two or more CPUs the server is pinned to CPU 0 and the
 generator to CPU 1 (``--no-pin`` to let the scheduler decide).
@@ -362,6 +368,9 @@ def scenario_args(opts, scenario: str) -> list[str]:
         return [*common, "--viewers", str(opts.viewers), "--reactions", str(opts.reactions),
                 "--reaction-rate", str(opts.reaction_rate), "--senders", str(opts.senders),
                 "--workers", str(opts.workers), "--sample", str(opts.sample)]
+    if scenario == "connect":
+        return [*common, "--connects", str(opts.connects), "--connect-window", str(opts.connect_window),
+                "--settle", str(opts.settle), "--workers", str(opts.workers)]
     return [*common, "--connections", str(opts.connections), "--rooms", str(opts.rooms),
             "--window", str(opts.ingest_window), "--duration", str(opts.duration)]
 
@@ -402,6 +411,9 @@ def round_note(scenario: str, result: dict) -> str:
     if scenario == "live":
         return (f"{result['deliveries_per_s']:>10,.0f} deliveries/s, {result['delivered']:,}/{result['expected']:,}, "
                 f"p50/p99 {fmt(result['p50_ms'], '.1f')}/{fmt(result['p99_ms'], '.1f')} ms")
+    if scenario == "connect":
+        return (f"{result['connects_per_s']:>10,.0f} connects/s, {result['completed']:,}/{result['connects']:,}, "
+                f"p50/p99 {fmt(result['p50_ms'], '.1f')}/{fmt(result['p99_ms'], '.1f')} ms")
     return f"{result['acked_per_s']:>10,.0f} acked msgs/s"
 
 
@@ -438,6 +450,19 @@ LIVE_METRICS = ("deliveries_per_s", "send_rate", "p50_ms", "p99_ms", "max_ms", "
                 "other_cpu_pct", "kernel_threads_cpu_pct", "machine_cpu_pct", "steal_pct", "server_peak_rss_mb")
 INGEST_METRICS = ("acked_per_s", "ack_p50_ms", "ack_p99_ms", "server_cpu_pct", "generator_cpu_pct",
                   "other_cpu_pct", "kernel_threads_cpu_pct", "machine_cpu_pct", "steal_pct", "server_peak_rss_mb")
+CONNECT_METRICS = ("connects_per_s", "p50_ms", "p99_ms", "max_ms", "server_cpu_pct", "server_us_per_connect",
+                   "server_us_per_connect_total", "settle_s", "generator_cpu_pct", "other_cpu_pct",
+                   "kernel_threads_cpu_pct", "machine_cpu_pct", "steal_pct", "server_peak_rss_mb")
+# scenario -> (metrics whose median is reported, the headline, counts summed over the rounds)
+AGGREGATES = {
+    "fanout": (FANOUT_METRICS, "deliveries_per_s", ("delivered", "expected", "out_of_order", "errors", "acked",
+                                                    "messages")),
+    "live": (LIVE_METRICS, "deliveries_per_s", ("delivered", "expected", "out_of_order", "duplicates", "errors",
+                                                "acked", "sent", "reactions", "sender_copies",
+                                                "sender_copies_expected", "viewer_count_pushes")),
+    "ingest": (INGEST_METRICS, "acked_per_s", ("pushes", "expected_pushes", "errors", "unanswered", "acked", "sent")),
+    "connect": (CONNECT_METRICS, "connects_per_s", ("completed", "connects", "errors", "unclean_closes")),
+}
 
 
 def aggregate(results: list[dict]) -> list[dict]:
@@ -451,21 +476,12 @@ def aggregate(results: list[dict]) -> list[dict]:
     for (scenario, server), runs in groups.items():
         ok = [r for r in runs if "failed" not in r]
         row: dict = {"scenario": scenario, "server": server, "rounds": len(runs), "failed_rounds": len(runs) - len(ok)}
-        metrics = {"fanout": FANOUT_METRICS, "live": LIVE_METRICS}.get(scenario, INGEST_METRICS)
-        head = "acked_per_s" if scenario == "ingest" else "deliveries_per_s"
+        metrics, head, counts = AGGREGATES[scenario]
         for m in metrics:
             row[m] = median([r.get(m) for r in ok])
         row[head + "_range"] = [min(r[head] for r in ok), max(r[head] for r in ok)] if ok else None
-        if scenario == "fanout":
-            for k in ("delivered", "expected", "out_of_order", "errors", "acked", "messages"):
-                row[k] = sum(r[k] for r in ok)
-        elif scenario == "live":
-            for k in ("delivered", "expected", "out_of_order", "duplicates", "errors", "acked", "sent", "reactions",
-                      "sender_copies", "sender_copies_expected", "viewer_count_pushes"):
-                row[k] = sum(r[k] for r in ok)
-        else:
-            for k in ("pushes", "expected_pushes", "errors", "unanswered", "acked", "sent"):
-                row[k] = sum(r[k] for r in ok)
+        for k in counts:
+            row[k] = sum(r[k] for r in ok)
         rows.append(row)
     return rows
 
@@ -479,6 +495,7 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
     fan = [r for r in rows if r["scenario"] == "fanout"]
     ing = [r for r in rows if r["scenario"] == "ingest"]
     live = [r for r in rows if r["scenario"] == "live"]
+    conn = [r for r in rows if r["scenario"] == "connect"]
     if fan:
         lines.append("")
         lines.append(f"fanout: {opts.receivers:,} receivers x {opts.messages:,} messages in one public room, "
@@ -496,11 +513,7 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
                          f"{pct(r['server_cpu_pct']):>7s} {pct(r['generator_cpu_pct']):>5s} "
                          f"{pct(r['other_cpu_pct']):>6s}  {r['delivered']:,}/{r['expected']:,}")
         lines.append(rss_line(fan))
-        ceiling = next((r for r in fan if r["server"] == "ceiling" and r["deliveries_per_s"]), None)
-        if ceiling:
-            for r in fan:
-                if r is not ceiling and r["deliveries_per_s"]:
-                    lines.append(f"  {r['server']} ÷ ceiling, deliveries/s: {ratio_text(results, r, ceiling)}")
+        lines += ceiling_lines(results, fan, "deliveries_per_s", "deliveries/s")
         lines += process_lines(opts, results, fan)
 
     if ing:
@@ -545,6 +558,8 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
         lines += process_lines(opts, results, live)
         lines.append("  µs/dlv = server CPU per delivery (µs); expected = viewers × acked reactions "
                      "(the senders' own copies are the 'sender copies')")
+    if conn:
+        lines += connect_lines(opts, results, conn, w)
     lines.append("")
     lines.append("CPU columns: % of one CPU, averaged over the measured window. server = the server process (all "
                  "its threads; in 'xN' rows the sum over the N chatd processes); gen = the generator processes; "
@@ -565,25 +580,58 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
     return "\n".join(lines)
 
 
+def connect_lines(opts, results: list[dict], rows: list[dict], w: int) -> list[str]:
+    lines = ["", f"connect: {opts.connects:,} connections (token in the URL), {opts.connect_window} attempts in "
+                 f"flight, each closed cleanly after its authenticated push, {opts.workers} generator process(es)",
+             f"  {'server':{w}s} {'connects/s':>10s} {'[min–max]':>15s} {'p50 ms':>7s} {'p99 ms':>7s} {'server':>7s} "
+             f"{'µs/conn':>7s} {'+tail':>7s} {'gen':>5s} {'other':>6s}  completed/attempted  errors"]
+    for r in rows:
+        if r["connects_per_s"] is None:
+            lines.append(f"  {r['server']:{w}s} FAILED")
+            continue
+        lo, hi = r["connects_per_s_range"]
+        lines.append(f"  {r['server']:{w}s} {fmt(r['connects_per_s']):>10s} {f'[{lo:,.0f}–{hi:,.0f}]':>15s} "
+                     f"{fmt(r['p50_ms'], '.1f'):>7s} {fmt(r['p99_ms'], '.1f'):>7s} {pct(r['server_cpu_pct']):>7s} "
+                     f"{fmt(r['server_us_per_connect']):>7s} {fmt(r['server_us_per_connect_total']):>7s} "
+                     f"{pct(r['generator_cpu_pct']):>5s} {pct(r['other_cpu_pct']):>6s}  "
+                     f"{r['completed']:,}/{r['connects']:,}  {r['errors']:>6,}")
+    lines.append(rss_line(rows))
+    lines += ceiling_lines(results, rows, "connects_per_s", "connects/s")
+    lines.append("  latency = TCP connect start → authenticated push; µs/conn = server CPU per connection over the "
+                 "connect phase; +tail = the same including the wait for an idle server after the last close "
+                 f"(≥ {opts.settle:g} s: chatd's presence grace, then the users' offline processing)")
+    return lines
+
+
+def ceiling_lines(results: list[dict], rows: list[dict], key: str, what: str) -> list[str]:
+    """'chatd (sqlite) ÷ ceiling, deliveries/s: 0.85 (…)' for every row."""
+    ceiling = next((r for r in rows if r["server"] == "ceiling" and r[key]), None)
+    if not ceiling:
+        return []
+    return [f"  {r['server']} ÷ ceiling, {what}: {ratio_text(results, r, ceiling, key)}"
+            for r in rows if r is not ceiling and r[key]]
+
+
 def rss_line(rows: list[dict]) -> str:
     parts = [f"{r['server']} {r['server_peak_rss_mb']:.0f}" for r in rows if r.get("server_peak_rss_mb")]
     return "  server peak RSS (MiB): " + (", ".join(parts) or "-")
 
 
-def paired_ratios(results: list[dict], scenario: str, server: str, base: str) -> list[float]:
-    """``server`` ÷ ``base`` deliveries/s of each round (the two ran back
+def paired_ratios(results: list[dict], scenario: str, server: str, base: str,
+                  key: str = "deliveries_per_s") -> list[float]:
+    """``server`` ÷ ``base`` of ``key`` in each round (the two ran back
     to back in it)."""
     by_round: dict[int, dict[str, float]] = {}
     for r in results:
-        if r["scenario"] == scenario and "failed" not in r and r["deliveries_per_s"]:
-            by_round.setdefault(r["round"], {})[r["server"]] = r["deliveries_per_s"]
+        if r["scenario"] == scenario and "failed" not in r and r[key]:
+            by_round.setdefault(r["round"], {})[r["server"]] = r[key]
     return [v[server] / v[base] for _, v in sorted(by_round.items()) if server in v and base in v]
 
 
-def ratio_text(results: list[dict], row: dict, base: dict) -> str:
-    """'0.85 (ratio of medians; per round 0.80, 0.90)' for two rows' deliveries/s."""
-    paired = paired_ratios(results, row["scenario"], row["server"], base["server"])
-    return (f"{row['deliveries_per_s'] / base['deliveries_per_s']:.2f} (ratio of medians; "
+def ratio_text(results: list[dict], row: dict, base: dict, key: str = "deliveries_per_s") -> str:
+    """'0.85 (ratio of medians; per round 0.80, 0.90)' for two rows' ``key``."""
+    paired = paired_ratios(results, row["scenario"], row["server"], base["server"], key)
+    return (f"{row[key] / base[key]:.2f} (ratio of medians; "
             f"per round {', '.join(f'{x:.2f}' for x in paired) or '-'})")
 
 
@@ -665,6 +713,14 @@ def find_problems(opts, results: list[dict]) -> list[str]:
             if r["send_rate"] and r["send_rate"] < 0.95 * r["reaction_rate"]:
                 problems.append(f"{name}: reactions went out at {r['send_rate']:,.0f}/s, below the "
                                 f"{r['reaction_rate']:g}/s asked for")
+        elif r["scenario"] == "connect":
+            if r["errors"] or r["completed"] != r["connects"]:
+                problems.append(f"{name}: {r['completed']:,}/{r['connects']:,} connections authenticated, "
+                                f"{r['errors']} failed handshakes {r['error_samples'][:2]}")
+            if r["unclean_closes"]:
+                problems.append(f"{name}: {r['unclean_closes']:,} connections did not close cleanly")
+            if r["worker_failures"]:
+                problems.append(f"{name}: connect worker failures {r['worker_failures']}")
         else:
             if r["errors"] or r["unanswered"]:
                 problems.append(f"{name}: {r['errors']} errors, {r['unanswered']} unanswered {r['error_samples'][:2]}")
@@ -715,7 +771,7 @@ def cpu_model() -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--scenario", choices=["fanout", "ingest", "live", "all"], default="all")
+    p.add_argument("--scenario", choices=["fanout", "ingest", "live", "connect", "all"], default="all")
     p.add_argument("--database", action="append", metavar="URL",
                    help="chatd storage: 'sqlite' (the embedded default) or a postgresql:// URL; repeat to run "
                         "each (default: sqlite)")
@@ -729,7 +785,8 @@ def parse_args(argv=None):
     p.add_argument("--receivers", type=int, default=1000, help="fanout: room members receiving (default 1000)")
     p.add_argument("--messages", type=int, default=2000, help="fanout: messages sent (default 2000)")
     p.add_argument("--window", type=int, default=32, help="fanout: un-acked messages in flight (default 32)")
-    p.add_argument("--workers", type=int, default=1, help="fanout/live: receiver processes (default 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="fanout/live/connect: receiver, viewer or connecting processes (default 1)")
     p.add_argument("--connections", type=int, default=50, help="ingest: sending connections (default 50)")
     p.add_argument("--rooms", type=int, default=5, help="ingest: rooms (default 5)")
     p.add_argument("--ingest-window", type=int, default=8, help="ingest: un-acked messages per connection (default 8)")
@@ -741,11 +798,19 @@ def parse_args(argv=None):
                         "per-user --reaction-rate limit is set to 1000000")
     p.add_argument("--senders", type=int, default=4,
                    help="live: reacting connections, each its own user and a viewer too (default 4)")
+    p.add_argument("--connects", type=int, default=5000,
+                   help="connect: connections opened, authenticated and closed (default 5000)")
+    p.add_argument("--connect-window", type=int, default=64,
+                   help="connect: connection attempts in flight (default 64)")
+    p.add_argument("--settle", type=float, default=4.0,
+                   help="connect: after the last close wait this long, then until the server is idle, and count "
+                        "its CPU meanwhile in '+tail' (default 4: chatd's 3 s presence grace + 1)")
     p.add_argument("--size", type=int, default=64, help="message content length in characters (default 64)")
     p.add_argument("--repeat", type=int, default=3, help="rounds of each scenario; medians are reported (default 3)")
     p.add_argument("--sample", type=int, default=10,
                    help="fanout/live: every N-th receiver also measures delay and order (default 10)")
-    p.add_argument("--no-ceiling", action="store_true", help="fanout: skip the bench/ceiling.py reference run")
+    p.add_argument("--no-ceiling", action="store_true",
+                   help="fanout/connect: skip the bench/ceiling.py reference run")
     p.add_argument("--no-pin", action="store_true", help="do not pin server and generator to separate CPUs")
     p.add_argument("--user-tag", metavar="TAG",
                    help="user ids bench-TAG-<name> (default: a fresh random TAG per run, so users share no room of "
@@ -795,12 +860,13 @@ def main(argv=None) -> int:
     print(f"chatd bench: {pin_note}", flush=True)
     started = time.monotonic()
     results: list[dict] = []
-    scenarios = ["fanout", "ingest", "live"] if opts.scenario == "all" else [opts.scenario]
+    scenarios = ["fanout", "ingest", "live", "connect"] if opts.scenario == "all" else [opts.scenario]
     chatd = [Variant.chatd(db, n, redis_for(opts, n)) for db in opts.database for n in opts.processes]
     interrupted = None
     try:
         for scenario in scenarios:
-            ceiling = [Variant("ceiling", "ceiling")] if scenario == "fanout" and not opts.no_ceiling else []
+            with_ceiling = scenario in ("fanout", "connect") and not opts.no_ceiling
+            ceiling = [Variant("ceiling", "ceiling")] if with_ceiling else []
             # Rounds interleave the servers so slow drift of the machine
             # hits them alike.
             for rnd in range(1, opts.repeat + 1):
