@@ -4,7 +4,8 @@ object per line (``--log-format json``) for journald and log shippers.
 chatd logs through ``twisted.logger`` with named fields, so both formats
 carry the same facts.  Events about connections name the connection and
 the user (``connection``, ``user``) and say what happened in ``event``
-(``connection.open``, ``auth.ok``, ``auth.failed``, ``error.sent``,
+(``connection.open`` — with the user when the upgrade request carried a
+good token —, ``auth.ok``, ``auth.failed``, ``error.sent``,
 ``connection.close``, ``storage.error``, ``redis.down``, ``redis.up``, …);
 tokens and message content are never put into a log event.
 """

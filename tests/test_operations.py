@@ -240,6 +240,9 @@ def test_json_logs_one_object_per_line_without_tokens_or_content(tmp_path):
             assert response.status == 200  # access-logged without its query string
         with pytest.raises(ConnectionClosed):
             Client(f"ws://127.0.0.1:{port}/ws", forged)
+        with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:  # token in the first frame
+            ws.send(json.dumps({"type": "auth", "data": {"token": good}}))
+            first_frame = json.loads(ws.recv(timeout=5))["data"]["connectionId"]
         time.sleep(0.5)
     finally:
         assert daemon.terminate()
@@ -249,9 +252,12 @@ def test_json_logs_one_object_per_line_without_tokens_or_content(tmp_path):
     by_event: dict[str, list[dict]] = {}
     for record in records:
         by_event.setdefault(record.get("event", ""), []).append(record)
+    # A token in the URL: the open line names the user; a token in the first
+    # frame: the open line has no user, an auth.ok line follows.
     opened = [r for r in by_event["connection.open"] if r["connection"] == connection_id]
-    assert len(opened) == 1
-    assert [r["user"] for r in by_event["auth.ok"] if r["connection"] == connection_id] == ["alice"]
+    assert len(opened) == 1 and opened[0]["user"] == "alice" and opened[0]["peer"]
+    assert [r["connection"] for r in by_event["auth.ok"]] == [first_frame]
+    assert [r["user"] for r in by_event["connection.open"] if r["connection"] == first_frame] == [None]
     errors = [r for r in by_event["error.sent"] if r["connection"] == connection_id]
     assert [(r["code"], r["request"], r["user"]) for r in errors] == [("UNKNOWN_EVENT", "no:such", "alice")]
     closed = [r for r in by_event["connection.close"] if r["connection"] == connection_id]

@@ -176,6 +176,7 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         self._fast_send: Callable[[bytes], None] = _discard
         self._bucket: _TokenBucket | None = None
         self._detached = False
+        self._open_logged = True
 
     # -- opening and authentication -----------------------------------------
 
@@ -194,8 +195,6 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         factory = self.factory
         factory.connections[self] = None
         self._opened_at = factory.clock.seconds()
-        log.info("connection {connection} opened from {peer}", event="connection.open",
-                 connection=self.connection_id, peer=self.peer)
         self._bucket = _TokenBucket(factory.config.rate_limit, factory.config.rate_burst, factory.clock.seconds())
         self._buffer_owner = _socket_transport(self.transport)
         self._fast_send = self._fast_sender()
@@ -203,10 +202,19 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         self.transport.unregisterProducer()
         self.transport.registerProducer(_SendBufferWatch(self), True)
         if self._offered_token is not None:
+            # One log line for the open, with the user when the token in the
+            # URL or header is good (the common case: open + auth in one).
             token, self._offered_token = self._offered_token, None
+            self._open_logged = False
             self._authenticate(token, None)
         else:
+            self._log_open(None)
             self._auth_timer = factory.clock.callLater(factory.config.auth_timeout, self._auth_timed_out)
+
+    def _log_open(self, user: str | None) -> None:
+        self._open_logged = True
+        log.info("connection {connection} opened from {peer} as {user}", event="connection.open",
+                 connection=self.connection_id, peer=self.peer, user=user)
 
     def _auth_timed_out(self) -> None:
         self._auth_timer = None
@@ -219,6 +227,8 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         try:
             identity = self.factory.verifier.verify(token)
         except AuthError as e:
+            if not self._open_logged:
+                self._log_open(None)
             log.info("authentication failed on {connection}: {reason}", event="auth.failed",
                      connection=self.connection_id, user=self.identity.user_id if self.identity else None,
                      reason=str(e))
@@ -245,8 +255,11 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         if envelope is not None and envelope.id is not None:
             self._send(encode_ack(envelope.id, data))
         if first:
-            log.info("connection {connection} authenticated as {user}", event="auth.ok",
-                     connection=self.connection_id, user=identity.user_id)
+            if not self._open_logged:
+                self._log_open(identity.user_id)
+            else:
+                log.info("connection {connection} authenticated as {user}", event="auth.ok",
+                         connection=self.connection_id, user=identity.user_id)
             self.factory.sessions.opened(self)
 
     # -- requests -------------------------------------------------------------
