@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import txredisapi
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -202,8 +202,6 @@ class RedisLink:
         self._stopping = True
         d1 = self._commands.disconnect()
         d2 = self._subscriptions.disconnect()
-        from twisted.internet.defer import gatherResults
-
         return gatherResults([d1, d2], consumeErrors=True).addErrback(lambda _: None)
 
     @property
@@ -359,13 +357,14 @@ class RedisBroker:
             wanted = channel in self._subscriptions
             if wanted and channel not in self._sent:
                 self._sent.add(channel)
-                d = conn.subscribe([self._channel_prefix + channel.encode()])
+                # maybeDeferred: a connection that just went away raises at once
+                d = maybeDeferred(conn.subscribe, [self._channel_prefix + channel.encode()])
                 d.addCallbacks(self._subscribed, self._subscribe_failed,
                                callbackArgs=(channel, conn), errbackArgs=(channel,))
             elif not wanted and channel in self._sent:
                 self._sent.discard(channel)
                 self._active.discard(channel)
-                conn.unsubscribe([self._channel_prefix + channel.encode()]).addErrback(lambda _: None)
+                maybeDeferred(conn.unsubscribe, [self._channel_prefix + channel.encode()]).addErrback(lambda _: None)
 
     def _subscribed(self, _: Any, channel: str, conn: Any) -> None:
         if conn is self.link.subscriber and channel in self._sent:
@@ -392,8 +391,13 @@ class RedisBroker:
         waiter: Deferred[None] = Deferred()
         self._ready_waiters.setdefault(channel, []).append(waiter)
         timeout = self._clock.callLater(READY_TIMEOUT, self._wake, channel)
-        waiter.addBoth(lambda result: (timeout.cancel() if timeout.active() else None, result)[1])
-        return waiter
+
+        def settled(result: None) -> None:
+            if timeout.active():
+                timeout.cancel()
+            return result
+
+        return waiter.addBoth(settled)
 
     def _wake(self, channel: str) -> None:
         for waiter in self._ready_waiters.pop(channel, []):
