@@ -72,6 +72,8 @@ class LocalRegistry:
         self._channels_of: dict[Connection, set[str]] = {}
         self._users: dict[str, dict[Connection, None]] = {}
         self._retained: dict[str, int] = {}
+        self._framed_event: Published | None = None
+        self._framed: Any = None
         # Control events (disconnect a user, leave a room) travel the same
         # channels as pushes but are acted on, never framed.
         self._controls: dict[str, Control] = {}
@@ -270,7 +272,12 @@ class LocalRegistry:
         synchronous path) it is delivered at once."""
         if channel not in self._listeners and channel not in self._joining:
             return
-        item = (event, self._framer(event))
+        if event is not self._framed_event:
+            # One event on many channels (publish_many: a presence change to
+            # every online member of an audience) is framed once, not once
+            # per channel.
+            self._framed_event, self._framed = event, self._framer(event)
+        item = (event, self._framed)
         if self._clock is None:
             self._deliver(channel, [item])
             return

@@ -342,3 +342,34 @@ def test_join_completing_before_the_flush_still_filters_by_seq():
     registry.complete_join(c, "r", last_seq=5)
     clock.advance(0)
     assert ns(c) == [6]
+
+
+def test_one_event_on_many_channels_is_framed_once():
+    from chatd.broker.memory import InProcessBroker
+    from chatd.domain.models import Identity, Published
+    from chatd.domain.registry import LocalRegistry, user_channel
+
+    framed: list[Published] = []
+
+    def framer(event: Published) -> bytes:
+        framed.append(event)
+        return event.data
+
+    class Conn:
+        def __init__(self, user: str) -> None:
+            self.connection_id = "c-" + user
+            self.identity = Identity(user, None, None)
+            self.frames: list[bytes] = []
+
+        def send_frame(self, frame: bytes) -> None:
+            self.frames.append(frame)
+
+    broker = InProcessBroker()
+    registry = LocalRegistry(broker, framer)
+    conns = [Conn(f"u{i}") for i in range(5)]
+    for conn in conns:
+        registry.add_connection(conn)
+    event = Published("user:online", b'{"userId":"x"}')
+    broker.publish_many([user_channel(c.identity.user_id) for c in conns], event)
+    assert len(framed) == 1
+    assert all(conn.frames == [b'{"userId":"x"}'] for conn in conns)
