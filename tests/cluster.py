@@ -50,6 +50,24 @@ def requires_redis_server() -> str:
     return path
 
 
+def pubsub_channels(redis_url: str, pattern: str) -> set[str]:
+    """PUBSUB CHANNELS over a plain socket (RESP), to see what nodes subscribe."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(redis_url)
+    command = [b"PUBSUB", b"CHANNELS", pattern.encode()]
+    wire = b"*%d\r\n" % len(command) + b"".join(b"$%d\r\n%s\r\n" % (len(c), c) for c in command)
+    with socket.create_connection((parts.hostname, parts.port or 6379), timeout=5) as s:
+        s.sendall(wire)
+        reader = s.makefile("rb")
+        count = int(reader.readline()[1:])
+        channels = set()
+        for _ in range(count):
+            length = int(reader.readline()[1:])
+            channels.add(reader.read(length + 2)[:-2].decode())
+    return channels
+
+
 class PrivateRedis:
     """A redis-server of the test's own, on a free loopback port, that the
     test may stop and start again (same port)."""

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.certs import make_certificates
-from tests.cluster import Cluster, PrivateRedis, requires_redis
+from tests.cluster import Cluster, PrivateRedis, pubsub_channels, requires_redis
 from tests.syncclient import Client
 
 
@@ -51,6 +51,17 @@ def test_room_events_cross_nodes_exactly_once(cluster):
     alice.ok("chat:reaction", {"chatId": room, "messageId": sent[1]["id"], "reaction": "+1"})
     for client in (bob, carol):
         assert client.next("chat:reaction")["userId"] == "alice"
+    # Nodes subscribe to a room while a local connection has joined it, and
+    # unsubscribe when the last one leaves (one channel, whatever the nodes).
+    room_channel = f"{cluster.prefix}ch:room:{room}"
+    assert room_channel in pubsub_channels(cluster.redis_url, cluster.prefix + "*")
+    for client in (alice, bob, carol):
+        client.ok("chat:leave", {"chatId": room})
+    deadline = time.monotonic() + 5
+    while room_channel in pubsub_channels(cluster.redis_url, cluster.prefix + "*"):
+        assert time.monotonic() < deadline, "a node is still subscribed to the room it has no listener for"
+        time.sleep(0.05)
+    assert f"{cluster.prefix}ch:user:alice" in pubsub_channels(cluster.redis_url, cluster.prefix + "*")
 
 
 def test_presence_friends_and_direct_messages_cross_nodes(cluster):
