@@ -6,6 +6,7 @@ Replies come in the shapes chatd uses (compact JSON, same field order).
 
     python bench/ceiling.py PORT
 """
+
 import json
 import sys
 from functools import partial
@@ -14,15 +15,25 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import reactor
 
 dumps = partial(json.dumps, separators=(",", ":"))  # compact, like chatd
-ROOM = {"id": "r_ceiling", "name": "bench", "description": "", "type": "public",
-        "memberCount": 0, "createdAt": "2026-01-01T00:00:00.000Z", "lastSeq": 0}
+ROOM = {
+    "id": "r_ceiling",
+    "name": "bench",
+    "description": "",
+    "type": "public",
+    "memberCount": 0,
+    "createdAt": "2026-01-01T00:00:00.000Z",
+    "lastSeq": 0,
+}
 
 
 class Broadcast(WebSocketServerProtocol):
     def onOpen(self):
         self.factory.conns[self] = None
         self.user = f"u{id(self):x}"
-        hello = {"type": "authenticated", "data": {"userId": self.user, "connectionId": str(id(self))}}
+        hello = {
+            "type": "authenticated",
+            "data": {"userId": self.user, "connectionId": str(id(self))},
+        }
         self.sendMessage(dumps(hello).encode())
 
     def onClose(self, wasClean, code, reason):
@@ -34,9 +45,17 @@ class Broadcast(WebSocketServerProtocol):
         if kind == "chat:message":
             f = self.factory
             f.seq += 1
-            msg = {"id": f"m_{f.seq}", "chatId": data.get("chatId"), "seq": f.seq, "userId": self.user,
-                   "content": data.get("content"), "createdAt": "2026-01-01T00:00:00.000Z"}
-            frame = f.prepareMessage(dumps({"type": "chat:message", "data": msg}).encode()).payloadHybi
+            msg = {
+                "id": f"m_{f.seq}",
+                "chatId": data.get("chatId"),
+                "seq": f.seq,
+                "userId": self.user,
+                "content": data.get("content"),
+                "createdAt": "2026-01-01T00:00:00.000Z",
+            }
+            frame = f.prepareMessage(
+                dumps({"type": "chat:message", "data": msg}).encode()
+            ).payloadHybi
             for conn in f.conns:
                 conn.transport.write(frame)
             reply = {"id": msg["id"], "seq": f.seq, "createdAt": msg["createdAt"]}
@@ -51,6 +70,8 @@ class Broadcast(WebSocketServerProtocol):
 if __name__ == "__main__":
     factory = WebSocketServerFactory(f"ws://127.0.0.1:{sys.argv[1]}/ws")
     factory.protocol, factory.conns, factory.seq = Broadcast, {}, 0
-    factory.setProtocolOptions(perMessageCompressionAccept=lambda offers: None, tcpNoDelay=True, autoFragmentSize=0)
+    factory.setProtocolOptions(
+        perMessageCompressionAccept=lambda offers: None, tcpNoDelay=True, autoFragmentSize=0
+    )
     reactor.listenTCP(int(sys.argv[1]), factory, interface="127.0.0.1", backlog=2048)
     reactor.run()

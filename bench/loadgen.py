@@ -142,9 +142,11 @@ def machine_ticks() -> tuple[int, int, int]:
 def machine_pct(before: tuple[int, int, int], after: tuple[int, int, int], wall: float) -> dict:
     """Busy, stolen and interrupt CPU of the whole machine over ``wall``
     seconds, in percent of one CPU (like the per-process figures)."""
-    return {"machine_cpu_pct": 100.0 * (after[0] - before[0]) / TICK / wall,
-            "steal_pct": 100.0 * (after[1] - before[1]) / TICK / wall,
-            "irq_cpu_pct": 100.0 * (after[2] - before[2]) / TICK / wall}
+    return {
+        "machine_cpu_pct": 100.0 * (after[0] - before[0]) / TICK / wall,
+        "steal_pct": 100.0 * (after[1] - before[1]) / TICK / wall,
+        "irq_cpu_pct": 100.0 * (after[2] - before[2]) / TICK / wall,
+    }
 
 
 def process_ticks() -> dict[int, tuple[str, int, bool]]:
@@ -158,9 +160,13 @@ def process_ticks() -> dict[int, tuple[str, int, bool]]:
                 raw = f.read()
         except OSError:
             continue
-        comm = raw[raw.index(b"(") + 1:raw.rindex(b")")].decode(errors="replace")
+        comm = raw[raw.index(b"(") + 1 : raw.rindex(b")")].decode(errors="replace")
         fields = raw.rsplit(b")", 1)[1].split()
-        out[int(name)] = (comm, int(fields[11]) + int(fields[12]), bool(int(fields[6]) & 0x00200000))
+        out[int(name)] = (
+            comm,
+            int(fields[11]) + int(fields[12]),
+            bool(int(fields[6]) & 0x00200000),
+        )
     return out
 
 
@@ -184,8 +190,11 @@ def other_load(before: dict, after: dict, ours: set[int], wall: float) -> dict:
         else:
             users[comm] = users.get(comm, 0.0) + used
     top = sorted(users.items(), key=lambda kv: -kv[1])[:4]
-    return {"other_cpu_pct": sum(users.values()), "kernel_threads_cpu_pct": kernel,
-            "other_top": {k: round(v, 1) for k, v in top if v >= 1.0}}
+    return {
+        "other_cpu_pct": sum(users.values()),
+        "kernel_threads_cpu_pct": kernel,
+        "other_top": {k: round(v, 1) for k, v in top if v >= 1.0},
+    }
 
 
 def mint(secret: str, user: str) -> str:
@@ -214,7 +223,10 @@ def request(kind: str, rid: str, data: dict) -> bytes:
 def message_request(rid: str, room: str, text: str) -> bytes:
     # Built by hand: the sender must not be the bottleneck either.
     return b'{"type":"chat:message","id":"%s","data":{"chatId":"%s","content":"%s"}}' % (
-        rid.encode(), room.encode(), text.encode())
+        rid.encode(),
+        room.encode(),
+        text.encode(),
+    )
 
 
 def histogram_add(hist: dict[int, int], delays_ns: array) -> None:
@@ -325,8 +337,13 @@ class Base(WSListener):
         return reply["data"]
 
 
-async def open_all(factories, urls: str | Sequence[str], tokens: list[str], concurrency: int = 64,
-                   timeout: float = 30.0):
+async def open_all(
+    factories,
+    urls: str | Sequence[str],
+    tokens: list[str],
+    concurrency: int = 64,
+    timeout: float = 30.0,
+):
     """Connect one listener per token, round robin over ``urls`` (one URL
     or several servers), and wait for ``authenticated``."""
     sem = asyncio.Semaphore(concurrency)
@@ -334,8 +351,9 @@ async def open_all(factories, urls: str | Sequence[str], tokens: list[str], conc
 
     async def one(make, token, server: int):
         async with sem:
-            _, listener = await ws_connect(make, f"{targets[server]}?token={token}",
-                                           websocket_handshake_timeout=timeout)
+            _, listener = await ws_connect(
+                make, f"{targets[server]}?token={token}", websocket_handshake_timeout=timeout
+            )
             listener.server = server
             reply = await asyncio.wait_for(listener.ctl.future, timeout)
             if reply.get("type") != "authenticated":
@@ -392,7 +410,9 @@ def by_server(listeners, expected: int) -> dict[str, dict[int, int]]:
 
 
 def merge_by_server(outs: list[dict]) -> dict[str, dict[int, int]]:
-    return {k: merge_counts([o[k] for o in outs]) for k in ("connections_by_server", "short_by_server")}
+    return {
+        k: merge_counts([o[k] for o in outs]) for k in ("connections_by_server", "short_by_server")
+    }
 
 
 def close_codes(listeners) -> dict[int, int]:
@@ -409,7 +429,9 @@ def pipe_send(conn, obj) -> None:
     conn.send(obj)
 
 
-async def gather_workers(futures: list[asyncio.Future], timeout: float, what: str) -> tuple[list[dict], list[str]]:
+async def gather_workers(
+    futures: list[asyncio.Future], timeout: float, what: str
+) -> tuple[list[dict], list[str]]:
     """The ("done", result) of every worker: (results, failures)."""
     outs, failures = [], []
     for fut in futures:
@@ -490,8 +512,8 @@ class Probe(Receiver):
             if i >= 0:
                 now = monotonic_ns()
                 t = self.tally
-                t.delays.append(now - int(p[i + 2:i + 22]))
-                idx = int(p[i + 22:i + 30])
+                t.delays.append(now - int(p[i + 2 : i + 22]))
+                idx = int(p[i + 22 : i + 30])
                 if idx != self.next:
                     t.disorder += 1
                 self.next = idx + 1
@@ -532,7 +554,9 @@ def fork_workers(main, shares: list[tuple]) -> tuple[list, list]:
     return pipes, procs
 
 
-async def _receiver_worker(conn, urls: list[str], tokens: list[str], messages: int, stall: float, sample: int) -> None:
+async def _receiver_worker(
+    conn, urls: list[str], tokens: list[str], messages: int, stall: float, sample: int
+) -> None:
     """A forked process owning a share of the receivers."""
     tally = Tally(len(tokens) * messages)
     tally.done = asyncio.get_running_loop().create_future()
@@ -570,17 +594,27 @@ async def _receiver_worker(conn, urls: list[str], tokens: list[str], messages: i
     cpu1 = cpu_seconds()
     hist: dict[int, int] = {}
     histogram_add(hist, tally.delays)
-    pipe_send(conn, ("done", {
-        "count": tally.count, "target": tally.target, "disorder": tally.disorder,
-        "last_ns": tally.last, "cpu_s": cpu1 - cpu0, "hist": hist,
-        "other": tally.other,
-        "disconnected": sum(1 for ln in listeners if ln.closed),
-        "server_closes": close_codes(listeners),
-        "short_receivers": sum(1 for ln in listeners if ln.got != messages),
-        **by_server(listeners, messages),
-        "probes": sum(1 for ln in listeners if isinstance(ln, Probe)),
-        "arrivals": list(listeners[0].arrivals) if isinstance(listeners[0], Probe) else [],
-    }))
+    pipe_send(
+        conn,
+        (
+            "done",
+            {
+                "count": tally.count,
+                "target": tally.target,
+                "disorder": tally.disorder,
+                "last_ns": tally.last,
+                "cpu_s": cpu1 - cpu0,
+                "hist": hist,
+                "other": tally.other,
+                "disconnected": sum(1 for ln in listeners if ln.closed),
+                "server_closes": close_codes(listeners),
+                "short_receivers": sum(1 for ln in listeners if ln.got != messages),
+                **by_server(listeners, messages),
+                "probes": sum(1 for ln in listeners if isinstance(ln, Probe)),
+                "arrivals": list(listeners[0].arrivals) if isinstance(listeners[0], Probe) else [],
+            },
+        ),
+    )
     await close_all(listeners)
 
 
@@ -612,7 +646,9 @@ class Sender(Base):
     def send_next(self) -> None:
         i = self.sent
         self.sent += 1
-        self.transport.send(WSMsgType.TEXT, message_request(f"k{i}", self.room, content(i, self.size)))
+        self.transport.send(
+            WSMsgType.TEXT, message_request(f"k{i}", self.room, content(i, self.size))
+        )
 
     def on_ws_frame(self, transport: WSTransport, frame) -> None:
         if frame.msg_type != WSMsgType.TEXT:
@@ -650,8 +686,13 @@ def start_workers(args):
     n = args.receivers
     workers = max(1, min(args.workers, n))
     tokens = [token(args, f"r{i}") for i in range(n)]
-    return fork_workers(_receiver_worker, [(args.urls, tokens[w::workers], args.messages, args.stall,
-                                            max(1, args.sample)) for w in range(workers)])
+    return fork_workers(
+        _receiver_worker,
+        [
+            (args.urls, tokens[w::workers], args.messages, args.stall, max(1, args.sample))
+            for w in range(workers)
+        ],
+    )
 
 
 def stop_workers(pipes, procs) -> None:
@@ -670,7 +711,9 @@ def stop_workers(pipes, procs) -> None:
 async def _fanout(args, pipes, workers: int) -> dict:
     n, m = args.receivers, args.messages
     (sender,) = await open_all(Sender, args.url, [token(args, "sender")])
-    room = (await sender.call("chat:create", "c", {"name": "bench", "type": "public"}))["room"]["id"]
+    room = (await sender.call("chat:create", "c", {"name": "bench", "type": "public"}))["room"][
+        "id"
+    ]
     await sender.call("chat:join", "j", {"chatId": room})
     t_setup = time.monotonic()
     for p in pipes:
@@ -716,25 +759,40 @@ async def _fanout(args, pipes, workers: int) -> dict:
     await close_all([sender])
     return {
         "scenario": "fanout",
-        "receivers": n, "messages": m, "window": args.window, "workers": workers, "size": args.size,
-        "expected": expected, "delivered": count, "shortfall": expected - count,
+        "receivers": n,
+        "messages": m,
+        "window": args.window,
+        "workers": workers,
+        "size": args.size,
+        "expected": expected,
+        "delivered": count,
+        "shortfall": expected - count,
         "out_of_order": sum(o["disorder"] for o in outs),
         "probes": sum(o["probes"] for o in outs),
         "short_receivers": sum(o["short_receivers"] for o in outs),
         **merge_by_server(outs),
         "disconnected": sum(o["disconnected"] for o in outs),
         "server_closes": merge_counts([o["server_closes"] for o in outs] + [close_codes([sender])]),
-        "acked": sender.acked, "errors": sender.errors, "error_samples": sender.error_samples,
+        "acked": sender.acked,
+        "errors": sender.errors,
+        "error_samples": sender.error_samples,
         "sender_echo": sender.echo,
         "worker_failures": failures,
         "seconds": wall,
         "deliveries_per_s": count / wall,
         "messages_per_s": sender.acked / wall,
-        "p50_ms": percentile(hist, 0.50), "p99_ms": percentile(hist, 0.99), "max_ms": percentile(hist, 1.0),
+        "p50_ms": percentile(hist, 0.50),
+        "p99_ms": percentile(hist, 0.99),
+        "max_ms": percentile(hist, 1.0),
         "server_cpu_pct": 100.0 * (server_cpu1 - server_cpu0) / cpu_wall,
         "generator_cpu_pct": 100.0 * gen_cpu / cpu_wall,
         **machine_pct(mach0, mach1, cpu_wall),
-        **other_load(procs0, procs1, {os.getpid(), os.getppid(), *args.server_pids, *args.worker_pids}, cpu_wall),
+        **other_load(
+            procs0,
+            procs1,
+            {os.getpid(), os.getppid(), *args.server_pids, *args.worker_pids},
+            cpu_wall,
+        ),
         "cpu_sampled_s": cpu_wall,
         "server_peak_rss_mb": servers_rss(args.server_pids),
         "steady_deliveries_per_s": steady_rate(arrivals, n) if len(arrivals) == m else None,
@@ -764,7 +822,9 @@ class IngestConn(Base):
         now = monotonic_ns()
         self.sent += 1
         self.inflight += 1
-        self.transport.send(WSMsgType.TEXT, message_request(str(now), self.room, content(self.sent, self.size)))
+        self.transport.send(
+            WSMsgType.TEXT, message_request(str(now), self.room, content(self.sent, self.size))
+        )
 
     def on_ws_frame(self, transport: WSTransport, frame) -> None:
         if frame.msg_type != WSMsgType.TEXT:
@@ -780,7 +840,7 @@ class IngestConn(Base):
         if p.startswith(ACK):
             now = monotonic_ns()
             self.acked += 1
-            self.lat.append(now - int(p[20:p.index(b'"', 20)]))
+            self.lat.append(now - int(p[20 : p.index(b'"', 20)]))
             self.stats["last_ack"] = now
         elif p.startswith(ERR):
             self.stats["errors"] += 1
@@ -802,13 +862,23 @@ class IngestConn(Base):
 async def ingest(args) -> dict:
     k, r = args.connections, max(1, min(args.rooms, args.connections))
     loop = asyncio.get_running_loop()
-    stats = {"errors": 0, "error_samples": [], "last_ack": 0, "idle": 0, "conns": k,
-             "all_idle": loop.create_future()}
+    stats = {
+        "errors": 0,
+        "error_samples": [],
+        "last_ack": 0,
+        "idle": 0,
+        "conns": k,
+        "all_idle": loop.create_future(),
+    }
     tokens = [token(args, f"i{i}") for i in range(k)]
     conns = await open_all(lambda: IngestConn(stats), args.urls, tokens)
     rooms = []
     for i in range(r):
-        rooms.append((await conns[i].call("chat:create", f"c{i}", {"name": f"ingest{i}", "type": "public"}))["room"]["id"])
+        rooms.append(
+            (await conns[i].call("chat:create", f"c{i}", {"name": f"ingest{i}", "type": "public"}))[
+                "room"
+            ]["id"]
+        )
     await join_all(conns, [rooms[i % r] for i in range(k)])
     for i, c in enumerate(conns):
         c.room, c.size = rooms[i % r], args.size
@@ -854,15 +924,25 @@ async def ingest(args) -> dict:
     await close_all(conns)
     return {
         "scenario": "ingest",
-        "connections": k, "rooms": r, "window": args.window, "duration": args.duration, "size": args.size,
-        "sent": sum(c.sent for c in conns), "acked": acked, "errors": stats["errors"],
-        "error_samples": stats["error_samples"], "unanswered": sum(c.inflight for c in conns),
-        "expected_pushes": expected_pushes, "pushes": pushes, "push_shortfall": expected_pushes - pushes,
+        "connections": k,
+        "rooms": r,
+        "window": args.window,
+        "duration": args.duration,
+        "size": args.size,
+        "sent": sum(c.sent for c in conns),
+        "acked": acked,
+        "errors": stats["errors"],
+        "error_samples": stats["error_samples"],
+        "unanswered": sum(c.inflight for c in conns),
+        "expected_pushes": expected_pushes,
+        "pushes": pushes,
+        "push_shortfall": expected_pushes - pushes,
         "disconnected": sum(1 for c in conns if c.closed),
         "server_closes": close_codes(conns),
         "seconds": wall,
         "acked_per_s": acked / wall,
-        "ack_p50_ms": percentile(hist, 0.50), "ack_p99_ms": percentile(hist, 0.99),
+        "ack_p50_ms": percentile(hist, 0.50),
+        "ack_p99_ms": percentile(hist, 0.99),
         "server_cpu_pct": 100.0 * (server_cpu1 - server_cpu0) / cpu_wall,
         "generator_cpu_pct": 100.0 * (own_cpu1 - own_cpu0) / cpu_wall,
         **machine_pct(mach0, mach1, cpu_wall),
@@ -933,7 +1013,9 @@ class LiveProbe(Viewer):
         self.high = [-1] * senders  # highest index seen per sender
         self.seen = bytearray(reactions)
         self.arrivals = array("q")
-        self.disorder_samples: list[tuple[int, int]] = []  # (late index, highest of its sender by then)
+        self.disorder_samples: list[
+            tuple[int, int]
+        ] = []  # (late index, highest of its sender by then)
 
     def on_ws_frame(self, transport: WSTransport, frame) -> None:
         p = frame.get_payload_as_bytes()
@@ -942,8 +1024,8 @@ class LiveProbe(Viewer):
             if i >= 0:
                 now = monotonic_ns()
                 t = self.tally
-                t.delays.append(now - int(p[i + 2:i + 22]))
-                idx = int(p[i + 22:i + 30])
+                t.delays.append(now - int(p[i + 2 : i + 22]))
+                idx = int(p[i + 22 : i + 30])
                 if idx >= len(self.seen) or self.seen[idx]:
                     t.duplicates += 1
                 else:
@@ -981,8 +1063,15 @@ async def live_join_all(listeners, stream: str, concurrency: int = 64) -> dict[s
     return statuses
 
 
-async def _live_worker(conn, urls: list[str], tokens: list[str], reactions: int, senders: int, stall: float,
-                       sample: int) -> None:
+async def _live_worker(
+    conn,
+    urls: list[str],
+    tokens: list[str],
+    reactions: int,
+    senders: int,
+    stall: float,
+    sample: int,
+) -> None:
     """A forked process owning a share of the viewers."""
     n = len(tokens)
     tally = LiveTally(n * reactions)
@@ -1042,20 +1131,35 @@ async def _live_worker(conn, urls: list[str], tokens: list[str], reactions: int,
     hist: dict[int, int] = {}
     histogram_add(hist, tally.delays)
     seen = [ln.viewer_count for ln in listeners if ln.viewer_count is not None]
-    pipe_send(conn, ("done", {
-        "count": tally.count, "target": tally.target, "disorder": tally.disorder,
-        "duplicates": tally.duplicates,
-        "last_ns": tally.last, "cpu_s": cpu1 - cpu0, "hist": hist,
-        "count_pushes": tally.other,
-        "viewer_count_min": min(seen, default=None), "viewer_count_max": max(seen, default=None),
-        "disconnected": sum(1 for ln in listeners if ln.closed),
-        "server_closes": close_codes(listeners),
-        "short_receivers": sum(1 for ln in listeners if ln.got != per_viewer),
-        **by_server(listeners, per_viewer),
-        "probes": sum(1 for ln in listeners if isinstance(ln, LiveProbe)),
-        "arrivals": list(listeners[0].arrivals) if isinstance(listeners[0], LiveProbe) else [],
-        "disorder_samples": listeners[0].disorder_samples if isinstance(listeners[0], LiveProbe) else [],
-    }))
+    pipe_send(
+        conn,
+        (
+            "done",
+            {
+                "count": tally.count,
+                "target": tally.target,
+                "disorder": tally.disorder,
+                "duplicates": tally.duplicates,
+                "last_ns": tally.last,
+                "cpu_s": cpu1 - cpu0,
+                "hist": hist,
+                "count_pushes": tally.other,
+                "viewer_count_min": min(seen, default=None),
+                "viewer_count_max": max(seen, default=None),
+                "disconnected": sum(1 for ln in listeners if ln.closed),
+                "server_closes": close_codes(listeners),
+                "short_receivers": sum(1 for ln in listeners if ln.got != per_viewer),
+                **by_server(listeners, per_viewer),
+                "probes": sum(1 for ln in listeners if isinstance(ln, LiveProbe)),
+                "arrivals": list(listeners[0].arrivals)
+                if isinstance(listeners[0], LiveProbe)
+                else [],
+                "disorder_samples": listeners[0].disorder_samples
+                if isinstance(listeners[0], LiveProbe)
+                else [],
+            },
+        ),
+    )
     await close_all(listeners)
 
 
@@ -1087,8 +1191,11 @@ class ReactionSender(Base):
     def send(self, index: int, now: int) -> None:
         self.sent += 1
         self.shared["sent_at"][index] = now
-        self.transport.send(WSMsgType.TEXT, b'{"type":"live:reaction","id":"%d","data":{"streamId":"%s",'
-                                            b'"emoji":"~T%020d%08d"}}' % (index, self.shared["stream"], now, index))
+        self.transport.send(
+            WSMsgType.TEXT,
+            b'{"type":"live:reaction","id":"%d","data":{"streamId":"%s",'
+            b'"emoji":"~T%020d%08d"}}' % (index, self.shared["stream"], now, index),
+        )
 
     def on_ws_frame(self, transport: WSTransport, frame) -> None:
         if frame.msg_type != WSMsgType.TEXT:
@@ -1107,7 +1214,7 @@ class ReactionSender(Base):
         if p.startswith(ACK):
             now = monotonic_ns()
             self.acked += 1
-            s["ack_lat"].append(now - s["sent_at"][int(p[20:p.index(b'"', 20)])])
+            s["ack_lat"].append(now - s["sent_at"][int(p[20 : p.index(b'"', 20)])])
             s["last_ack"] = now
         elif p.startswith(ERR):
             self.errors += 1
@@ -1131,8 +1238,20 @@ def start_live_workers(args):
     n = args.viewers
     workers = max(1, min(args.workers, n))
     tokens = [token(args, f"v{i}") for i in range(n)]
-    return fork_workers(_live_worker, [(args.urls, tokens[w::workers], args.reactions, args.senders, args.stall,
-                                        max(1, args.sample)) for w in range(workers)])
+    return fork_workers(
+        _live_worker,
+        [
+            (
+                args.urls,
+                tokens[w::workers],
+                args.reactions,
+                args.senders,
+                args.stall,
+                max(1, args.sample),
+            )
+            for w in range(workers)
+        ],
+    )
 
 
 async def _live(args, pipes, workers: int) -> dict:
@@ -1143,11 +1262,19 @@ async def _live(args, pipes, workers: int) -> dict:
     stream = f"bench-{os.urandom(4).hex()}"
     (host,) = await open_all(Host, args.url, [token(args, "host")])
     await host.call("live:status", "s", {"streamId": stream, "status": "started"})
-    shared = {"stream": stream.encode(), "sent_at": array("q", bytes(8 * total)), "ack_lat": array("q"),
-              "error_samples": [], "answered": 0, "total": total, "last_ack": 0,
-              "all_answered": loop.create_future()}
-    senders = await open_all(lambda: ReactionSender(shared), args.url,
-                             [token(args, f"s{i}") for i in range(k)])
+    shared = {
+        "stream": stream.encode(),
+        "sent_at": array("q", bytes(8 * total)),
+        "ack_lat": array("q"),
+        "error_samples": [],
+        "answered": 0,
+        "total": total,
+        "last_ack": 0,
+        "all_answered": loop.create_future(),
+    }
+    senders = await open_all(
+        lambda: ReactionSender(shared), args.url, [token(args, f"s{i}") for i in range(k)]
+    )
     for s in senders:
         reply = await s.call("live:join", "j", {"streamId": stream})
         s.viewer_count = reply["viewerCount"]
@@ -1245,12 +1372,21 @@ async def _live(args, pipes, workers: int) -> dict:
     await close_all([*senders, host])
     return {
         "scenario": "live",
-        "viewers": n, "reactions": total, "reaction_rate": rate, "senders": k, "workers": workers,
+        "viewers": n,
+        "reactions": total,
+        "reaction_rate": rate,
+        "senders": k,
+        "workers": workers,
         "stream": stream,
-        "sent": sent, "acked": acked, "errors": sum(s.errors for s in senders),
+        "sent": sent,
+        "acked": acked,
+        "errors": sum(s.errors for s in senders),
         "error_samples": shared["error_samples"],
-        "expected": expected, "delivered": count, "shortfall": expected - count,
-        "sender_copies": sum(s.echo for s in senders), "sender_copies_expected": k * acked,
+        "expected": expected,
+        "delivered": count,
+        "shortfall": expected - count,
+        "sender_copies": sum(s.echo for s in senders),
+        "sender_copies_expected": k * acked,
         "out_of_order": sum(o["disorder"] for o in outs),
         "duplicates": sum(o["duplicates"] for o in outs),
         "disorder_samples": [x for o in outs for x in o["disorder_samples"]],
@@ -1268,13 +1404,21 @@ async def _live(args, pipes, workers: int) -> dict:
         "send_max_lag_ms": pace["max_lag"] / 1e6,
         "drain_ms": (t1 - pace["last_send"]) / 1e6 if pace["last_send"] else None,
         "deliveries_per_s": count / wall,
-        "p50_ms": percentile(hist, 0.50), "p99_ms": percentile(hist, 0.99), "max_ms": percentile(hist, 1.0),
-        "ack_p50_ms": percentile(ack_hist, 0.50), "ack_p99_ms": percentile(ack_hist, 0.99),
+        "p50_ms": percentile(hist, 0.50),
+        "p99_ms": percentile(hist, 0.99),
+        "max_ms": percentile(hist, 1.0),
+        "ack_p50_ms": percentile(ack_hist, 0.50),
+        "ack_p99_ms": percentile(ack_hist, 0.99),
         "server_cpu_pct": 100.0 * server_cpu / cpu_wall,
         "server_us_per_delivery": 1e6 * server_cpu / count if count else None,
         "generator_cpu_pct": 100.0 * gen_cpu / cpu_wall,
         **machine_pct(mach0, mach1, cpu_wall),
-        **other_load(procs0, procs1, {os.getpid(), os.getppid(), *args.server_pids, *args.worker_pids}, cpu_wall),
+        **other_load(
+            procs0,
+            procs1,
+            {os.getpid(), os.getppid(), *args.server_pids, *args.worker_pids},
+            cpu_wall,
+        ),
         "cpu_sampled_s": cpu_wall,
         "server_peak_rss_mb": servers_rss(args.server_pids),
         "timeline_reactions_per_s": timeline(arrivals, t0),
@@ -1310,12 +1454,14 @@ class CpuWindow:
         own = cpu_seconds() - self.own0
         mach1, procs1 = machine_ticks(), process_ticks()
         wall = max(1e-9, (monotonic_ns() - self.t0) / 1e9)
-        return {"server_cpu_pct": 100.0 * self.server_s / wall,
-                "generator_cpu_pct": 100.0 * (own + workers_cpu_s) / wall,
-                **machine_pct(self.mach0, mach1, wall),
-                **other_load(self.procs0, procs1, self.ours, wall),
-                "cpu_sampled_s": wall,
-                "server_peak_rss_mb": servers_rss(self.server_pids)}
+        return {
+            "server_cpu_pct": 100.0 * self.server_s / wall,
+            "generator_cpu_pct": 100.0 * (own + workers_cpu_s) / wall,
+            **machine_pct(self.mach0, mach1, wall),
+            **other_load(self.procs0, procs1, self.ours, wall),
+            "cpu_sampled_s": wall,
+            "server_peak_rss_mb": servers_rss(self.server_pids),
+        }
 
 
 class Connector(WSListener):
@@ -1369,7 +1515,9 @@ async def connect_once(url: str, tally: ConnectTally, timeout: float) -> None:
     close then goes on without holding the window slot)."""
     started = monotonic_ns()
     try:
-        transport, ln = await ws_connect(partial(Connector, started), url, websocket_handshake_timeout=timeout)
+        transport, ln = await ws_connect(
+            partial(Connector, started), url, websocket_handshake_timeout=timeout
+        )
     except Exception as e:  # refused, reset, handshake rejected or timed out
         tally.fail(f"handshake: {type(e).__name__}: {e}")
         return
@@ -1404,17 +1552,29 @@ async def _connect_worker(conn, urls: list[str], window: int, timeout: float) ->
     cpu0 = cpu_seconds()
     first = monotonic_ns()
     jobs = iter(urls)
-    await asyncio.gather(*(connect_lane(jobs, tally, timeout) for _ in range(max(1, min(window, len(urls))))))
+    await asyncio.gather(
+        *(connect_lane(jobs, tally, timeout) for _ in range(max(1, min(window, len(urls)))))
+    )
     if tally.open:
         await asyncio.wait([ln.gone for ln in tally.open], timeout=timeout)
     hist: dict[int, int] = {}
     histogram_add(hist, tally.latencies)
-    pipe_send(conn, ("done", {
-        "completed": len(tally.latencies), "first_ns": first, "last_ns": tally.last, "hist": hist,
-        "errors": tally.errors, "error_samples": tally.error_samples,
-        "unclean_closes": sum(1 for ln in tally.open if not ln.clean),
-        "cpu_s": cpu_seconds() - cpu0,
-    }))
+    pipe_send(
+        conn,
+        (
+            "done",
+            {
+                "completed": len(tally.latencies),
+                "first_ns": first,
+                "last_ns": tally.last,
+                "hist": hist,
+                "errors": tally.errors,
+                "error_samples": tally.error_samples,
+                "unclean_closes": sum(1 for ln in tally.open if not ln.clean),
+                "cpu_s": cpu_seconds() - cpu0,
+            },
+        ),
+    )
 
 
 def start_connect_workers(args):
@@ -1423,8 +1583,13 @@ def start_connect_workers(args):
     n = args.connects
     workers = max(1, min(args.workers, n))
     urls = [f"{args.urls[i % len(args.urls)]}?token={token(args, f'c{i}')}" for i in range(n)]
-    return fork_workers(_connect_worker, [(urls[w::workers], -(-args.connect_window // workers), args.stall)
-                                          for w in range(workers)])
+    return fork_workers(
+        _connect_worker,
+        [
+            (urls[w::workers], -(-args.connect_window // workers), args.stall)
+            for w in range(workers)
+        ],
+    )
 
 
 async def settle(pids: list[int], after: float, limit: float) -> tuple[float, float]:
@@ -1446,7 +1611,9 @@ async def settle(pids: list[int], after: float, limit: float) -> tuple[float, fl
 
 async def _connect(args, pipes, workers: int) -> dict:
     done = [pipe_future(p) for p in pipes]
-    cpu = CpuWindow(args.server_pids, {os.getpid(), os.getppid(), *args.server_pids, *args.worker_pids})
+    cpu = CpuWindow(
+        args.server_pids, {os.getpid(), os.getppid(), *args.server_pids, *args.worker_pids}
+    )
     for p in pipes:
         pipe_send(p, ("go",))
     outs, failures = await gather_workers(done, args.timeout + args.stall, "connect")
@@ -1460,19 +1627,28 @@ async def _connect(args, pipes, workers: int) -> dict:
     first = min((o["first_ns"] for o in outs), default=0)
     wall = max(1e-9, (max((o["last_ns"] for o in outs), default=first) - first) / 1e9)
     return {
-        "scenario": "connect", "connects": args.connects, "window": args.connect_window, "workers": workers,
-        "completed": completed, "errors": sum(o["errors"] for o in outs),
+        "scenario": "connect",
+        "connects": args.connects,
+        "window": args.connect_window,
+        "workers": workers,
+        "completed": completed,
+        "errors": sum(o["errors"] for o in outs),
         "error_samples": [x for o in outs for x in o["error_samples"]][:5],
         "unclean_closes": sum(o["unclean_closes"] for o in outs),
         "worker_failures": failures,
-        "seconds": wall, "connects_per_s": completed / wall,
-        "p50_ms": percentile(hist, 0.50), "p99_ms": percentile(hist, 0.99), "max_ms": percentile(hist, 1.0),
+        "seconds": wall,
+        "connects_per_s": completed / wall,
+        "p50_ms": percentile(hist, 0.50),
+        "p99_ms": percentile(hist, 0.99),
+        "max_ms": percentile(hist, 1.0),
         **window,
         "server_us_per_connect": 1e6 * cpu.server_s / completed if completed else None,
-        "settle_s": tail_s, "server_settle_cpu_s": tail_cpu_s,
-        "server_us_per_connect_total": 1e6 * (cpu.server_s + tail_cpu_s) / completed if completed else None,
+        "settle_s": tail_s,
+        "server_settle_cpu_s": tail_cpu_s,
+        "server_us_per_connect_total": 1e6 * (cpu.server_s + tail_cpu_s) / completed
+        if completed
+        else None,
     }
-
 
 
 # -- command line --------------------------------------------------------------------
@@ -1481,43 +1657,94 @@ async def _connect(args, pipes, workers: int) -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("scenario", choices=["fanout", "ingest", "live", "connect"])
-    p.add_argument("--url", required=True, action="append",
-                   help="ws://host:port/ws; several servers of one cluster: repeat it or separate with commas "
-                        "(receivers/viewers are spread round robin, everything else uses the first)")
+    p.add_argument(
+        "--url",
+        required=True,
+        action="append",
+        help="ws://host:port/ws; several servers of one cluster: repeat it or separate with commas "
+        "(receivers/viewers are spread round robin, everything else uses the first)",
+    )
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--secret", help="HS256 secret to mint tokens with")
-    g.add_argument("--secret-file", help="file holding the HS256 secret (chatd's DATA_DIR/jwt-secret)")
-    p.add_argument("--server-pid", type=int, action="append", default=[],
-                   help="sample this process's CPU over the measured window (repeat for several servers: summed)")
-    p.add_argument("--size", type=int, default=64, help="characters of message content (default 64)")
-    p.add_argument("--window", type=int, default=None, help="un-acked messages per sending connection")
-    p.add_argument("--stall", type=float, default=15.0, help="give up after this many seconds without progress")
-    p.add_argument("--user-tag", default=None,
-                   help="user ids are bench-TAG-<name> (default: a fresh random TAG per run; '' for bench-<name>)")
+    g.add_argument(
+        "--secret-file", help="file holding the HS256 secret (chatd's DATA_DIR/jwt-secret)"
+    )
+    p.add_argument(
+        "--server-pid",
+        type=int,
+        action="append",
+        default=[],
+        help="sample this process's CPU over the measured window (repeat for several servers: summed)",
+    )
+    p.add_argument(
+        "--size", type=int, default=64, help="characters of message content (default 64)"
+    )
+    p.add_argument(
+        "--window", type=int, default=None, help="un-acked messages per sending connection"
+    )
+    p.add_argument(
+        "--stall", type=float, default=15.0, help="give up after this many seconds without progress"
+    )
+    p.add_argument(
+        "--user-tag",
+        default=None,
+        help="user ids are bench-TAG-<name> (default: a fresh random TAG per run; '' for bench-<name>)",
+    )
     p.add_argument("--timeout", type=float, default=120.0, help="upper bound for the sending phase")
     f = p.add_argument_group("fanout")
     f.add_argument("--receivers", type=int, default=1000)
     f.add_argument("--messages", type=int, default=2000)
-    f.add_argument("--workers", type=int, default=1, help="receiver (fanout), viewer (live) or connecting (connect) processes")
-    f.add_argument("--sample", type=int, default=10,
-                   help="every N-th receiver or viewer also measures delay and order (all count exactly; default 10)")
+    f.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="receiver (fanout), viewer (live) or connecting (connect) processes",
+    )
+    f.add_argument(
+        "--sample",
+        type=int,
+        default=10,
+        help="every N-th receiver or viewer also measures delay and order (all count exactly; default 10)",
+    )
     i = p.add_argument_group("ingest")
     i.add_argument("--connections", type=int, default=50)
     i.add_argument("--rooms", type=int, default=5)
     i.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
     lv = p.add_argument_group("live")
-    lv.add_argument("--viewers", type=int, default=1000, help="connections that join the stream and count")
+    lv.add_argument(
+        "--viewers", type=int, default=1000, help="connections that join the stream and count"
+    )
     lv.add_argument("--reactions", type=int, default=5000, help="reactions sent in all")
-    lv.add_argument("--reaction-rate", type=float, default=500.0, help="reactions per second, all senders together")
-    lv.add_argument("--senders", type=int, default=4, help="reacting connections (users of their own)")
+    lv.add_argument(
+        "--reaction-rate",
+        type=float,
+        default=500.0,
+        help="reactions per second, all senders together",
+    )
+    lv.add_argument(
+        "--senders", type=int, default=4, help="reacting connections (users of their own)"
+    )
     c = p.add_argument_group("connect")
-    c.add_argument("--connects", type=int, default=5000, help="connections opened, authenticated and closed")
-    c.add_argument("--connect-window", type=int, default=64, help="connection attempts in flight, all workers together")
-    c.add_argument("--settle", type=float, default=4.0,
-                   help="after the last close, wait this long (chatd's 3 s presence grace + 1) and then for the "
-                        "server to go idle, and report the server CPU used meanwhile")
+    c.add_argument(
+        "--connects", type=int, default=5000, help="connections opened, authenticated and closed"
+    )
+    c.add_argument(
+        "--connect-window",
+        type=int,
+        default=64,
+        help="connection attempts in flight, all workers together",
+    )
+    c.add_argument(
+        "--settle",
+        type=float,
+        default=4.0,
+        help="after the last close, wait this long (chatd's 3 s presence grace + 1) and then for the "
+        "server to go idle, and report the server CPU used meanwhile",
+    )
     args = p.parse_args(argv)
-    if args.scenario == "live" and (args.reactions < 1 or args.reaction_rate <= 0 or args.viewers < 1):
+    if args.scenario == "live" and (
+        args.reactions < 1 or args.reaction_rate <= 0 or args.viewers < 1
+    ):
         p.error("live needs --viewers >= 1, --reactions >= 1 and --reaction-rate > 0")
     if args.user_tag is None:
         args.user_tag = os.urandom(3).hex()
@@ -1533,8 +1760,11 @@ def parse_args(argv=None):
 
 
 # scenario -> (fork its worker processes, run it in the main process)
-WORKER_SCENARIOS = {"fanout": (start_workers, _fanout), "live": (start_live_workers, _live),
-                    "connect": (start_connect_workers, _connect)}
+WORKER_SCENARIOS = {
+    "fanout": (start_workers, _fanout),
+    "live": (start_live_workers, _live),
+    "connect": (start_connect_workers, _connect),
+}
 
 
 def main(argv=None) -> int:

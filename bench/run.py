@@ -113,8 +113,9 @@ class Server:
     """A server subprocess in its own session; ``stop`` always leaves
     nothing behind (SIGTERM, then SIGKILL to its process group)."""
 
-    def __init__(self, kind: str, database: str | None, cpus: set[int] | None,
-                 shared: Shared | None = None) -> None:
+    def __init__(
+        self, kind: str, database: str | None, cpus: set[int] | None, shared: Shared | None = None
+    ) -> None:
         self.kind = kind
         self.database = database
         self.cpus = cpus
@@ -134,10 +135,24 @@ class Server:
     def command(self) -> list[str]:
         if self.kind == "ceiling":
             return [PYTHON, str(HERE / "ceiling.py"), str(self.port)]
-        cmd = [TWISTD, "-n", "--pidfile=", "chatd", "--data-dir", self.dir,
-               "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-               "--rate-limit", "1000000", "--rate-burst", "1000000", "--max-send-buffer", "67108864",
-               "--reaction-rate", "1000000"]
+        cmd = [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "chatd",
+            "--data-dir",
+            self.dir,
+            "--listen",
+            f"tcp:{self.port}:interface=127.0.0.1",
+            "--rate-limit",
+            "1000000",
+            "--rate-burst",
+            "1000000",
+            "--max-send-buffer",
+            "67108864",
+            "--reaction-rate",
+            "1000000",
+        ]
         if self.database:
             cmd += ["--database", self.database]
         if self.shared:
@@ -150,7 +165,9 @@ class Server:
         for the generator."""
         if not self.shared:
             return None
-        fd = os.open(os.path.join(self.dir, "jwt-secret"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(
+            os.path.join(self.dir, "jwt-secret"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+        )
         with os.fdopen(fd, "w") as f:
             f.write(self.shared.secret + "\n")
         return {**os.environ, "CHATD_JWT_SECRET": self.shared.secret}
@@ -159,9 +176,16 @@ class Server:
         log = open(self.log_path, "wb")
         try:
             # cwd is the scratch directory so the installed chatd is what runs.
-            self.proc = subprocess.Popen(self.command(), cwd=self.dir, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT, env=self.environment(),
-                                         start_new_session=True, preexec_fn=pinned(self.cpus))
+            self.proc = subprocess.Popen(
+                self.command(),
+                cwd=self.dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.environment(),
+                start_new_session=True,
+                preexec_fn=pinned(self.cpus),
+            )
             RUNNING.add(self)
         finally:
             log.close()
@@ -170,9 +194,13 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode} during start-up:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.kind} exited with {self.proc.returncode} during start-up:\n{self.log_tail()}"
+                )
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.port}/healthz", timeout=1
+                ) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -230,8 +258,14 @@ class Servers:
     """The server of one run: a single process, or ``count`` chatd
     processes (each on its own port) sharing Redis and the database."""
 
-    def __init__(self, kind: str, database: str | None, cpus: set[int] | None, count: int = 1,
-                 redis: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        database: str | None,
+        cpus: set[int] | None,
+        count: int = 1,
+        redis: str | None = None,
+    ) -> None:
         shared = Shared.fresh(redis) if redis else None
         self.members = [Server(kind, database, cpus, shared) for _ in range(count)]
 
@@ -255,7 +289,12 @@ class Servers:
         """URLs (receivers are spread over them, the sender uses the first),
         the secret, and every process to sample CPU of."""
         pids = [arg for s in self.members for arg in ("--server-pid", str(s.proc.pid))]
-        return ["--url", ",".join(s.url for s in self.members), *self.members[0].secret_args(), *pids]
+        return [
+            "--url",
+            ",".join(s.url for s in self.members),
+            *self.members[0].secret_args(),
+            *pids,
+        ]
 
     def _each(self, texts: list[list[str]]) -> list[str]:
         """Lines of every member, marked with its number when there are several."""
@@ -274,9 +313,11 @@ class Servers:
         first one's), whether any was killed, the longest stop."""
         codes = [s.exit_code for s in self.members]
         unclean = [c for c in codes if c not in (0, -signal.SIGTERM, None)]
-        return {"server_exit_code": (unclean or codes)[0],
-                "server_killed": any(s.killed for s in self.members),
-                "server_stop_s": round(max(s.stop_seconds or 0 for s in self.members), 2)}
+        return {
+            "server_exit_code": (unclean or codes)[0],
+            "server_killed": any(s.killed for s in self.members),
+            "server_stop_s": round(max(s.stop_seconds or 0 for s in self.members), 2),
+        }
 
     @property
     def dir(self) -> str:
@@ -289,19 +330,29 @@ class Servers:
 
 def run_loadgen(args: list[str], cpus: set[int] | None, timeout: float) -> dict:
     cmd = [PYTHON, str(HERE / "loadgen.py"), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            start_new_session=True, preexec_fn=pinned(cpus))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=pinned(cpus),
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill_group(proc.pid)
         out, err = proc.communicate()
-        raise RuntimeError(f"load generator timed out after {timeout:.0f}s:\n"
-                           f"{err.decode(errors='replace')[-2000:]}") from None
+        raise RuntimeError(
+            f"load generator timed out after {timeout:.0f}s:\n"
+            f"{err.decode(errors='replace')[-2000:]}"
+        ) from None
     finally:
         kill_group(proc.pid)
     if proc.returncode != 0:
-        raise RuntimeError(f"load generator failed ({proc.returncode}):\n{err.decode(errors='replace')[-3000:]}")
+        raise RuntimeError(
+            f"load generator failed ({proc.returncode}):\n{err.decode(errors='replace')[-3000:]}"
+        )
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
@@ -362,17 +413,58 @@ def scenario_args(opts, scenario: str) -> list[str]:
     if opts.user_tag is not None:
         common.append(f"--user-tag={opts.user_tag}")
     if scenario == "fanout":
-        return [*common, "--receivers", str(opts.receivers), "--messages", str(opts.messages),
-                "--window", str(opts.window), "--workers", str(opts.workers), "--sample", str(opts.sample)]
+        return [
+            *common,
+            "--receivers",
+            str(opts.receivers),
+            "--messages",
+            str(opts.messages),
+            "--window",
+            str(opts.window),
+            "--workers",
+            str(opts.workers),
+            "--sample",
+            str(opts.sample),
+        ]
     if scenario == "live":
-        return [*common, "--viewers", str(opts.viewers), "--reactions", str(opts.reactions),
-                "--reaction-rate", str(opts.reaction_rate), "--senders", str(opts.senders),
-                "--workers", str(opts.workers), "--sample", str(opts.sample)]
+        return [
+            *common,
+            "--viewers",
+            str(opts.viewers),
+            "--reactions",
+            str(opts.reactions),
+            "--reaction-rate",
+            str(opts.reaction_rate),
+            "--senders",
+            str(opts.senders),
+            "--workers",
+            str(opts.workers),
+            "--sample",
+            str(opts.sample),
+        ]
     if scenario == "connect":
-        return [*common, "--connects", str(opts.connects), "--connect-window", str(opts.connect_window),
-                "--settle", str(opts.settle), "--workers", str(opts.workers)]
-    return [*common, "--connections", str(opts.connections), "--rooms", str(opts.rooms),
-            "--window", str(opts.ingest_window), "--duration", str(opts.duration)]
+        return [
+            *common,
+            "--connects",
+            str(opts.connects),
+            "--connect-window",
+            str(opts.connect_window),
+            "--settle",
+            str(opts.settle),
+            "--workers",
+            str(opts.workers),
+        ]
+    return [
+        *common,
+        "--connections",
+        str(opts.connections),
+        "--rooms",
+        str(opts.rooms),
+        "--window",
+        str(opts.ingest_window),
+        "--duration",
+        str(opts.duration),
+    ]
 
 
 def one(opts, scenario: str, variant: Variant, rnd: int) -> dict:
@@ -409,11 +501,15 @@ def round_note(scenario: str, result: dict) -> str:
     if scenario == "fanout":
         return f"{result['deliveries_per_s']:>10,.0f} deliveries/s, {result['delivered']:,}/{result['expected']:,}"
     if scenario == "live":
-        return (f"{result['deliveries_per_s']:>10,.0f} deliveries/s, {result['delivered']:,}/{result['expected']:,}, "
-                f"p50/p99 {fmt(result['p50_ms'], '.1f')}/{fmt(result['p99_ms'], '.1f')} ms")
+        return (
+            f"{result['deliveries_per_s']:>10,.0f} deliveries/s, {result['delivered']:,}/{result['expected']:,}, "
+            f"p50/p99 {fmt(result['p50_ms'], '.1f')}/{fmt(result['p99_ms'], '.1f')} ms"
+        )
     if scenario == "connect":
-        return (f"{result['connects_per_s']:>10,.0f} connects/s, {result['completed']:,}/{result['connects']:,}, "
-                f"p50/p99 {fmt(result['p50_ms'], '.1f')}/{fmt(result['p99_ms'], '.1f')} ms")
+        return (
+            f"{result['connects_per_s']:>10,.0f} connects/s, {result['completed']:,}/{result['connects']:,}, "
+            f"p50/p99 {fmt(result['p50_ms'], '.1f')}/{fmt(result['p99_ms'], '.1f')} ms"
+        )
     return f"{result['acked_per_s']:>10,.0f} acked msgs/s"
 
 
@@ -442,26 +538,101 @@ def median(values: list[float]) -> float | None:
     return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
-FANOUT_METRICS = ("deliveries_per_s", "steady_deliveries_per_s", "messages_per_s", "p50_ms", "p99_ms",
-                  "server_cpu_pct", "generator_cpu_pct", "other_cpu_pct", "kernel_threads_cpu_pct",
-                  "machine_cpu_pct", "steal_pct", "server_peak_rss_mb")
-LIVE_METRICS = ("deliveries_per_s", "send_rate", "p50_ms", "p99_ms", "max_ms", "ack_p50_ms", "ack_p99_ms",
-                "drain_ms", "send_max_lag_ms", "server_cpu_pct", "server_us_per_delivery", "generator_cpu_pct",
-                "other_cpu_pct", "kernel_threads_cpu_pct", "machine_cpu_pct", "steal_pct", "server_peak_rss_mb")
-INGEST_METRICS = ("acked_per_s", "ack_p50_ms", "ack_p99_ms", "server_cpu_pct", "generator_cpu_pct",
-                  "other_cpu_pct", "kernel_threads_cpu_pct", "machine_cpu_pct", "steal_pct", "server_peak_rss_mb")
-CONNECT_METRICS = ("connects_per_s", "p50_ms", "p99_ms", "max_ms", "server_cpu_pct", "server_us_per_connect",
-                   "server_us_per_connect_total", "settle_s", "generator_cpu_pct", "other_cpu_pct",
-                   "kernel_threads_cpu_pct", "machine_cpu_pct", "steal_pct", "server_peak_rss_mb")
+FANOUT_METRICS = (
+    "deliveries_per_s",
+    "steady_deliveries_per_s",
+    "messages_per_s",
+    "p50_ms",
+    "p99_ms",
+    "server_cpu_pct",
+    "generator_cpu_pct",
+    "other_cpu_pct",
+    "kernel_threads_cpu_pct",
+    "machine_cpu_pct",
+    "steal_pct",
+    "server_peak_rss_mb",
+)
+LIVE_METRICS = (
+    "deliveries_per_s",
+    "send_rate",
+    "p50_ms",
+    "p99_ms",
+    "max_ms",
+    "ack_p50_ms",
+    "ack_p99_ms",
+    "drain_ms",
+    "send_max_lag_ms",
+    "server_cpu_pct",
+    "server_us_per_delivery",
+    "generator_cpu_pct",
+    "other_cpu_pct",
+    "kernel_threads_cpu_pct",
+    "machine_cpu_pct",
+    "steal_pct",
+    "server_peak_rss_mb",
+)
+INGEST_METRICS = (
+    "acked_per_s",
+    "ack_p50_ms",
+    "ack_p99_ms",
+    "server_cpu_pct",
+    "generator_cpu_pct",
+    "other_cpu_pct",
+    "kernel_threads_cpu_pct",
+    "machine_cpu_pct",
+    "steal_pct",
+    "server_peak_rss_mb",
+)
+CONNECT_METRICS = (
+    "connects_per_s",
+    "p50_ms",
+    "p99_ms",
+    "max_ms",
+    "server_cpu_pct",
+    "server_us_per_connect",
+    "server_us_per_connect_total",
+    "settle_s",
+    "generator_cpu_pct",
+    "other_cpu_pct",
+    "kernel_threads_cpu_pct",
+    "machine_cpu_pct",
+    "steal_pct",
+    "server_peak_rss_mb",
+)
 # scenario -> (metrics whose median is reported, the headline, counts summed over the rounds)
 AGGREGATES = {
-    "fanout": (FANOUT_METRICS, "deliveries_per_s", ("delivered", "expected", "out_of_order", "errors", "acked",
-                                                    "messages")),
-    "live": (LIVE_METRICS, "deliveries_per_s", ("delivered", "expected", "out_of_order", "duplicates", "errors",
-                                                "acked", "sent", "reactions", "sender_copies",
-                                                "sender_copies_expected", "viewer_count_pushes")),
-    "ingest": (INGEST_METRICS, "acked_per_s", ("pushes", "expected_pushes", "errors", "unanswered", "acked", "sent")),
-    "connect": (CONNECT_METRICS, "connects_per_s", ("completed", "connects", "errors", "unclean_closes")),
+    "fanout": (
+        FANOUT_METRICS,
+        "deliveries_per_s",
+        ("delivered", "expected", "out_of_order", "errors", "acked", "messages"),
+    ),
+    "live": (
+        LIVE_METRICS,
+        "deliveries_per_s",
+        (
+            "delivered",
+            "expected",
+            "out_of_order",
+            "duplicates",
+            "errors",
+            "acked",
+            "sent",
+            "reactions",
+            "sender_copies",
+            "sender_copies_expected",
+            "viewer_count_pushes",
+        ),
+    ),
+    "ingest": (
+        INGEST_METRICS,
+        "acked_per_s",
+        ("pushes", "expected_pushes", "errors", "unanswered", "acked", "sent"),
+    ),
+    "connect": (
+        CONNECT_METRICS,
+        "connects_per_s",
+        ("completed", "connects", "errors", "unclean_closes"),
+    ),
 }
 
 
@@ -475,7 +646,12 @@ def aggregate(results: list[dict]) -> list[dict]:
     rows = []
     for (scenario, server), runs in groups.items():
         ok = [r for r in runs if "failed" not in r]
-        row: dict = {"scenario": scenario, "server": server, "rounds": len(runs), "failed_rounds": len(runs) - len(ok)}
+        row: dict = {
+            "scenario": scenario,
+            "server": server,
+            "rounds": len(runs),
+            "failed_rounds": len(runs) - len(ok),
+        }
         metrics, head, counts = AGGREGATES[scenario]
         for m in metrics:
             row[m] = median([r.get(m) for r in ok])
@@ -489,90 +665,120 @@ def aggregate(results: list[dict]) -> list[dict]:
 def summary(opts, results: list[dict], pin_note: str) -> str:
     rows = aggregate(results)
     w = max([18] + [len(r["server"]) for r in rows])
-    lines = [f"chatd benchmark — {os.cpu_count()} CPU(s) {cpu_model()}, Python {platform.python_version()}, "
-             f"Linux {platform.release()}",
-             f"{pin_note}; each figure is the median of {opts.repeat} round(s), [min–max] of the headline"]
+    lines = [
+        f"chatd benchmark — {os.cpu_count()} CPU(s) {cpu_model()}, Python {platform.python_version()}, "
+        f"Linux {platform.release()}",
+        f"{pin_note}; each figure is the median of {opts.repeat} round(s), [min–max] of the headline",
+    ]
     fan = [r for r in rows if r["scenario"] == "fanout"]
     ing = [r for r in rows if r["scenario"] == "ingest"]
     live = [r for r in rows if r["scenario"] == "live"]
     conn = [r for r in rows if r["scenario"] == "connect"]
     if fan:
         lines.append("")
-        lines.append(f"fanout: {opts.receivers:,} receivers x {opts.messages:,} messages in one public room, "
-                     f"1 sender, window {opts.window}, {opts.size}-char content, "
-                     f"{opts.workers} receiver process(es)")
-        lines.append(f"  {'server':{w}s} {'deliveries/s':>12s} {'[min–max]':>19s} {'msgs/s':>7s} {'p50 ms':>7s} "
-                     f"{'p99 ms':>7s} {'server':>7s} {'gen':>5s} {'other':>6s}  delivered/expected")
+        lines.append(
+            f"fanout: {opts.receivers:,} receivers x {opts.messages:,} messages in one public room, "
+            f"1 sender, window {opts.window}, {opts.size}-char content, "
+            f"{opts.workers} receiver process(es)"
+        )
+        lines.append(
+            f"  {'server':{w}s} {'deliveries/s':>12s} {'[min–max]':>19s} {'msgs/s':>7s} {'p50 ms':>7s} "
+            f"{'p99 ms':>7s} {'server':>7s} {'gen':>5s} {'other':>6s}  delivered/expected"
+        )
         for r in fan:
             if r["deliveries_per_s"] is None:
                 lines.append(f"  {r['server']:{w}s} FAILED")
                 continue
             lo, hi = r["deliveries_per_s_range"]
-            lines.append(f"  {r['server']:{w}s} {fmt(r['deliveries_per_s']):>12s} {f'[{lo:,.0f}–{hi:,.0f}]':>19s} "
-                         f"{fmt(r['messages_per_s']):>7s} {fmt(r['p50_ms'], '.1f'):>7s} {fmt(r['p99_ms'], '.1f'):>7s} "
-                         f"{pct(r['server_cpu_pct']):>7s} {pct(r['generator_cpu_pct']):>5s} "
-                         f"{pct(r['other_cpu_pct']):>6s}  {r['delivered']:,}/{r['expected']:,}")
+            lines.append(
+                f"  {r['server']:{w}s} {fmt(r['deliveries_per_s']):>12s} {f'[{lo:,.0f}–{hi:,.0f}]':>19s} "
+                f"{fmt(r['messages_per_s']):>7s} {fmt(r['p50_ms'], '.1f'):>7s} {fmt(r['p99_ms'], '.1f'):>7s} "
+                f"{pct(r['server_cpu_pct']):>7s} {pct(r['generator_cpu_pct']):>5s} "
+                f"{pct(r['other_cpu_pct']):>6s}  {r['delivered']:,}/{r['expected']:,}"
+            )
         lines.append(rss_line(fan))
         lines += ceiling_lines(results, fan, "deliveries_per_s", "deliveries/s")
         lines += process_lines(opts, results, fan)
 
     if ing:
         lines.append("")
-        lines.append(f"ingest: {opts.connections} connections in {opts.rooms} rooms (all joined), "
-                     f"window {opts.ingest_window} per connection, {opts.duration:g} s, {opts.size}-char content")
-        lines.append(f"  {'server':{w}s} {'acked msgs/s':>12s} {'[min–max]':>17s} {'ack p50':>8s} {'ack p99':>8s} "
-                     f"{'server':>7s} {'gen':>5s} {'other':>6s}  pushes/expected")
+        lines.append(
+            f"ingest: {opts.connections} connections in {opts.rooms} rooms (all joined), "
+            f"window {opts.ingest_window} per connection, {opts.duration:g} s, {opts.size}-char content"
+        )
+        lines.append(
+            f"  {'server':{w}s} {'acked msgs/s':>12s} {'[min–max]':>17s} {'ack p50':>8s} {'ack p99':>8s} "
+            f"{'server':>7s} {'gen':>5s} {'other':>6s}  pushes/expected"
+        )
         for r in ing:
             if r["acked_per_s"] is None:
                 lines.append(f"  {r['server']:{w}s} FAILED")
                 continue
             lo, hi = r["acked_per_s_range"]
-            lines.append(f"  {r['server']:{w}s} {fmt(r['acked_per_s']):>12s} {f'[{lo:,.0f}–{hi:,.0f}]':>17s} "
-                         f"{fmt(r['ack_p50_ms'], '.1f'):>8s} {fmt(r['ack_p99_ms'], '.1f'):>8s} "
-                         f"{pct(r['server_cpu_pct']):>7s} {pct(r['generator_cpu_pct']):>5s} "
-                         f"{pct(r['other_cpu_pct']):>6s}  {r['pushes']:,}/{r['expected_pushes']:,}")
+            lines.append(
+                f"  {r['server']:{w}s} {fmt(r['acked_per_s']):>12s} {f'[{lo:,.0f}–{hi:,.0f}]':>17s} "
+                f"{fmt(r['ack_p50_ms'], '.1f'):>8s} {fmt(r['ack_p99_ms'], '.1f'):>8s} "
+                f"{pct(r['server_cpu_pct']):>7s} {pct(r['generator_cpu_pct']):>5s} "
+                f"{pct(r['other_cpu_pct']):>6s}  {r['pushes']:,}/{r['expected_pushes']:,}"
+            )
         lines.append(rss_line(ing))
     if live:
         lines.append("")
-        lines.append(f"live: {opts.viewers:,} viewers of one stream, {opts.reactions:,} reactions at "
-                     f"{opts.reaction_rate:g}/s from {opts.senders} sender connection(s) (viewers too, counted "
-                     f"apart), {opts.workers} viewer process(es); chatd's per-user reaction limit lifted")
-        lines.append(f"  {'server':{w}s} {'deliveries/s':>12s} {'[min–max]':>19s} {'sent/s':>7s} {'p50 ms':>7s} "
-                     f"{'p99 ms':>7s} {'server':>7s} {'µs/dlv':>6s} {'gen':>5s} {'other':>6s}  delivered/expected")
+        lines.append(
+            f"live: {opts.viewers:,} viewers of one stream, {opts.reactions:,} reactions at "
+            f"{opts.reaction_rate:g}/s from {opts.senders} sender connection(s) (viewers too, counted "
+            f"apart), {opts.workers} viewer process(es); chatd's per-user reaction limit lifted"
+        )
+        lines.append(
+            f"  {'server':{w}s} {'deliveries/s':>12s} {'[min–max]':>19s} {'sent/s':>7s} {'p50 ms':>7s} "
+            f"{'p99 ms':>7s} {'server':>7s} {'µs/dlv':>6s} {'gen':>5s} {'other':>6s}  delivered/expected"
+        )
         for r in live:
             if r["deliveries_per_s"] is None:
                 lines.append(f"  {r['server']:{w}s} FAILED")
                 continue
             lo, hi = r["deliveries_per_s_range"]
-            lines.append(f"  {r['server']:{w}s} {fmt(r['deliveries_per_s']):>12s} {f'[{lo:,.0f}–{hi:,.0f}]':>19s} "
-                         f"{fmt(r['send_rate']):>7s} {fmt(r['p50_ms'], '.1f'):>7s} {fmt(r['p99_ms'], '.1f'):>7s} "
-                         f"{pct(r['server_cpu_pct']):>7s} {fmt(r['server_us_per_delivery'], '.2f'):>6s} "
-                         f"{pct(r['generator_cpu_pct']):>5s} {pct(r['other_cpu_pct']):>6s}  "
-                         f"{r['delivered']:,}/{r['expected']:,}")
-            lines.append(f"  {'':{w}s} max delay {fmt(r['max_ms'], '.1f')} ms, reaction ack p50/p99 "
-                         f"{fmt(r['ack_p50_ms'], '.1f')}/{fmt(r['ack_p99_ms'], '.1f')} ms, last delivery "
-                         f"{fmt(r['drain_ms'], '.0f')} ms after the last send, sender copies "
-                         f"{r['sender_copies']:,}/{r['sender_copies_expected']:,}, "
-                         f"{r['acked']:,}/{r['reactions']:,} acked")
+            lines.append(
+                f"  {r['server']:{w}s} {fmt(r['deliveries_per_s']):>12s} {f'[{lo:,.0f}–{hi:,.0f}]':>19s} "
+                f"{fmt(r['send_rate']):>7s} {fmt(r['p50_ms'], '.1f'):>7s} {fmt(r['p99_ms'], '.1f'):>7s} "
+                f"{pct(r['server_cpu_pct']):>7s} {fmt(r['server_us_per_delivery'], '.2f'):>6s} "
+                f"{pct(r['generator_cpu_pct']):>5s} {pct(r['other_cpu_pct']):>6s}  "
+                f"{r['delivered']:,}/{r['expected']:,}"
+            )
+            lines.append(
+                f"  {'':{w}s} max delay {fmt(r['max_ms'], '.1f')} ms, reaction ack p50/p99 "
+                f"{fmt(r['ack_p50_ms'], '.1f')}/{fmt(r['ack_p99_ms'], '.1f')} ms, last delivery "
+                f"{fmt(r['drain_ms'], '.0f')} ms after the last send, sender copies "
+                f"{r['sender_copies']:,}/{r['sender_copies_expected']:,}, "
+                f"{r['acked']:,}/{r['reactions']:,} acked"
+            )
         lines.append(rss_line(live))
         lines += process_lines(opts, results, live)
-        lines.append("  µs/dlv = server CPU per delivery (µs); expected = viewers × acked reactions "
-                     "(the senders' own copies are the 'sender copies')")
+        lines.append(
+            "  µs/dlv = server CPU per delivery (µs); expected = viewers × acked reactions "
+            "(the senders' own copies are the 'sender copies')"
+        )
     if conn:
         lines += connect_lines(opts, results, conn, w)
     lines.append("")
-    lines.append("CPU columns: % of one CPU, averaged over the measured window. server = the server process (all "
-                 "its threads; in 'xN' rows the sum over the N chatd processes); gen = the generator processes; "
-                 "other = every other user process (PostgreSQL's backends in the postgresql rows, redis-server in "
-                 "the 'xN' rows; anything else is disturbance).")
+    lines.append(
+        "CPU columns: % of one CPU, averaged over the measured window. server = the server process (all "
+        "its threads; in 'xN' rows the sum over the N chatd processes); gen = the generator processes; "
+        "other = every other user process (PostgreSQL's backends in the postgresql rows, redis-server in "
+        "the 'xN' rows; anything else is disturbance)."
+    )
     pg = [r for r in results if "postgres" in r["server"] and "failed" not in r]
     if pg:
-        lines.append(f"PostgreSQL processes used a median {median([r['other_top'].get('postgres', 0) for r in pg]):.0f}% "
-                     f"of a CPU (not pinned) beside chatd.")
+        lines.append(
+            f"PostgreSQL processes used a median {median([r['other_top'].get('postgres', 0) for r in pg]):.0f}% "
+            f"of a CPU (not pinned) beside chatd."
+        )
     redis = [r for r in results if r.get("redis") and "failed" not in r]
     if redis:
-        lines.append(f"redis-server used a median {median([r['other_top'].get(REDIS_COMM, 0) for r in redis]):.0f}% "
-                     f"of a CPU in the 'xN' rows (chatd processes sharing Redis).")
+        lines.append(
+            f"redis-server used a median {median([r['other_top'].get(REDIS_COMM, 0) for r in redis]):.0f}% "
+            f"of a CPU in the 'xN' rows (chatd processes sharing Redis)."
+        )
     problems = find_problems(opts, results)
     lines.append("")
     lines.append("problems: " + ("none" if not problems else ""))
@@ -581,25 +787,32 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
 
 
 def connect_lines(opts, results: list[dict], rows: list[dict], w: int) -> list[str]:
-    lines = ["", f"connect: {opts.connects:,} connections (token in the URL), {opts.connect_window} attempts in "
-                 f"flight, each closed cleanly after its authenticated push, {opts.workers} generator process(es)",
-             f"  {'server':{w}s} {'connects/s':>10s} {'[min–max]':>15s} {'p50 ms':>7s} {'p99 ms':>7s} {'server':>7s} "
-             f"{'µs/conn':>7s} {'+tail':>7s} {'gen':>5s} {'other':>6s}  completed/attempted  errors"]
+    lines = [
+        "",
+        f"connect: {opts.connects:,} connections (token in the URL), {opts.connect_window} attempts in "
+        f"flight, each closed cleanly after its authenticated push, {opts.workers} generator process(es)",
+        f"  {'server':{w}s} {'connects/s':>10s} {'[min–max]':>15s} {'p50 ms':>7s} {'p99 ms':>7s} {'server':>7s} "
+        f"{'µs/conn':>7s} {'+tail':>7s} {'gen':>5s} {'other':>6s}  completed/attempted  errors",
+    ]
     for r in rows:
         if r["connects_per_s"] is None:
             lines.append(f"  {r['server']:{w}s} FAILED")
             continue
         lo, hi = r["connects_per_s_range"]
-        lines.append(f"  {r['server']:{w}s} {fmt(r['connects_per_s']):>10s} {f'[{lo:,.0f}–{hi:,.0f}]':>15s} "
-                     f"{fmt(r['p50_ms'], '.1f'):>7s} {fmt(r['p99_ms'], '.1f'):>7s} {pct(r['server_cpu_pct']):>7s} "
-                     f"{fmt(r['server_us_per_connect']):>7s} {fmt(r['server_us_per_connect_total']):>7s} "
-                     f"{pct(r['generator_cpu_pct']):>5s} {pct(r['other_cpu_pct']):>6s}  "
-                     f"{r['completed']:,}/{r['connects']:,}  {r['errors']:>6,}")
+        lines.append(
+            f"  {r['server']:{w}s} {fmt(r['connects_per_s']):>10s} {f'[{lo:,.0f}–{hi:,.0f}]':>15s} "
+            f"{fmt(r['p50_ms'], '.1f'):>7s} {fmt(r['p99_ms'], '.1f'):>7s} {pct(r['server_cpu_pct']):>7s} "
+            f"{fmt(r['server_us_per_connect']):>7s} {fmt(r['server_us_per_connect_total']):>7s} "
+            f"{pct(r['generator_cpu_pct']):>5s} {pct(r['other_cpu_pct']):>6s}  "
+            f"{r['completed']:,}/{r['connects']:,}  {r['errors']:>6,}"
+        )
     lines.append(rss_line(rows))
     lines += ceiling_lines(results, rows, "connects_per_s", "connects/s")
-    lines.append("  latency = TCP connect start → authenticated push; µs/conn = server CPU per connection over the "
-                 "connect phase; +tail = the same including the wait for an idle server after the last close "
-                 f"(≥ {opts.settle:g} s: chatd's presence grace, then the users' offline processing)")
+    lines.append(
+        "  latency = TCP connect start → authenticated push; µs/conn = server CPU per connection over the "
+        "connect phase; +tail = the same including the wait for an idle server after the last close "
+        f"(≥ {opts.settle:g} s: chatd's presence grace, then the users' offline processing)"
+    )
     return lines
 
 
@@ -608,17 +821,23 @@ def ceiling_lines(results: list[dict], rows: list[dict], key: str, what: str) ->
     ceiling = next((r for r in rows if r["server"] == "ceiling" and r[key]), None)
     if not ceiling:
         return []
-    return [f"  {r['server']} ÷ ceiling, {what}: {ratio_text(results, r, ceiling, key)}"
-            for r in rows if r is not ceiling and r[key]]
+    return [
+        f"  {r['server']} ÷ ceiling, {what}: {ratio_text(results, r, ceiling, key)}"
+        for r in rows
+        if r is not ceiling and r[key]
+    ]
 
 
 def rss_line(rows: list[dict]) -> str:
-    parts = [f"{r['server']} {r['server_peak_rss_mb']:.0f}" for r in rows if r.get("server_peak_rss_mb")]
+    parts = [
+        f"{r['server']} {r['server_peak_rss_mb']:.0f}" for r in rows if r.get("server_peak_rss_mb")
+    ]
     return "  server peak RSS (MiB): " + (", ".join(parts) or "-")
 
 
-def paired_ratios(results: list[dict], scenario: str, server: str, base: str,
-                  key: str = "deliveries_per_s") -> list[float]:
+def paired_ratios(
+    results: list[dict], scenario: str, server: str, base: str, key: str = "deliveries_per_s"
+) -> list[float]:
     """``server`` ÷ ``base`` of ``key`` in each round (the two ran back
     to back in it)."""
     by_round: dict[int, dict[str, float]] = {}
@@ -631,8 +850,10 @@ def paired_ratios(results: list[dict], scenario: str, server: str, base: str,
 def ratio_text(results: list[dict], row: dict, base: dict, key: str = "deliveries_per_s") -> str:
     """'0.85 (ratio of medians; per round 0.80, 0.90)' for two rows' ``key``."""
     paired = paired_ratios(results, row["scenario"], row["server"], base["server"], key)
-    return (f"{row[key] / base[key]:.2f} (ratio of medians; "
-            f"per round {', '.join(f'{x:.2f}' for x in paired) or '-'})")
+    return (
+        f"{row[key] / base[key]:.2f} (ratio of medians; "
+        f"per round {', '.join(f'{x:.2f}' for x in paired) or '-'})"
+    )
 
 
 def process_lines(opts, results: list[dict], rows: list[dict]) -> list[str]:
@@ -641,16 +862,22 @@ def process_lines(opts, results: list[dict], rows: list[dict]) -> list[str]:
     by_label = {r["server"]: r for r in rows if r["deliveries_per_s"]}
     lines = []
     for database in opts.database:
-        first, *others = [(n, Variant.chatd(database, n, redis_for(opts, n)).label) for n in opts.processes]
+        first, *others = [
+            (n, Variant.chatd(database, n, redis_for(opts, n)).label) for n in opts.processes
+        ]
         base = by_label.get(first[1])
         for n, label in others:
             row = by_label.get(label)
             if base is None or row is None:
-                lines.append(f"  {label} vs {first[1]}: no comparison (a variant failed in every round)")
+                lines.append(
+                    f"  {label} vs {first[1]}: no comparison (a variant failed in every round)"
+                )
                 continue
-            lines.append(f"  {plural(n, 'process')} ÷ {plural(first[0], 'process')} ({db_label(database)}), "
-                         f"deliveries/s: {fmt(row['deliveries_per_s'])} ÷ {fmt(base['deliveries_per_s'])} = "
-                         f"{ratio_text(results, row, base)}")
+            lines.append(
+                f"  {plural(n, 'process')} ÷ {plural(first[0], 'process')} ({db_label(database)}), "
+                f"deliveries/s: {fmt(row['deliveries_per_s'])} ÷ {fmt(base['deliveries_per_s'])} = "
+                f"{ratio_text(results, row, base)}"
+            )
     return lines
 
 
@@ -662,8 +889,10 @@ def by_server_note(r: dict) -> str:
     """Where the short receivers were connected, when there were several servers."""
     if r.get("processes", 1) < 2:
         return ""
-    return (f"; connections per server {r.get('connections_by_server')}, "
-            f"short ones per server {r.get('short_by_server')}")
+    return (
+        f"; connections per server {r.get('connections_by_server')}, "
+        f"short ones per server {r.get('short_by_server')}"
+    )
 
 
 def find_problems(opts, results: list[dict]) -> list[str]:
@@ -677,81 +906,128 @@ def find_problems(opts, results: list[dict]) -> list[str]:
             continue
         if r["scenario"] == "fanout":
             if r["shortfall"]:
-                problems.append(f"{name}: SHORTFALL: {r['delivered']:,} of {r['expected']:,} delivered "
-                                f"({r['short_receivers']} receivers with a wrong count, "
-                                f"{r['disconnected']} disconnected{by_server_note(r)})")
+                problems.append(
+                    f"{name}: SHORTFALL: {r['delivered']:,} of {r['expected']:,} delivered "
+                    f"({r['short_receivers']} receivers with a wrong count, "
+                    f"{r['disconnected']} disconnected{by_server_note(r)})"
+                )
             if r["out_of_order"]:
-                problems.append(f"{name}: {r['out_of_order']:,} deliveries out of order or duplicated "
-                                f"(checked on {r['probes']} receivers)")
+                problems.append(
+                    f"{name}: {r['out_of_order']:,} deliveries out of order or duplicated "
+                    f"(checked on {r['probes']} receivers)"
+                )
             if r["errors"] or r["acked"] != r["messages"]:
-                problems.append(f"{name}: {r['acked']:,}/{r['messages']:,} acked, {r['errors']} errors "
-                                f"{r['error_samples'][:2]}")
+                problems.append(
+                    f"{name}: {r['acked']:,}/{r['messages']:,} acked, {r['errors']} errors "
+                    f"{r['error_samples'][:2]}"
+                )
             if r["worker_failures"]:
                 problems.append(f"{name}: receiver worker failures {r['worker_failures']}")
         elif r["scenario"] == "live":
             if r["shortfall"]:
-                problems.append(f"{name}: SHORTFALL: {r['delivered']:,} of {r['expected']:,} delivered "
-                                f"({r['short_receivers']} viewers with a wrong count, "
-                                f"{r['disconnected']} disconnected{by_server_note(r)})")
+                problems.append(
+                    f"{name}: SHORTFALL: {r['delivered']:,} of {r['expected']:,} delivered "
+                    f"({r['short_receivers']} viewers with a wrong count, "
+                    f"{r['disconnected']} disconnected{by_server_note(r)})"
+                )
             if r["sender_copies"] != r["sender_copies_expected"]:
-                problems.append(f"{name}: senders got {r['sender_copies']:,} of their "
-                                f"{r['sender_copies_expected']:,} copies")
+                problems.append(
+                    f"{name}: senders got {r['sender_copies']:,} of their "
+                    f"{r['sender_copies_expected']:,} copies"
+                )
             if r["out_of_order"] or r["duplicates"]:
                 samples = ", ".join(f"#{a} after #{b}" for a, b in r["disorder_samples"][:3])
-                problems.append(f"{name}: ORDER: {r['out_of_order']:,} reactions arrived after a later reaction of "
-                                f"the same sender connection, {r['duplicates']:,} duplicates (checked on "
-                                f"{r['probes']} viewers; e.g. {samples or '-'})")
+                problems.append(
+                    f"{name}: ORDER: {r['out_of_order']:,} reactions arrived after a later reaction of "
+                    f"the same sender connection, {r['duplicates']:,} duplicates (checked on "
+                    f"{r['probes']} viewers; e.g. {samples or '-'})"
+                )
             if r["errors"] or r["acked"] != r["reactions"]:
-                problems.append(f"{name}: {r['acked']:,}/{r['reactions']:,} reactions acked, {r['errors']} errors "
-                                f"{r['error_samples'][:2]}")
+                problems.append(
+                    f"{name}: {r['acked']:,}/{r['reactions']:,} reactions acked, {r['errors']} errors "
+                    f"{r['error_samples'][:2]}"
+                )
             if r["worker_failures"]:
                 problems.append(f"{name}: viewer worker failures {r['worker_failures']}")
             seen = r["viewer_count_seen"]
             if seen != [r["viewer_count_expected"]] * 2:
-                problems.append(f"{name}: viewers were last told a viewer count of {seen[0]}–{seen[1]}, "
-                                f"expected {r['viewer_count_expected']}")
+                problems.append(
+                    f"{name}: viewers were last told a viewer count of {seen[0]}–{seen[1]}, "
+                    f"expected {r['viewer_count_expected']}"
+                )
             if r["send_rate"] and r["send_rate"] < 0.95 * r["reaction_rate"]:
-                problems.append(f"{name}: reactions went out at {r['send_rate']:,.0f}/s, below the "
-                                f"{r['reaction_rate']:g}/s asked for")
+                problems.append(
+                    f"{name}: reactions went out at {r['send_rate']:,.0f}/s, below the "
+                    f"{r['reaction_rate']:g}/s asked for"
+                )
         elif r["scenario"] == "connect":
             if r["errors"] or r["completed"] != r["connects"]:
-                problems.append(f"{name}: {r['completed']:,}/{r['connects']:,} connections authenticated, "
-                                f"{r['errors']} failed handshakes {r['error_samples'][:2]}")
+                problems.append(
+                    f"{name}: {r['completed']:,}/{r['connects']:,} connections authenticated, "
+                    f"{r['errors']} failed handshakes {r['error_samples'][:2]}"
+                )
             if r["unclean_closes"]:
-                problems.append(f"{name}: {r['unclean_closes']:,} connections did not close cleanly")
+                problems.append(
+                    f"{name}: {r['unclean_closes']:,} connections did not close cleanly"
+                )
             if r["worker_failures"]:
                 problems.append(f"{name}: connect worker failures {r['worker_failures']}")
         else:
             if r["errors"] or r["unanswered"]:
-                problems.append(f"{name}: {r['errors']} errors, {r['unanswered']} unanswered {r['error_samples'][:2]}")
+                problems.append(
+                    f"{name}: {r['errors']} errors, {r['unanswered']} unanswered {r['error_samples'][:2]}"
+                )
             if r["push_shortfall"]:
                 problems.append(f"{name}: {r['push_shortfall']:,} pushes missing")
         if r["generator_cpu_pct"] > gen_limit:
-            problems.append(f"{name}: generator CPU {r['generator_cpu_pct']:.0f}% — the generator may be the limit")
+            problems.append(
+                f"{name}: generator CPU {r['generator_cpu_pct']:.0f}% — the generator may be the limit"
+            )
         if r.get("server_closes"):
-            problems.append(f"{name}: the server closed connections, by close code: {r['server_closes']}")
-        foreign = {k: v for k, v in r.get("other_top", {}).items()
-                   if not k.startswith("postgres") and not (r.get("redis") and k == REDIS_COMM)}
+            problems.append(
+                f"{name}: the server closed connections, by close code: {r['server_closes']}"
+            )
+        foreign = {
+            k: v
+            for k, v in r.get("other_top", {}).items()
+            if not k.startswith("postgres") and not (r.get("redis") and k == REDIS_COMM)
+        }
         if sum(foreign.values()) > 10:
-            problems.append(f"{name}: other processes used CPU during the window {foreign} — numbers disturbed")
+            problems.append(
+                f"{name}: other processes used CPU during the window {foreign} — numbers disturbed"
+            )
         # Busy time no process accounts for: processes that came and went
         # inside the window (someone else's test run, a compiler...).
         unexplained = r.get("machine_cpu_pct", 0) - sum(
-            r.get(k) or 0 for k in ("server_cpu_pct", "generator_cpu_pct", "other_cpu_pct",
-                                    "kernel_threads_cpu_pct", "irq_cpu_pct"))
+            r.get(k) or 0
+            for k in (
+                "server_cpu_pct",
+                "generator_cpu_pct",
+                "other_cpu_pct",
+                "kernel_threads_cpu_pct",
+                "irq_cpu_pct",
+            )
+        )
         r["unexplained_cpu_pct"] = unexplained
         if unexplained > 25:
-            problems.append(f"{name}: {unexplained:.0f}% of a CPU busy in processes that started and ended "
-                            f"during the window — numbers disturbed")
+            problems.append(
+                f"{name}: {unexplained:.0f}% of a CPU busy in processes that started and ended "
+                f"during the window — numbers disturbed"
+            )
         if r.get("steal_pct", 0) > 10:
-            problems.append(f"{name}: {r['steal_pct']:.0f}% CPU stolen by the hypervisor — numbers are noisy")
+            problems.append(
+                f"{name}: {r['steal_pct']:.0f}% CPU stolen by the hypervisor — numbers are noisy"
+            )
         if r.get("server_log_problems"):
             problems.append(f"{name}: server log: {r['server_log_problems'][:3]}")
         # twistd re-raises the signal it stopped on, so -15 is a clean stop.
-        if r.get("server_killed") or (r.get("server_exit_code") not in (0, -signal.SIGTERM, None)
-                                      and r["server"] != "ceiling"):
-            problems.append(f"{name}: server did not stop cleanly on SIGTERM (exit {r['server_exit_code']}, "
-                            f"killed={r.get('server_killed')}, {r['server_stop_s']} s)")
+        if r.get("server_killed") or (
+            r.get("server_exit_code") not in (0, -signal.SIGTERM, None) and r["server"] != "ceiling"
+        ):
+            problems.append(
+                f"{name}: server did not stop cleanly on SIGTERM (exit {r['server_exit_code']}, "
+                f"killed={r.get('server_killed')}, {r['server_stop_s']} s)"
+            )
     return problems
 
 
@@ -769,61 +1045,157 @@ def cpu_model() -> str:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--scenario", choices=["fanout", "ingest", "live", "connect", "all"], default="all")
-    p.add_argument("--database", action="append", metavar="URL",
-                   help="chatd storage: 'sqlite' (the embedded default) or a postgresql:// URL; repeat to run "
-                        "each (default: sqlite)")
-    p.add_argument("--processes", type=int, action="append", metavar="N",
-                   help="chatd processes sharing Redis and a postgresql --database, receivers/viewers/ingest "
-                        "connections spread round robin over them; repeat (--processes 1 --processes 2) to "
-                        "compare; more than 1 implies --no-pin (default 1)")
-    p.add_argument("--redis", metavar="URL",
-                   help=f"Redis for --processes > 1 (default {DEFAULT_REDIS}); given explicitly, single-process "
-                        f"runs use it too; every run gets a key prefix of its own")
-    p.add_argument("--receivers", type=int, default=1000, help="fanout: room members receiving (default 1000)")
-    p.add_argument("--messages", type=int, default=2000, help="fanout: messages sent (default 2000)")
-    p.add_argument("--window", type=int, default=32, help="fanout: un-acked messages in flight (default 32)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="fanout/live/connect: receiver, viewer or connecting processes (default 1)")
-    p.add_argument("--connections", type=int, default=50, help="ingest: sending connections (default 50)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument(
+        "--scenario", choices=["fanout", "ingest", "live", "connect", "all"], default="all"
+    )
+    p.add_argument(
+        "--database",
+        action="append",
+        metavar="URL",
+        help="chatd storage: 'sqlite' (the embedded default) or a postgresql:// URL; repeat to run "
+        "each (default: sqlite)",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        action="append",
+        metavar="N",
+        help="chatd processes sharing Redis and a postgresql --database, receivers/viewers/ingest "
+        "connections spread round robin over them; repeat (--processes 1 --processes 2) to "
+        "compare; more than 1 implies --no-pin (default 1)",
+    )
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help=f"Redis for --processes > 1 (default {DEFAULT_REDIS}); given explicitly, single-process "
+        f"runs use it too; every run gets a key prefix of its own",
+    )
+    p.add_argument(
+        "--receivers", type=int, default=1000, help="fanout: room members receiving (default 1000)"
+    )
+    p.add_argument(
+        "--messages", type=int, default=2000, help="fanout: messages sent (default 2000)"
+    )
+    p.add_argument(
+        "--window", type=int, default=32, help="fanout: un-acked messages in flight (default 32)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="fanout/live/connect: receiver, viewer or connecting processes (default 1)",
+    )
+    p.add_argument(
+        "--connections", type=int, default=50, help="ingest: sending connections (default 50)"
+    )
     p.add_argument("--rooms", type=int, default=5, help="ingest: rooms (default 5)")
-    p.add_argument("--ingest-window", type=int, default=8, help="ingest: un-acked messages per connection (default 8)")
-    p.add_argument("--duration", type=float, default=10.0, help="ingest: seconds of sending (default 10)")
-    p.add_argument("--viewers", type=int, default=1000, help="live: viewers of the stream (default 1000)")
-    p.add_argument("--reactions", type=int, default=5000, help="live: reactions sent (default 5000)")
-    p.add_argument("--reaction-rate", type=float, default=500.0,
-                   help="live: reactions per second sent, all senders together (default 500); chatd's own "
-                        "per-user --reaction-rate limit is set to 1000000")
-    p.add_argument("--senders", type=int, default=4,
-                   help="live: reacting connections, each its own user and a viewer too (default 4)")
-    p.add_argument("--connects", type=int, default=5000,
-                   help="connect: connections opened, authenticated and closed (default 5000)")
-    p.add_argument("--connect-window", type=int, default=64,
-                   help="connect: connection attempts in flight (default 64)")
-    p.add_argument("--settle", type=float, default=4.0,
-                   help="connect: after the last close wait this long, then until the server is idle, and count "
-                        "its CPU meanwhile in '+tail' (default 4: chatd's 3 s presence grace + 1)")
-    p.add_argument("--size", type=int, default=64, help="message content length in characters (default 64)")
-    p.add_argument("--repeat", type=int, default=3, help="rounds of each scenario; medians are reported (default 3)")
-    p.add_argument("--sample", type=int, default=10,
-                   help="fanout/live: every N-th receiver also measures delay and order (default 10)")
-    p.add_argument("--no-ceiling", action="store_true",
-                   help="fanout/connect: skip the bench/ceiling.py reference run")
-    p.add_argument("--no-pin", action="store_true", help="do not pin server and generator to separate CPUs")
-    p.add_argument("--user-tag", metavar="TAG",
-                   help="user ids bench-TAG-<name> (default: a fresh random TAG per run, so users share no room of "
-                        "earlier runs; '' reuses bench-<name> and with it every membership of earlier runs)")
-    p.add_argument("--stall", type=float, default=15.0, help="give up after this many seconds without progress")
-    p.add_argument("--loadgen-timeout", type=float, default=240.0, help="hard limit per scenario run")
-    p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
-                   help="before each run wait up to this long for the machine to be idle (<10%% busy)")
-    p.add_argument("--keep", action="store_true", help="keep the servers' scratch directories (logs)")
-    p.add_argument("--json", metavar="PATH", help="write all results to this JSON file (bench/results/ is gitignored)")
+    p.add_argument(
+        "--ingest-window",
+        type=int,
+        default=8,
+        help="ingest: un-acked messages per connection (default 8)",
+    )
+    p.add_argument(
+        "--duration", type=float, default=10.0, help="ingest: seconds of sending (default 10)"
+    )
+    p.add_argument(
+        "--viewers", type=int, default=1000, help="live: viewers of the stream (default 1000)"
+    )
+    p.add_argument(
+        "--reactions", type=int, default=5000, help="live: reactions sent (default 5000)"
+    )
+    p.add_argument(
+        "--reaction-rate",
+        type=float,
+        default=500.0,
+        help="live: reactions per second sent, all senders together (default 500); chatd's own "
+        "per-user --reaction-rate limit is set to 1000000",
+    )
+    p.add_argument(
+        "--senders",
+        type=int,
+        default=4,
+        help="live: reacting connections, each its own user and a viewer too (default 4)",
+    )
+    p.add_argument(
+        "--connects",
+        type=int,
+        default=5000,
+        help="connect: connections opened, authenticated and closed (default 5000)",
+    )
+    p.add_argument(
+        "--connect-window",
+        type=int,
+        default=64,
+        help="connect: connection attempts in flight (default 64)",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=4.0,
+        help="connect: after the last close wait this long, then until the server is idle, and count "
+        "its CPU meanwhile in '+tail' (default 4: chatd's 3 s presence grace + 1)",
+    )
+    p.add_argument(
+        "--size", type=int, default=64, help="message content length in characters (default 64)"
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds of each scenario; medians are reported (default 3)",
+    )
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=10,
+        help="fanout/live: every N-th receiver also measures delay and order (default 10)",
+    )
+    p.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help="fanout/connect: skip the bench/ceiling.py reference run",
+    )
+    p.add_argument(
+        "--no-pin", action="store_true", help="do not pin server and generator to separate CPUs"
+    )
+    p.add_argument(
+        "--user-tag",
+        metavar="TAG",
+        help="user ids bench-TAG-<name> (default: a fresh random TAG per run, so users share no room of "
+        "earlier runs; '' reuses bench-<name> and with it every membership of earlier runs)",
+    )
+    p.add_argument(
+        "--stall", type=float, default=15.0, help="give up after this many seconds without progress"
+    )
+    p.add_argument(
+        "--loadgen-timeout", type=float, default=240.0, help="hard limit per scenario run"
+    )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="before each run wait up to this long for the machine to be idle (<10%% busy)",
+    )
+    p.add_argument(
+        "--keep", action="store_true", help="keep the servers' scratch directories (logs)"
+    )
+    p.add_argument(
+        "--json",
+        metavar="PATH",
+        help="write all results to this JSON file (bench/results/ is gitignored)",
+    )
     opts = p.parse_args(argv)
     opts.repeat = max(1, opts.repeat)
-    opts.database = [None if d in ("sqlite", "", None) else d for d in (opts.database or ["sqlite"])]
+    opts.database = [
+        None if d in ("sqlite", "", None) else d for d in (opts.database or ["sqlite"])
+    ]
     opts.processes = list(dict.fromkeys(opts.processes or [1]))
     if min(opts.processes) < 1:
         p.error("--processes must be at least 1")
@@ -841,8 +1213,10 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     opts = parse_args(argv)
     if not os.access(TWISTD, os.X_OK):
-        sys.exit(f"run.py: no twistd next to {PYTHON}; run it with the chatd venv's python "
-                 f"(.venv/bin/python bench/run.py)")
+        sys.exit(
+            f"run.py: no twistd next to {PYTHON}; run it with the chatd venv's python "
+            f"(.venv/bin/python bench/run.py)"
+        )
     # SIGTERM/SIGHUP stop the run the same way Ctrl-C does: through the
     # finally blocks that stop the servers.
     # (SIGINT too: a shell may start background jobs with it ignored.)
@@ -850,18 +1224,26 @@ def main(argv=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     if opts.server_cpus:
-        pin_note = (f"server pinned to CPU {min(opts.server_cpus)}, generator to CPU "
-                    f"{','.join(map(str, sorted(opts.generator_cpus)))} (os.sched_setaffinity)")
+        pin_note = (
+            f"server pinned to CPU {min(opts.server_cpus)}, generator to CPU "
+            f"{','.join(map(str, sorted(opts.generator_cpus)))} (os.sched_setaffinity)"
+        )
     elif opts.pin_implied_off:
-        pin_note = (f"no CPU pinning (--processes {max(opts.processes)} implies --no-pin: {os.cpu_count()} CPU(s) "
-                    f"cannot keep servers, Redis and generator apart; every variant runs unpinned)")
+        pin_note = (
+            f"no CPU pinning (--processes {max(opts.processes)} implies --no-pin: {os.cpu_count()} CPU(s) "
+            f"cannot keep servers, Redis and generator apart; every variant runs unpinned)"
+        )
     else:
         pin_note = "no CPU pinning (server and generator share the CPUs)"
     print(f"chatd bench: {pin_note}", flush=True)
     started = time.monotonic()
     results: list[dict] = []
-    scenarios = ["fanout", "ingest", "live", "connect"] if opts.scenario == "all" else [opts.scenario]
-    chatd = [Variant.chatd(db, n, redis_for(opts, n)) for db in opts.database for n in opts.processes]
+    scenarios = (
+        ["fanout", "ingest", "live", "connect"] if opts.scenario == "all" else [opts.scenario]
+    )
+    chatd = [
+        Variant.chatd(db, n, redis_for(opts, n)) for db in opts.database for n in opts.processes
+    ]
     interrupted = None
     try:
         for scenario in scenarios:
@@ -887,12 +1269,24 @@ def main(argv=None) -> int:
     if opts.json:
         Path(opts.json).parent.mkdir(parents=True, exist_ok=True)
         options = {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(opts).items()}
-        Path(opts.json).write_text(json.dumps({
-            "machine": {"cpus": os.cpu_count(), "model": cpu_model(), "python": platform.python_version(),
-                        "kernel": platform.release()},
-            "pinning": pin_note, "options": options, "medians": aggregate(results), "results": results,
-            "summary": text,
-        }, indent=2))
+        Path(opts.json).write_text(
+            json.dumps(
+                {
+                    "machine": {
+                        "cpus": os.cpu_count(),
+                        "model": cpu_model(),
+                        "python": platform.python_version(),
+                        "kernel": platform.release(),
+                    },
+                    "pinning": pin_note,
+                    "options": options,
+                    "medians": aggregate(results),
+                    "results": results,
+                    "summary": text,
+                },
+                indent=2,
+            )
+        )
         print(f"results written to {opts.json}")
     if interrupted is not None:
         return 130

@@ -103,7 +103,9 @@ def identity_from_claims(claims: dict[str, Any]) -> Identity:
     )
 
 
-def mint_token(config: Config, user_id: str, admin: bool = False, ttl: int = 86400, name: str | None = None) -> str:
+def mint_token(
+    config: Config, user_id: str, admin: bool = False, ttl: int = 86400, name: str | None = None
+) -> str:
     """A token for ``python -m chatd token`` and the tests (HMAC only)."""
     algorithm = next((a for a in config.jwt_algorithms if a.startswith("HS")), None)
     if algorithm is None or not config.jwt_secret:

@@ -26,7 +26,21 @@ from twisted.internet.endpoints import _parse as _parse_endpoint
 ENV_PREFIX = "CHATD_"
 SECRET_FILE_NAME = "jwt-secret"
 SUPPORTED_ALGORITHMS = frozenset(
-    {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA"}
+    {
+        "HS256",
+        "HS384",
+        "HS512",
+        "RS256",
+        "RS384",
+        "RS512",
+        "ES256",
+        "ES384",
+        "ES512",
+        "PS256",
+        "PS384",
+        "PS512",
+        "EdDSA",
+    }
 )
 
 
@@ -170,48 +184,177 @@ def _public_key_file(value: Any) -> str | None:
     return path
 
 
-
 def default_data_dir() -> str:
     """systemd's StateDirectory when run as a unit, else the XDG data home."""
     state = os.environ.get("STATE_DIRECTORY")
     if state:
         return state.split(":")[0]
-    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
     return os.path.join(xdg, "chatd")
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("listen", _text, "tcp:8080:interface=127.0.0.1", "Twisted endpoint description to listen on"),
-    Setting("data_dir", _text, None, "directory for the SQLite file and the generated JWT secret (default: $STATE_DIRECTORY or ~/.local/share/chatd)"),
-    Setting("database", _database, None, "sqlite:///path or postgresql://user@host:port/db (default: sqlite file in data_dir)"),
-    Setting("redis", _redis, None, "redis://[user:password@]host:port/db or rediss://… (TLS) shared by several processes (in-process fan-out when unset)"),
-    Setting("redis_prefix", _redis_prefix, "chatd:", "prefix of every Redis key and channel, so deployments can share one Redis"),
-    Setting("redis_ca", _public_key_file, None, "PEM CA certificate(s) to check a rediss:// server against (default: the system's trust store)"),
-    Setting("jwt_secret", _optional_text, None, "shared secret for HS* tokens (generated into data_dir when no key is configured)"),
-    Setting("jwt_public_key", _public_key_file, None, "PEM public key file for RS*/ES*/PS*/EdDSA tokens"),
-    Setting("jwt_algorithms", _algorithms, ("HS256",), "comma-separated allow-list of JWT algorithms"),
+    Setting(
+        "listen", _text, "tcp:8080:interface=127.0.0.1", "Twisted endpoint description to listen on"
+    ),
+    Setting(
+        "data_dir",
+        _text,
+        None,
+        "directory for the SQLite file and the generated JWT secret (default: $STATE_DIRECTORY or ~/.local/share/chatd)",
+    ),
+    Setting(
+        "database",
+        _database,
+        None,
+        "sqlite:///path or postgresql://user@host:port/db (default: sqlite file in data_dir)",
+    ),
+    Setting(
+        "redis",
+        _redis,
+        None,
+        "redis://[user:password@]host:port/db or rediss://… (TLS) shared by several processes (in-process fan-out when unset)",
+    ),
+    Setting(
+        "redis_prefix",
+        _redis_prefix,
+        "chatd:",
+        "prefix of every Redis key and channel, so deployments can share one Redis",
+    ),
+    Setting(
+        "redis_ca",
+        _public_key_file,
+        None,
+        "PEM CA certificate(s) to check a rediss:// server against (default: the system's trust store)",
+    ),
+    Setting(
+        "jwt_secret",
+        _optional_text,
+        None,
+        "shared secret for HS* tokens (generated into data_dir when no key is configured)",
+    ),
+    Setting(
+        "jwt_public_key", _public_key_file, None, "PEM public key file for RS*/ES*/PS*/EdDSA tokens"
+    ),
+    Setting(
+        "jwt_algorithms", _algorithms, ("HS256",), "comma-separated allow-list of JWT algorithms"
+    ),
     Setting("jwt_issuer", _optional_text, None, "required `iss` claim, checked when set"),
     Setting("jwt_audience", _optional_text, None, "required `aud` claim, checked when set"),
-    Setting("api_key", _optional_text, None, "server API key accepted as an admin bearer by the HTTP API"),
-    Setting("auth_timeout", _positive_number, 10.0, "seconds an unauthenticated connection may stay open"),
-    Setting("max_message_size", _positive_int, 65536, "largest WebSocket frame/message in bytes (bigger: close 1009)"),
-    Setting("max_content_length", _positive_int, 4000, "longest chat message content in characters"),
-    Setting("max_send_buffer", _positive_int, 1048576, "bytes a slow client may fall behind before it is closed with 4029"),
-    Setting("ping_interval", _non_negative_number, 30.0, "seconds between WebSocket pings to detect dead peers (0 disables)"),
-    Setting("ping_timeout", _positive_number, 15.0, "seconds to wait for a pong before dropping the peer"),
-    Setting("open_handshake_timeout", _positive_number, 10.0, "seconds allowed for the WebSocket opening handshake"),
-    Setting("close_handshake_timeout", _positive_number, 3.0, "seconds allowed for the closing handshake"),
-    Setting("rate_limit", _positive_number, 200.0, "sustained requests per second allowed per connection"),
-    Setting("rate_burst", _positive_int, 400, "requests a connection may send in a burst above rate_limit"),
-    Setting("shutdown_timeout", _positive_number, 10.0, "seconds SIGTERM waits for pending writes and closing handshakes"),
-    Setting("dm_policy", _dm_policy, "anyone", "who may send a direct message to whom: 'anyone' or 'friends'"),
-    Setting("presence_grace", _non_negative_number, 3.0, "seconds after a user's last connection closes before user:offline"),
-    Setting("reaction_rate", _positive_number, 10.0, "live reactions per second allowed per user (burst: twice that)"),
-    Setting("viewer_count_interval", _positive_number, 0.5, "least seconds between two live:viewer-count pushes of a stream"),
-    Setting("metrics_require_auth", _boolean, False, "whether GET /metrics needs the API key or an admin token"),
-    Setting("tls_cert", _public_key_file, None, "PEM certificate (chain) file: serve TLS (wss://, https://) on any listen endpoint, systemd: included"),
+    Setting(
+        "api_key",
+        _optional_text,
+        None,
+        "server API key accepted as an admin bearer by the HTTP API",
+    ),
+    Setting(
+        "auth_timeout",
+        _positive_number,
+        10.0,
+        "seconds an unauthenticated connection may stay open",
+    ),
+    Setting(
+        "max_message_size",
+        _positive_int,
+        65536,
+        "largest WebSocket frame/message in bytes (bigger: close 1009)",
+    ),
+    Setting(
+        "max_content_length", _positive_int, 4000, "longest chat message content in characters"
+    ),
+    Setting(
+        "max_send_buffer",
+        _positive_int,
+        1048576,
+        "bytes a slow client may fall behind before it is closed with 4029",
+    ),
+    Setting(
+        "ping_interval",
+        _non_negative_number,
+        30.0,
+        "seconds between WebSocket pings to detect dead peers (0 disables)",
+    ),
+    Setting(
+        "ping_timeout",
+        _positive_number,
+        15.0,
+        "seconds to wait for a pong before dropping the peer",
+    ),
+    Setting(
+        "open_handshake_timeout",
+        _positive_number,
+        10.0,
+        "seconds allowed for the WebSocket opening handshake",
+    ),
+    Setting(
+        "close_handshake_timeout",
+        _positive_number,
+        3.0,
+        "seconds allowed for the closing handshake",
+    ),
+    Setting(
+        "rate_limit",
+        _positive_number,
+        200.0,
+        "sustained requests per second allowed per connection",
+    ),
+    Setting(
+        "rate_burst",
+        _positive_int,
+        400,
+        "requests a connection may send in a burst above rate_limit",
+    ),
+    Setting(
+        "shutdown_timeout",
+        _positive_number,
+        10.0,
+        "seconds SIGTERM waits for pending writes and closing handshakes",
+    ),
+    Setting(
+        "dm_policy",
+        _dm_policy,
+        "anyone",
+        "who may send a direct message to whom: 'anyone' or 'friends'",
+    ),
+    Setting(
+        "presence_grace",
+        _non_negative_number,
+        3.0,
+        "seconds after a user's last connection closes before user:offline",
+    ),
+    Setting(
+        "reaction_rate",
+        _positive_number,
+        10.0,
+        "live reactions per second allowed per user (burst: twice that)",
+    ),
+    Setting(
+        "viewer_count_interval",
+        _positive_number,
+        0.5,
+        "least seconds between two live:viewer-count pushes of a stream",
+    ),
+    Setting(
+        "metrics_require_auth",
+        _boolean,
+        False,
+        "whether GET /metrics needs the API key or an admin token",
+    ),
+    Setting(
+        "tls_cert",
+        _public_key_file,
+        None,
+        "PEM certificate (chain) file: serve TLS (wss://, https://) on any listen endpoint, systemd: included",
+    ),
     Setting("tls_key", _public_key_file, None, "PEM private key file for tls_cert"),
-    Setting("log_format", _log_format, "text", "'text' (human-readable) or 'json' (one JSON object per line, for journald and log shippers)"),
+    Setting(
+        "log_format",
+        _log_format,
+        "text",
+        "'text' (human-readable) or 'json' (one JSON object per line, for journald and log shippers)",
+    ),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -257,7 +400,7 @@ class Config:
     @property
     def sqlite_path(self) -> str | None:
         if self.database.startswith("sqlite:///"):
-            return self.database[len("sqlite:///"):]
+            return self.database[len("sqlite:///") :]
         return None
 
 
@@ -313,7 +456,9 @@ def load_config(
     without reading or generating the embedded default's secret."""
     environ = os.environ if environ is None else environ
     cli = dict(cli or {})
-    config_file = cli.pop("config", None) or config_file or environ.get(ENV_PREFIX + "CONFIG") or None
+    config_file = (
+        cli.pop("config", None) or config_file or environ.get(ENV_PREFIX + "CONFIG") or None
+    )
     values: dict[str, Any] = {}
     if config_file:
         values.update(read_config_file(config_file))
@@ -356,7 +501,10 @@ def _finish(values: dict[str, Any], create_secret: bool) -> Config:
         _check_tls(values["tls_cert"], values["tls_key"])
     if values.get("jwt_secret") and len(values["jwt_secret"]) < 16:
         raise ConfigError("invalid jwt_secret: use at least 16 characters")
-    cfg = Config(**{k: v for k, v in values.items() if k in {f.name for f in fields(Config)}}, secret_generated=generated)
+    cfg = Config(
+        **{k: v for k, v in values.items() if k in {f.name for f in fields(Config)}},
+        secret_generated=generated,
+    )
     if cfg.ping_interval and cfg.ping_timeout >= cfg.ping_interval:
         raise ConfigError("invalid ping_timeout: must be shorter than ping_interval")
     return cfg
@@ -368,13 +516,17 @@ def _check_tls(cert_file: str, key_file: str) -> None:
     try:
         server_options(cert_file, key_file)
     except Exception as e:
-        raise ConfigError(f"invalid tls_cert/tls_key: {' '.join(str(e).split()) or type(e).__name__}") from None
+        raise ConfigError(
+            f"invalid tls_cert/tls_key: {' '.join(str(e).split()) or type(e).__name__}"
+        ) from None
 
 
 def _check_endpoint(description: str) -> None:
     kind = description.split(":", 1)[0]
     if kind not in ("tcp", "tcp6", "ssl", "unix", "systemd"):
-        raise ConfigError(f"invalid listen ({description}): expected tcp:, tcp6:, ssl:, unix: or systemd:")
+        raise ConfigError(
+            f"invalid listen ({description}): expected tcp:, tcp6:, ssl:, unix: or systemd:"
+        )
 
 
 def is_loopback_endpoint(description: str) -> bool:
@@ -417,7 +569,9 @@ def load_or_create_secret(data_dir: str) -> str:
     except FileNotFoundError:
         secret = ""
     except OSError as e:
-        raise ConfigError(f"invalid data_dir ({data_dir}): cannot read {path}: {e.strerror}") from None
+        raise ConfigError(
+            f"invalid data_dir ({data_dir}): cannot read {path}: {e.strerror}"
+        ) from None
     if secret:
         return secret
     # Missing: create it exclusively, so two processes starting together
@@ -430,7 +584,9 @@ def load_or_create_secret(data_dir: str) -> str:
     except FileExistsError:
         return load_or_create_secret(data_dir)
     except OSError as e:
-        raise ConfigError(f"invalid data_dir ({data_dir}): cannot create {path}: {e.strerror}") from None
+        raise ConfigError(
+            f"invalid data_dir ({data_dir}): cannot create {path}: {e.strerror}"
+        ) from None
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
     return secret

@@ -42,8 +42,11 @@ def event_as_json(event: dict[str, Any]) -> str:
     namespace, the formatted message, then the event's own fields."""
     stamp = event.get("log_time")
     record: dict[str, Any] = {
-        "time": datetime.fromtimestamp(stamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        if isinstance(stamp, int | float) else None,
+        "time": datetime.fromtimestamp(stamp, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+        if isinstance(stamp, int | float)
+        else None,
         "level": getattr(event.get("log_level"), "name", "info"),
         "namespace": event.get("log_namespace") or event.get("system") or "-",
         "message": formatEvent(event),

@@ -22,27 +22,47 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.connections = Gauge("chatd_connections", "Open WebSocket connections", registry=r)
-        self.users = Gauge("chatd_authenticated_users", "Users with at least one authenticated connection here", registry=r)
-        self.rooms = Gauge("chatd_rooms_joined", "Rooms with at least one joined connection here", registry=r)
-        self.events_in = Counter("chatd_events_in", "Client requests received, by event type", ["type"], registry=r)
-        self.errors = Counter("chatd_errors", "Errors sent to clients, by code", ["code"], registry=r)
+        self.users = Gauge(
+            "chatd_authenticated_users",
+            "Users with at least one authenticated connection here",
+            registry=r,
+        )
+        self.rooms = Gauge(
+            "chatd_rooms_joined", "Rooms with at least one joined connection here", registry=r
+        )
+        self.events_in = Counter(
+            "chatd_events_in", "Client requests received, by event type", ["type"], registry=r
+        )
+        self.errors = Counter(
+            "chatd_errors", "Errors sent to clients, by code", ["code"], registry=r
+        )
         self.pushes = Counter("chatd_pushes_out", "Events framed for local fan-out", registry=r)
-        self.deliveries = Counter("chatd_fanout_deliveries", "Frames handed to connections by fan-out", registry=r)
+        self.deliveries = Counter(
+            "chatd_fanout_deliveries", "Frames handed to connections by fan-out", registry=r
+        )
         self.store_latency = Histogram(
-            "chatd_message_store_seconds", "Time to commit one group-commit batch of messages", registry=r,
+            "chatd_message_store_seconds",
+            "Time to commit one group-commit batch of messages",
+            registry=r,
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self.batch_size = Histogram(
-            "chatd_message_batch_size", "Messages per group-commit batch", registry=r,
+            "chatd_message_batch_size",
+            "Messages per group-commit batch",
+            registry=r,
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
         )
         self.publish_latency = Histogram(
-            "chatd_broker_publish_seconds", "Time for the broker to accept a publish", registry=r,
+            "chatd_broker_publish_seconds",
+            "Time for the broker to accept a publish",
+            registry=r,
             buckets=(0.00001, 0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1),
         )
         self._known_events: set[str] = set()
 
-    def bind_gauges(self, connections: Callable[[], int], users: Callable[[], int], rooms: Callable[[], int]) -> None:
+    def bind_gauges(
+        self, connections: Callable[[], int], users: Callable[[], int], rooms: Callable[[], int]
+    ) -> None:
         self.connections.set_function(connections)
         self.users.set_function(users)
         self.rooms.set_function(rooms)

@@ -84,7 +84,9 @@ class ChatdService(Service):
         try:
             applied = migrate(self.engine)
         except Exception as e:
-            raise StartupError(f"cannot prepare the database {self._safe_database()}: {_one_line(e)}") from e
+            raise StartupError(
+                f"cannot prepare the database {self._safe_database()}: {_one_line(e)}"
+            ) from e
         if applied:
             log.info("applied database migrations {versions}", versions=applied)
 
@@ -96,34 +98,52 @@ class ChatdService(Service):
         viewers = self._build_fanout()
         self.verifier = TokenVerifier.from_config(config)
         self.factory: ChatdWebSocketFactory
-        self.registry = LocalRegistry(self.broker, lambda event: self.factory.frame(event), self.reactor)
+        self.registry = LocalRegistry(
+            self.broker, lambda event: self.factory.frame(event), self.reactor
+        )
         self.chat = ChatService(
-            self.store, self.broker, self.registry, self.reactor,
-            Limits(max_content_length=config.max_content_length), online=self.presence,
+            self.store,
+            self.broker,
+            self.registry,
+            self.reactor,
+            Limits(max_content_length=config.max_content_length),
+            online=self.presence,
         )
         self.registry.order = RoomOrder(self.reactor, self.registry.accept, self.chat.read_back)
         self.social = SocialService(self.chat, self.registry, self.presence, config.dm_policy)
         self.live = LiveService(
-            self.chat, self.registry, self.reactor, viewers=viewers,
-            count_interval=config.viewer_count_interval, reaction_rate=config.reaction_rate,
+            self.chat,
+            self.registry,
+            self.reactor,
+            viewers=viewers,
+            count_interval=config.viewer_count_interval,
+            reaction_rate=config.reaction_rate,
         )
         self.sessions = Sessions(self.registry, self.chat, self.social, self.live)
         self.dispatcher = Dispatcher(
             {**chat_routes(self.chat), **social_routes(self.social), **live_routes(self.live)}
         )
-        self.factory = ChatdWebSocketFactory(config, self.reactor, self.verifier, self.sessions, self.dispatcher)
+        self.factory = ChatdWebSocketFactory(
+            config, self.reactor, self.verifier, self.sessions, self.dispatcher
+        )
         self.backend_api = BackendApi(self.registry, self.social)
         self.native_api = NativeApi(self.chat, self.social, self.live)
         self.api = HttpApi(
-            self.verifier, config.api_key, self.backend_api.endpoints() + self.native_api.endpoints()
+            self.verifier,
+            config.api_key,
+            self.backend_api.endpoints() + self.native_api.endpoints(),
         )
         self._wire_metrics()
         checks = {"storage": self.store.ping}
         if self.cluster is not None:
             checks["redis"] = self.broker.ping
         self.site = build_site(
-            self.factory, self.api, checks,
-            MetricsPage(self.metrics, self.api.is_admin_request if config.metrics_require_auth else None),
+            self.factory,
+            self.api,
+            checks,
+            MetricsPage(
+                self.metrics, self.api.is_admin_request if config.metrics_require_auth else None
+            ),
             demo_mint=self._demo_mint() if config.secret_generated else None,
         )
         self._built = True
@@ -205,7 +225,9 @@ class ChatdService(Service):
 
             from chatd.tls import server_options
 
-            factory = TLSMemoryBIOFactory(server_options(self.config.tls_cert, self.config.tls_key), False, self.site)
+            factory = TLSMemoryBIOFactory(
+                server_options(self.config.tls_cert, self.config.tls_key), False, self.site
+            )
         d = endpoint.listen(factory)
 
         def listening(port: IListeningPort) -> IListeningPort:
@@ -250,15 +272,21 @@ class ChatdService(Service):
         log.info(
             "chatd {version} listening on {http}://{where} (WebSocket {ws}://{where}/ws); "
             "storage {database}; fan-out {fanout}",
-            version=__version__, http=http, ws=ws, where=where,
+            version=__version__,
+            http=http,
+            ws=ws,
+            where=where,
             database=self._safe_database(),
             fanout=f"redis {self.broker.link.target.safe()} as node {self.broker.link.node}"
-            if self.cluster is not None else "in-process",
+            if self.cluster is not None
+            else "in-process",
         )
         if self.config.secret_generated:
             log.info(
                 "Get a token: python -m chatd token alice{extra}  — then connect to {ws}://{where}/ws?token=<token>",
-                extra=_data_dir_hint(self.config), ws=ws, where=where,
+                extra=_data_dir_hint(self.config),
+                ws=ws,
+                where=where,
             )
 
     def _safe_database(self) -> str:
@@ -302,7 +330,9 @@ class ChatdService(Service):
             try:
                 yield leaving
             except Exception:
-                log.warn("leaving the cluster did not finish in time; the other nodes will reap this one")
+                log.warn(
+                    "leaving the cluster did not finish in time; the other nodes will reap this one"
+                )
         self.live.stop()
         if self.registry.order is not None:
             self.registry.order.stop()

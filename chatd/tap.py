@@ -18,13 +18,17 @@ from chatd.service import ChatdService, StartupError, fail_startup
 
 class Options(usage.Options):
     synopsis = "[options]"
-    longdesc = "chatd: real-time chat and presence over WebSocket, with an HTTP API on the same port."
+    longdesc = (
+        "chatd: real-time chat and presence over WebSocket, with an HTTP API on the same port."
+    )
     optParameters = [["config", None, None, "TOML configuration file (also CHATD_CONFIG)"]] + [
         [s.option, None, None, f"{s.help} (env {s.env})"] for s in SETTINGS
     ]
 
     def postOptions(self) -> None:
-        cli: dict[str, Any] = {s.name: self[s.option] for s in SETTINGS if self[s.option] is not None}
+        cli: dict[str, Any] = {
+            s.name: self[s.option] for s in SETTINGS if self[s.option] is not None
+        }
         if self["config"]:
             cli["config"] = self["config"]
         try:

@@ -20,8 +20,12 @@ def server_options(cert_file: str, key_file: str) -> ssl.CertificateOptions:
     if not certificates:
         raise ValueError(f"no PEM certificate in {cert_file}")
     key = ssl.KeyPair.load(Path(key_file).read_bytes(), crypto.FILETYPE_PEM)
-    leaf = ssl.PrivateCertificate.load(certificates[0], key, crypto.FILETYPE_PEM)  # checks they match
+    leaf = ssl.PrivateCertificate.load(
+        certificates[0], key, crypto.FILETYPE_PEM
+    )  # checks they match
     chain = [ssl.Certificate.loadPEM(pem).original for pem in certificates[1:]]
     return ssl.CertificateOptions(
-        privateKey=leaf.privateKey.original, certificate=leaf.original, extraCertChain=chain,
+        privateKey=leaf.privateKey.original,
+        certificate=leaf.original,
+        extraCertChain=chain,
     )

@@ -81,19 +81,43 @@ class PrivateRedis:
         self.listen = ["--port", str(self.port)]
         if tls is not None:  # TLS only, on the same port
             self.listen = [
-                "--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(tls["cert"]),
-                "--tls-key-file", str(tls["key"]), "--tls-ca-cert-file", str(tls["ca"]), "--tls-auth-clients", "no",
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(tls["cert"]),
+                "--tls-key-file",
+                str(tls["key"]),
+                "--tls-ca-cert-file",
+                str(tls["ca"]),
+                "--tls-auth-clients",
+                "no",
             ]
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [self.binary, *self.listen, "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.workdir)]
-        self.proc = subprocess.Popen(args, stdout=open(self.workdir / "redis.log", "ab"), stderr=subprocess.STDOUT)
+        args = [
+            self.binary,
+            *self.listen,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+        ]
+        self.proc = subprocess.Popen(
+            args, stdout=open(self.workdir / "redis.log", "ab"), stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"redis-server exited: {(self.workdir / 'redis.log').read_text()}")
+                raise AssertionError(
+                    f"redis-server exited: {(self.workdir / 'redis.log').read_text()}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return
@@ -128,7 +152,9 @@ class Cluster:
         self.clients: list[Client] = []
         self.config = Config(jwt_secret=SECRET)
 
-    def start(self, count: int = 1, extra: list[str] | None = None, ready: bool = True) -> list[Node]:
+    def start(
+        self, count: int = 1, extra: list[str] | None = None, ready: bool = True
+    ) -> list[Node]:
         """Start nodes; wait until healthy and (unless ``ready=False``) ready."""
         started = [self._spawn(extra or []) for _ in range(count)]
         for node in started:
@@ -142,10 +168,25 @@ class Cluster:
         port = free_port()
         index = len(self.nodes)
         args = [
-            "--listen", f"tcp:{port}:interface=127.0.0.1", "--database", self.database,
-            "--redis", self.redis_url, "--redis-prefix", self.prefix, "--jwt-secret", SECRET,
-            "--api-key", API_KEY, "--data-dir", str(self.tmp_path / f"node{index}"),
-            "--presence-grace", str(self.grace), "--viewer-count-interval", "0.2", *extra,
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--database",
+            self.database,
+            "--redis",
+            self.redis_url,
+            "--redis-prefix",
+            self.prefix,
+            "--jwt-secret",
+            SECRET,
+            "--api-key",
+            API_KEY,
+            "--data-dir",
+            str(self.tmp_path / f"node{index}"),
+            "--presence-grace",
+            str(self.grace),
+            "--viewer-count-interval",
+            "0.2",
+            *extra,
         ]
         node = Node(Daemon(args, clean_env(), str(self.tmp_path)), port)
         self.nodes.append(node)
@@ -168,7 +209,9 @@ class Cluster:
         self.clients.append(client)
         return client
 
-    def http(self, node: Node, method: str, path: str, body: Any = None, auth: bool = True) -> tuple[int, Any]:
+    def http(
+        self, node: Node, method: str, path: str, body: Any = None, auth: bool = True
+    ) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(node.base + path, data=data, method=method)
         if auth:
@@ -200,7 +243,10 @@ class Cluster:
                 pass
         unclean = []
         for node in self.nodes:
-            if node.daemon.proc.poll() is not None and node.daemon.proc.returncode == -signal.SIGKILL:
+            if (
+                node.daemon.proc.poll() is not None
+                and node.daemon.proc.returncode == -signal.SIGKILL
+            ):
                 node.daemon.log.close()
                 continue
             if not node.daemon.terminate():

@@ -42,7 +42,10 @@ class Daemon:
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", "chatd", *args],
-            env=env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
 
     def output(self) -> str:
@@ -74,16 +77,31 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
-        return self.proc.returncode in (0, -signal.SIGTERM) and "chatd stopped" in self.log_path.read_text(errors="replace")
+        return self.proc.returncode in (
+            0,
+            -signal.SIGTERM,
+        ) and "chatd stopped" in self.log_path.read_text(errors="replace")
 
 
-def run_twistd(args: list[str], env: dict[str, str], cwd: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run_twistd(
+    args: list[str], env: dict[str, str], cwd: str, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [TWISTD, "-n", "--pidfile=", "chatd", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def run_module(args: list[str], env: dict[str, str], cwd: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chatd", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "chatd", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )

@@ -23,6 +23,7 @@ class Client:
 
     def next(self, event: str, timeout: float = 5, where: Any = None) -> dict[str, Any]:
         """The next push of this type (matching ``where`` when given)."""
+
         def wanted(frame: dict[str, Any]) -> bool:
             return frame["type"] == event and (where is None or where(frame["data"]))
 
@@ -33,7 +34,9 @@ class Client:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"no {event} within {timeout} s; got {[f['type'] for f in self.inbox]}")
+                raise TimeoutError(
+                    f"no {event} within {timeout} s; got {[f['type'] for f in self.inbox]}"
+                )
             frame = json.loads(self.ws.recv(timeout=remaining))
             if wanted(frame):
                 return frame["data"]
@@ -68,7 +71,9 @@ class Client:
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
-                self.inbox.append(json.loads(self.ws.recv(timeout=max(0.01, deadline - time.monotonic()))))
+                self.inbox.append(
+                    json.loads(self.ws.recv(timeout=max(0.01, deadline - time.monotonic())))
+                )
         except TimeoutError:
             raise
         except Exception:

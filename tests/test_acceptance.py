@@ -63,7 +63,13 @@ def test_two_cli_token_clients_chat_and_recover_after_restart(tmp_path, database
         assert [m["content"] for m in joined["messages"]] == ["missed 0", "missed 1", "missed 2"]
         assert [m["seq"] for m in joined["messages"]] == [3, 4, 5]
         history = bob.ok("chat:history", {"chatId": room})
-        assert [m["content"] for m in history["messages"]] == ["hi bob", "hi alice", "missed 0", "missed 1", "missed 2"]
+        assert [m["content"] for m in history["messages"]] == [
+            "hi bob",
+            "hi alice",
+            "missed 0",
+            "missed 1",
+            "missed 2",
+        ]
         bob.ws.close()
     finally:
         assert daemon.terminate(), daemon.output()

@@ -74,7 +74,9 @@ async def test_bad_tokens_are_refused_with_4001(server):
     await refused(server, hs256({"sub": "alice"}))  # no exp
     await refused(server, hs256({"exp": now + 60}))  # no sub
     await refused(server, hs256({"sub": 42, "exp": now + 60}))  # sub not a string
-    await refused(server, jwt.encode(claims(), TEST_SECRET * 2, algorithm="HS512"))  # not on the allow-list
+    await refused(
+        server, jwt.encode(claims(), TEST_SECRET * 2, algorithm="HS512")
+    )  # not on the allow-list
     unsigned = jwt.encode(claims(), None, algorithm="none")
     error = await refused(server, unsigned)
     assert "algorithm" in error["data"]["message"]
@@ -107,9 +109,14 @@ async def test_issuer_and_audience_are_checked_when_configured(server_factory):
 async def test_es256_with_public_key_file(server_factory, tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
     public = tmp_path / "jwt.pub"
-    public.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    server = await server_factory(jwt_algorithms="ES256", jwt_public_key=str(public), jwt_secret=None)
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    server = await server_factory(
+        jwt_algorithms="ES256", jwt_public_key=str(public), jwt_secret=None
+    )
     token = jwt.encode(claims("erin"), key, algorithm="ES256")
     client = await WsClient.open(server.url, token=token)
     assert client.user_id == "erin"
@@ -151,14 +158,20 @@ async def test_envelope_errors_keep_the_connection(server):
     await alice.fails("chat:message", "just a string", "INVALID_MESSAGE")
     await alice.fails("chat:typing", {"chatId": room["id"], "isTyping": "yes"}, "INVALID_MESSAGE")
     await alice.fails("chat:create", {"name": "r", "type": "secret"}, "INVALID_MESSAGE")
-    await alice.fails("chat:create", {"name": "r", "type": "public", "members": "bob"}, "INVALID_MESSAGE")
+    await alice.fails(
+        "chat:create", {"name": "r", "type": "public", "members": "bob"}, "INVALID_MESSAGE"
+    )
     await alice.fails("chat:history", {"chatId": room["id"], "limit": 0}, "INVALID_MESSAGE")
     await alice.fails("chat:join", {"chatId": room["id"], "since": -1}, "INVALID_MESSAGE")
     await alice.fails("chat:reaction", {"messageId": "m_none", "reaction": "x"}, "INVALID_MESSAGE")
     await alice.fails("chat:join", {"chatId": "r_none"}, "ROOM_NOT_FOUND")
     await alice.fails("chat:history", {"chatId": "r_none"}, "ROOM_NOT_FOUND")
-    await alice.fails("chat:message", {"chatId": room["id"], "content": "x" * 4001}, "PAYLOAD_TOO_LARGE")
-    await alice.fails("chat:message", {"chatId": room["id"], "content": "\ud800"}, "INVALID_MESSAGE")
+    await alice.fails(
+        "chat:message", {"chatId": room["id"], "content": "x" * 4001}, "PAYLOAD_TOO_LARGE"
+    )
+    await alice.fails(
+        "chat:message", {"chatId": room["id"], "content": "\ud800"}, "INVALID_MESSAGE"
+    )
     await still_works(alice)
     await alice.ok("chat:join", room["id"])
     ack = await alice.ok("chat:message", {"chatId": room["id"], "content": "x" * 4000})

@@ -68,7 +68,9 @@ class RawReader:
 @pytest_twisted.ensureDeferred
 async def test_slow_consumer_is_closed_with_4029_and_others_keep_going(server_factory):
     limit = 256 * 1024
-    server = await server_factory(max_send_buffer=limit, rate_limit=100000, rate_burst=100000, shutdown_timeout=1)
+    server = await server_factory(
+        max_send_buffer=limit, rate_limit=100000, rate_burst=100000, shutdown_timeout=1
+    )
     sender = await server.connect("sender")
     room = (await sender.ok("chat:create", {"name": "r", "type": "public"}))["room"]
     await sender.ok("chat:join", room["id"])
@@ -80,7 +82,9 @@ async def test_slow_consumer_is_closed_with_4029_and_others_keep_going(server_fa
     factory = server.service.factory
 
     def stalled_connection():
-        return next((c for c in factory.connections if c.identity and c.identity.user_id == "stalled"), None)
+        return next(
+            (c for c in factory.connections if c.identity and c.identity.user_id == "stalled"), None
+        )
 
     for _ in range(100):
         conn = stalled_connection()
@@ -102,7 +106,9 @@ async def test_slow_consumer_is_closed_with_4029_and_others_keep_going(server_fa
             await healthy.next("chat:message")
         transport = conn.transport
         peak = max(peak, len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
-    assert conn._detached, f"the stalled reader was never cut off after {sent} messages (joined={server.service.registry.is_joined(conn, room['id'])}, peak={peak}, backlog={conn._backlog})"
+    assert conn._detached, (
+        f"the stalled reader was never cut off after {sent} messages (joined={server.service.registry.is_joined(conn, room['id'])}, peak={peak}, backlog={conn._backlog})"
+    )
     # Bounded: the buffer never held much more than the limit plus one write burst.
     assert peak < limit + 64 * 1024 + 50 * 4096, peak
 
@@ -156,4 +162,6 @@ async def test_shutdown_sends_the_pushes_of_what_it_acknowledged(server_factory)
     except websockets.ConnectionClosed as e:
         assert e.rcvd is not None and e.rcvd.code == 1001
     await stopping
-    assert acked and acked <= pushed, f"{len(acked - pushed)} acknowledged messages were never pushed"
+    assert acked and acked <= pushed, (
+        f"{len(acked - pushed)} acknowledged messages were never pushed"
+    )

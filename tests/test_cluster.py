@@ -25,12 +25,18 @@ def cluster(tmp_path, pg_schema_url):
 
 
 def _room(creator: Client, *members: str, kind: str = "public") -> str:
-    return creator.ok("chat:create", {"name": "cluster", "type": kind, "members": list(members)})["room"]["id"]
+    return creator.ok("chat:create", {"name": "cluster", "type": kind, "members": list(members)})[
+        "room"
+    ]["id"]
 
 
 def test_room_events_cross_nodes_exactly_once(cluster):
     a, b, c = cluster.start(3)
-    alice, bob, carol = cluster.client(a, "alice"), cluster.client(b, "bob"), cluster.client(c, "carol")
+    alice, bob, carol = (
+        cluster.client(a, "alice"),
+        cluster.client(b, "bob"),
+        cluster.client(c, "carol"),
+    )
     room = _room(alice)
     for client in (alice, bob, carol):
         client.ok("chat:join", {"chatId": room})
@@ -59,9 +65,13 @@ def test_room_events_cross_nodes_exactly_once(cluster):
         client.ok("chat:leave", {"chatId": room})
     deadline = time.monotonic() + 5
     while room_channel in pubsub_channels(cluster.redis_url, cluster.prefix + "*"):
-        assert time.monotonic() < deadline, "a node is still subscribed to the room it has no listener for"
+        assert time.monotonic() < deadline, (
+            "a node is still subscribed to the room it has no listener for"
+        )
         time.sleep(0.05)
-    assert f"{cluster.prefix}ch:user:alice" in pubsub_channels(cluster.redis_url, cluster.prefix + "*")
+    assert f"{cluster.prefix}ch:user:alice" in pubsub_channels(
+        cluster.redis_url, cluster.prefix + "*"
+    )
 
 
 def test_presence_friends_and_direct_messages_cross_nodes(cluster):
@@ -77,7 +87,9 @@ def test_presence_friends_and_direct_messages_cross_nodes(cluster):
     assert alice.ok("status:request", {}) == {"userIds": ["bob"]}
     assert alice.ok("friends:list", {})["friends"] == [{"userId": "bob", "online": True}]
     # A direct message from node A reaches bob on node B once.
-    sent = alice.ok("message:send", {"recipientId": "bob", "content": "psst", "tempId": "t1"})["message"]
+    sent = alice.ok("message:send", {"recipientId": "bob", "content": "psst", "tempId": "t1"})[
+        "message"
+    ]
     received = bob.next("message:receive")["message"]
     assert received["id"] == sent["id"] and received["content"] == "psst"
     bob.nothing("message:receive", 0.3)
@@ -102,7 +114,12 @@ def test_live_viewer_counts_are_per_user_across_nodes(cluster):
     host = cluster.client(a, "host")
     host.ok("live:join", {"streamId": "s1"})
     host.ok("live:status", {"streamId": "s1", "status": "started"})
-    viewers = [cluster.client(b, "v1"), cluster.client(c, "v2"), cluster.client(b, "v3"), cluster.client(c, "v3")]
+    viewers = [
+        cluster.client(b, "v1"),
+        cluster.client(c, "v2"),
+        cluster.client(b, "v3"),
+        cluster.client(c, "v3"),
+    ]
     for viewer in viewers:
         viewer.ok("live:join", {"streamId": "s1"})
     # host, v1, v2, v3 (on two nodes) = 4 users
@@ -115,7 +132,7 @@ def test_live_viewer_counts_are_per_user_across_nodes(cluster):
     for client in (host, viewers[0], viewers[2], viewers[3]):
         assert client.next("live:reaction")["userId"] == "v2"
     viewers[3].ok("live:leave", {"streamId": "s1"})  # v3 still watches on node B
-    viewers[1].close()                                # v2 gone
+    viewers[1].close()  # v2 gone
     for client in (host, viewers[0]):
         assert _settled_count(client, 3) == 3
     host.ok("live:status", {"streamId": "s1", "status": "ended"})
@@ -130,7 +147,9 @@ def _settled_count(client: Client, expected: int, timeout: float = 10) -> int:
     last = None
     while time.monotonic() < deadline:
         try:
-            last = client.next("live:viewer-count", timeout=max(0.05, deadline - time.monotonic()))["count"]
+            last = client.next("live:viewer-count", timeout=max(0.05, deadline - time.monotonic()))[
+                "count"
+            ]
         except TimeoutError:
             break
         if last == expected:
@@ -142,31 +161,44 @@ def test_http_api_on_any_node_reaches_every_node(cluster):
     a, b = cluster.start(2)
     alice, bob = cluster.client(a, "alice"), cluster.client(b, "bob")
     bob2 = cluster.client(b, "bob")
-    status, answer = cluster.http(a, "POST", "/websocket/message/user", {"userId": "bob", "type": "chat", "data": {"x": 1}})
+    status, answer = cluster.http(
+        a, "POST", "/websocket/message/user", {"userId": "bob", "type": "chat", "data": {"x": 1}}
+    )
     assert status == 200 and answer == {"delivered": 2}
     for client in (bob, bob2):
         assert client.next("message")["data"] == {"x": 1}
-    status, answer = cluster.http(b, "POST", "/websocket/message/users",
-                                  {"userIds": ["alice", "bob"], "type": "alert", "data": "both"})
+    status, answer = cluster.http(
+        b,
+        "POST",
+        "/websocket/message/users",
+        {"userIds": ["alice", "bob"], "type": "alert", "data": "both"},
+    )
     assert status == 200 and answer == {"delivered": 3}
     for client in (alice, bob, bob2):
         assert client.next("message")["data"] == "both"
-    status, answer = cluster.http(a, "POST", "/websocket/message/broadcast", {"type": "system", "data": "all"})
+    status, answer = cluster.http(
+        a, "POST", "/websocket/message/broadcast", {"type": "system", "data": "all"}
+    )
     assert status == 200 and answer == {"delivered": 3}
     for client in (alice, bob, bob2):
         assert client.next("message")["data"] == "all"
-    status, answer = cluster.http(a, "POST", "/websocket/notification", {"userId": "bob", "title": "t", "body": "b"})
+    status, answer = cluster.http(
+        a, "POST", "/websocket/notification", {"userId": "bob", "title": "t", "body": "b"}
+    )
     assert status == 200 and answer["delivered"] == 2
     for client in (bob, bob2):
         assert client.next("notification")["title"] == "t"
     status, answer = cluster.http(b, "GET", "/websocket/users/connected")
     assert status == 200 and answer == {
-        "users": [{"userId": "alice", "connections": 1}, {"userId": "bob", "connections": 2}], "count": 2,
+        "users": [{"userId": "alice", "connections": 1}, {"userId": "bob", "connections": 2}],
+        "count": 2,
     }
     status, answer = cluster.http(a, "GET", "/websocket/users/bob/status")
     assert status == 200 and answer["online"] is True and answer["connections"] == 2
     # Room membership removed through node A: bob's connections on B leave.
-    room = alice.ok("chat:create", {"name": "api", "type": "private", "members": ["bob"]})["room"]["id"]
+    room = alice.ok("chat:create", {"name": "api", "type": "private", "members": ["bob"]})["room"][
+        "id"
+    ]
     alice.ok("chat:join", {"chatId": room})
     bob.ok("chat:join", {"chatId": room})
     status, _ = cluster.http(a, "DELETE", f"/api/rooms/{room}/members/bob")
@@ -175,7 +207,9 @@ def test_http_api_on_any_node_reaches_every_node(cluster):
     alice.ok("chat:message", {"chatId": room, "content": "after removal"})
     bob.nothing("chat:message", 0.5)
     # Posting as a user and making friends through the API cross nodes too.
-    status, _ = cluster.http(b, "POST", f"/api/rooms/{room}/messages", {"userId": "alice", "content": "via api"})
+    status, _ = cluster.http(
+        b, "POST", f"/api/rooms/{room}/messages", {"userId": "alice", "content": "via api"}
+    )
     assert status == 200
     assert alice.next("chat:message", where=lambda m: m["content"] == "via api")
     status, _ = cluster.http(b, "PUT", "/api/friendships/alice/bob")
@@ -202,7 +236,9 @@ def test_per_room_order_is_the_same_on_every_node(cluster):
     def send_all(client: Client, index: int) -> None:
         try:
             for n in range(per_sender):
-                client.ws.send(f'{{"type":"chat:message","id":"s{n}","data":{{"chatId":"{room}","content":"{index}-{n}"}}}}')
+                client.ws.send(
+                    f'{{"type":"chat:message","id":"s{n}","data":{{"chatId":"{room}","content":"{index}-{n}"}}}}'
+                )
             for _ in range(per_sender):
                 assert client.next("ack", timeout=20, where=None)
         except BaseException as e:  # surfaced below
@@ -263,7 +299,11 @@ def test_redis_outage_keeps_local_service_and_loses_nothing(tmp_path, pg_schema_
     cluster = Cluster(tmp_path, pg_schema_url, redis.url)
     try:
         a, b = cluster.start(2)
-        alice, carol, bob = cluster.client(a, "alice"), cluster.client(a, "carol"), cluster.client(b, "bob")
+        alice, carol, bob = (
+            cluster.client(a, "alice"),
+            cluster.client(a, "carol"),
+            cluster.client(b, "bob"),
+        )
         room = _room(alice)
         for client in (alice, carol, bob):
             client.ok("chat:join", {"chatId": room})
@@ -272,8 +312,13 @@ def test_redis_outage_keeps_local_service_and_loses_nothing(tmp_path, pg_schema_
         status, body = _wait_status(cluster, a, 503)
         assert "redis" in body and "unavailable" in body
         # Node A keeps serving its own users: stored, acknowledged, delivered.
-        acked = [alice.ok("chat:message", {"chatId": room, "content": f"outage {n}"})["seq"] for n in range(5)]
-        assert [carol.next("chat:message")["content"] for _ in range(5)] == [f"outage {n}" for n in range(5)]
+        acked = [
+            alice.ok("chat:message", {"chatId": room, "content": f"outage {n}"})["seq"]
+            for n in range(5)
+        ]
+        assert [carol.next("chat:message")["content"] for _ in range(5)] == [
+            f"outage {n}" for n in range(5)
+        ]
         acked += [bob.ok("chat:message", {"chatId": room, "content": "from b"})["seq"]]
         assert _metric(cluster, a, "chatd_redis_up") == 0
         assert _metric(cluster, a, "chatd_broker_publish_failures_total") >= 5
@@ -348,8 +393,10 @@ def test_rediss_checks_the_certificate(tmp_path, pg_schema_url):
         refused = wrong_name.start(1, ["--redis-ca", str(files["ca"])], ready=False)
         refused += unknown_ca.start(1, ready=False)
         time.sleep(2)
-        for cluster, node, why in ((wrong_name, refused[0], "Mismatch"),
-                                   (unknown_ca, refused[1], "certificate verify failed")):
+        for cluster, node, why in (
+            (wrong_name, refused[0], "Mismatch"),
+            (unknown_ca, refused[1], "certificate verify failed"),
+        ):
             status, body = cluster.http(node, "GET", "/readyz", auth=False)
             assert status == 503 and why in body["redis"], body
     finally:

@@ -26,7 +26,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 if CHROMIUM is None and os.environ.get("CI"):
     raise RuntimeError("CI must run the browser test: install Debian's chromium (.ci/run does)")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (CI installs it)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium on this machine (CI installs it)"
+)
 
 
 class DevTools:
@@ -45,7 +47,10 @@ class DevTools:
                 return reply["result"]
 
     def js(self, expression: str) -> Any:
-        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
+        result = self.call(
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "awaitPromise": True},
+        )
         if "exceptionDetails" in result:
             raise AssertionError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
@@ -68,11 +73,24 @@ class DevTools:
 
 def start_chromium(profile: Path) -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen(
-        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-         "--window-size=1280,800", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            CHROMIUM,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "--window-size=1280,800",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     port_file = profile / "DevToolsActivePort"
     deadline = time.monotonic() + 30
@@ -94,18 +112,26 @@ def test_console_connects_chats_and_never_runs_user_html(tmp_path):
     port = free_port()
     data = tmp_path / "data"
     env = clean_env()
-    daemon = Daemon(["--data-dir", str(data), "--listen", f"tcp:{port}:interface=127.0.0.1"], env, str(tmp_path))
+    daemon = Daemon(
+        ["--data-dir", str(data), "--listen", f"tcp:{port}:interface=127.0.0.1"], env, str(tmp_path)
+    )
     browser = None
     try:
         daemon.wait_healthy(port)
-        token = run_module(["token", "alice", "--data-dir", str(data)], env, str(tmp_path)).stdout.strip()
-        bob_token = run_module(["token", "bob", "--data-dir", str(data)], env, str(tmp_path)).stdout.strip()
+        token = run_module(
+            ["token", "alice", "--data-dir", str(data)], env, str(tmp_path)
+        ).stdout.strip()
+        bob_token = run_module(
+            ["token", "bob", "--data-dir", str(data)], env, str(tmp_path)
+        ).stdout.strip()
         browser, url = start_chromium(tmp_path / "profile")
         page = DevTools(url)
         page.call("Page.enable")
         page.call("Page.navigate", {"url": f"http://127.0.0.1:{port}/"})
         page.until("document.readyState === 'complete' && !!document.getElementById('connect')")
-        page.until("!document.getElementById('demo').hidden")  # the embedded default offers demo tokens
+        page.until(
+            "!document.getElementById('demo').hidden"
+        )  # the embedded default offers demo tokens
 
         page.type_into("token", token)
         page.click("connect")
@@ -118,7 +144,9 @@ def test_console_connects_chats_and_never_runs_user_html(tmp_path):
 
         page.type_into("content", "hello from the browser")
         page.click("send")
-        page.until("[...document.querySelectorAll('#messages .text')].some(e => e.textContent === 'hello from the browser')")
+        page.until(
+            "[...document.querySelectorAll('#messages .text')].some(e => e.textContent === 'hello from the browser')"
+        )
 
         # HTML in content, from this page and from another user, stays text
         page.type_into("content", XSS)
@@ -128,11 +156,26 @@ def test_console_connects_chats_and_never_runs_user_html(tmp_path):
             bob.send(json.dumps({"type": "chat:join", "id": "j", "data": room_id}))
             while json.loads(bob.recv(timeout=5)).get("id") != "j":
                 pass
-            bob.send(json.dumps({"type": "chat:message", "id": "m", "data": {"chatId": room_id, "content": "<b onmouseover=alert(1)>bold</b>"}}))
-            page.until("[...document.querySelectorAll('#messages .text')].filter(e => e.textContent.startsWith('<')).length === 2")
+            bob.send(
+                json.dumps(
+                    {
+                        "type": "chat:message",
+                        "id": "m",
+                        "data": {"chatId": room_id, "content": "<b onmouseover=alert(1)>bold</b>"},
+                    }
+                )
+            )
+            page.until(
+                "[...document.querySelectorAll('#messages .text')].filter(e => e.textContent.startsWith('<')).length === 2"
+            )
         texts = page.js("[...document.querySelectorAll('#messages .text')].map(e => e.textContent)")
         assert XSS in texts and "<b onmouseover=alert(1)>bold</b>" in texts
-        assert page.js("document.querySelectorAll('#messages img, #messages script, #messages b').length") == 0
+        assert (
+            page.js(
+                "document.querySelectorAll('#messages img, #messages script, #messages b').length"
+            )
+            == 0
+        )
         assert page.js("window.__xss === undefined")
 
         shot = base64.b64decode(page.call("Page.captureScreenshot", {"format": "png"})["data"])

@@ -93,7 +93,11 @@ async def test_database_outage_gives_unavailable_and_recovers(tmp_path, pg_schem
     parts = urlsplit(pg_schema_url)
     switch = _Switch(parts.hostname or "127.0.0.1", parts.port or 5432)
     switch.up()
-    proxied = urlunsplit(parts._replace(netloc=f"{parts.username + '@' if parts.username else ''}127.0.0.1:{switch.number}"))
+    proxied = urlunsplit(
+        parts._replace(
+            netloc=f"{parts.username + '@' if parts.username else ''}127.0.0.1:{switch.number}"
+        )
+    )
     # Migrations block (they run before the reactor in twistd), so apply
     # them directly: the proxy lives on this very reactor.
     migrate(engine_for(pg_schema_url))
@@ -102,7 +106,9 @@ async def test_database_outage_gives_unavailable_and_recovers(tmp_path, pg_schem
         alice = await server.connect("alice")
         room = (await alice.ok("chat:create", {"name": "r", "type": "public"}))["room"]
         await alice.ok("chat:join", room["id"])
-        assert (await alice.ok("chat:message", {"chatId": room["id"], "content": "one"}))["seq"] == 1
+        assert (await alice.ok("chat:message", {"chatId": room["id"], "content": "one"}))[
+            "seq"
+        ] == 1
         await alice.next("chat:message")
 
         await switch.down()
@@ -112,11 +118,22 @@ async def test_database_outage_gives_unavailable_and_recovers(tmp_path, pg_schem
         await alice.nothing("chat:message")
         assert (await alice.request("ping"))["type"] == "ack"
         status, body = await http(server, "GET", "/readyz")
-        assert status == 503 and body["status"] == "unavailable" and body["storage"].startswith("unavailable")
-        status, body = await http(server, "POST", "/api/rooms", API_KEY, {"name": "x", "type": "public"})
+        assert (
+            status == 503
+            and body["status"] == "unavailable"
+            and body["storage"].startswith("unavailable")
+        )
+        status, body = await http(
+            server, "POST", "/api/rooms", API_KEY, {"name": "x", "type": "public"}
+        )
         assert status == 503 and body["error"]["code"] == "UNAVAILABLE"
-        status, body = await http(server, "POST", "/websocket/notification", API_KEY,
-                                  {"userId": "alice", "title": "t", "body": "b"})
+        status, body = await http(
+            server,
+            "POST",
+            "/websocket/notification",
+            API_KEY,
+            {"userId": "alice", "title": "t", "body": "b"},
+        )
         assert status == 503 and body["error"]["code"] == "UNAVAILABLE"
 
         switch.up()

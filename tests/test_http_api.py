@@ -15,8 +15,14 @@ from twisted.web.http_headers import Headers
 API_KEY = "backend-api-key-0123456789"
 
 
-async def http(server, method: str, path: str, token: str | None = None, body: Any = None,
-               raw: bytes | None = None) -> tuple[int, Any]:
+async def http(
+    server,
+    method: str,
+    path: str,
+    token: str | None = None,
+    body: Any = None,
+    raw: bytes | None = None,
+) -> tuple[int, Any]:
     from io import BytesIO
 
     from twisted.internet import reactor
@@ -26,7 +32,9 @@ async def http(server, method: str, path: str, token: str | None = None, body: A
         headers.addRawHeader(b"authorization", f"Bearer {token}".encode())
     payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     producer = FileBodyProducer(BytesIO(payload)) if payload is not None else None
-    response = await Agent(reactor).request(method.encode(), (server.http + path).encode(), headers, producer)
+    response = await Agent(reactor).request(
+        method.encode(), (server.http + path).encode(), headers, producer
+    )
     text = await readBody(response)
     return response.code, json.loads(text) if text else None
 
@@ -63,7 +71,12 @@ async def test_credentials_on_every_endpoint(api_server):
             status, answer = await http(server, method, path, credential, body)
             assert status == 200, (path, status, answer)
     status, me = await http(server, "GET", "/websocket/me/status", plain)
-    assert status == 200 and me == {"userId": "plain", "online": False, "connections": 0, "lastSeen": None}
+    assert status == 200 and me == {
+        "userId": "plain",
+        "online": False,
+        "connections": 0,
+        "lastSeen": None,
+    }
     assert (await http(server, "GET", "/websocket/me/status"))[0] == 401
     assert (await http(server, "GET", "/websocket/me/status", API_KEY))[0] == 400
 
@@ -87,8 +100,13 @@ async def test_bad_requests_name_the_field(api_server):
         assert status == 400 and named in answer["error"]["message"], (path, body, answer)
     status, answer = await http(server, "POST", "/websocket/message/broadcast", key, raw=b"{nope")
     assert status == 400 and "JSON" in answer["error"]["message"]
-    status, answer = await http(server, "POST", "/websocket/message/broadcast", key,
-                                raw=b'{"type":"x","data":"' + b"a" * (1 << 20) + b'"}')
+    status, answer = await http(
+        server,
+        "POST",
+        "/websocket/message/broadcast",
+        key,
+        raw=b'{"type":"x","data":"' + b"a" * (1 << 20) + b'"}',
+    )
     assert status == 413 and answer["error"]["code"] == "PAYLOAD_TOO_LARGE"
     assert (await http(server, "GET", "/websocket/nothing-here", key))[0] == 404
     assert (await http(server, "GET", "/websocket/message/user", key))[0] == 405
@@ -101,39 +119,74 @@ async def test_pushes_reach_real_websockets(api_server):
     alice2 = await server.connect("alice")
     bob = await server.connect("bob")
 
-    status, answer = await http(server, "POST", "/websocket/message/user", API_KEY,
-                                {"userId": "alice", "type": "chat", "data": {"message": "Hello!"}})
+    status, answer = await http(
+        server,
+        "POST",
+        "/websocket/message/user",
+        API_KEY,
+        {"userId": "alice", "type": "chat", "data": {"message": "Hello!"}},
+    )
     assert status == 200 and answer == {"delivered": 2}
     for client in (alice, alice2):
         pushed = (await client.next("message"))["data"]
-        assert pushed["type"] == "chat" and pushed["data"] == {"message": "Hello!"} and pushed["timestamp"]
+        assert (
+            pushed["type"] == "chat"
+            and pushed["data"] == {"message": "Hello!"}
+            and pushed["timestamp"]
+        )
     await bob.nothing("message", within=0.2)
 
-    answer = (await http(server, "POST", "/websocket/message/users", API_KEY,
-                         {"userIds": ["alice", "bob", "ghost"], "type": "announcement", "data": {"t": 1}}))[1]
+    answer = (
+        await http(
+            server,
+            "POST",
+            "/websocket/message/users",
+            API_KEY,
+            {"userIds": ["alice", "bob", "ghost"], "type": "announcement", "data": {"t": 1}},
+        )
+    )[1]
     assert answer == {"delivered": 3}
     for client in (alice, alice2, bob):
         assert (await client.next("message"))["data"]["type"] == "announcement"
 
-    answer = (await http(server, "POST", "/websocket/message/broadcast", API_KEY,
-                         {"type": "system", "data": {"level": "info"}}))[1]
+    answer = (
+        await http(
+            server,
+            "POST",
+            "/websocket/message/broadcast",
+            API_KEY,
+            {"type": "system", "data": {"level": "info"}},
+        )
+    )[1]
     assert answer == {"delivered": 3}
     for client in (alice, alice2, bob):
         assert (await client.next("message"))["data"]["data"] == {"level": "info"}
 
-    status, answer = await http(server, "POST", "/websocket/notification", API_KEY,
-                                {"userId": "bob", "title": "New", "body": "You have mail", "data": {"p": "n"}})
+    status, answer = await http(
+        server,
+        "POST",
+        "/websocket/notification",
+        API_KEY,
+        {"userId": "bob", "title": "New", "body": "You have mail", "data": {"p": "n"}},
+    )
     assert status == 200 and answer["delivered"] == 1 and answer["id"]
     note = (await bob.next("notification"))["data"]
-    assert note["id"] == answer["id"] and note["title"] == "New" and note["message"] == "You have mail"
+    assert (
+        note["id"] == answer["id"] and note["title"] == "New" and note["message"] == "You have mail"
+    )
     assert note["data"] == {"p": "n"} and note["type"] == "notification"
 
 
 @pytest_twisted.ensureDeferred
 async def test_notification_to_an_offline_user_is_kept(api_server):
     server = await api_server
-    status, answer = await http(server, "POST", "/websocket/notification", API_KEY,
-                                {"userId": "carol", "title": "While away", "body": "kept"})
+    status, answer = await http(
+        server,
+        "POST",
+        "/websocket/notification",
+        API_KEY,
+        {"userId": "carol", "title": "While away", "body": "kept"},
+    )
     assert status == 200 and answer["delivered"] == 0
     carol = await server.connect("carol")
     assert (await carol.next("notification"))["data"]["id"] == answer["id"]
@@ -147,7 +200,10 @@ async def test_status_connected_and_disconnect(api_server):
     alice2 = await server.connect("alice")
     bob = await server.connect("bob")
     connected = (await http(server, "GET", "/websocket/users/connected", admin))[1]
-    assert connected == {"users": [{"userId": "alice", "connections": 2}, {"userId": "bob", "connections": 1}], "count": 2}
+    assert connected == {
+        "users": [{"userId": "alice", "connections": 2}, {"userId": "bob", "connections": 1}],
+        "count": 2,
+    }
     status = (await http(server, "GET", "/websocket/users/alice/status", admin))[1]
     assert status == {"userId": "alice", "online": True, "connections": 2, "lastSeen": None}
     never = (await http(server, "GET", "/websocket/users/nobody/status", admin))[1]
@@ -163,7 +219,9 @@ async def test_status_connected_and_disconnect(api_server):
 
     await settle(0.5)
     after = (await http(server, "GET", "/websocket/users/alice/status", admin))[1]
-    assert after["online"] is False and after["connections"] == 0 and after["lastSeen"].endswith("Z")
+    assert (
+        after["online"] is False and after["connections"] == 0 and after["lastSeen"].endswith("Z")
+    )
 
 
 @pytest_twisted.ensureDeferred

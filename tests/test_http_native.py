@@ -17,7 +17,9 @@ async def test_credentials_on_native_endpoints(server_factory):
     server = await native_server(server_factory)
     admin = server.token("root", admin=True)
     plain = server.token("plain")
-    status, created = await http(server, "POST", "/api/rooms", admin, {"id": "ops", "name": "Ops", "type": "private"})
+    status, created = await http(
+        server, "POST", "/api/rooms", admin, {"id": "ops", "name": "Ops", "type": "private"}
+    )
     assert status == 200 and created["room"]["id"] == "ops"
     admin_only = [
         ("POST", "/api/rooms", {"name": "x", "type": "public"}),
@@ -49,14 +51,29 @@ async def test_credentials_on_native_endpoints(server_factory):
 @pytest_twisted.ensureDeferred
 async def test_rooms_created_by_the_backend_work_over_websocket(server_factory):
     server = await native_server(server_factory)
-    status, answer = await http(server, "POST", "/api/rooms", API_KEY,
-                                {"id": "team-42", "name": "Team", "description": "d", "type": "private",
-                                 "members": ["alice", "bob"]})
+    status, answer = await http(
+        server,
+        "POST",
+        "/api/rooms",
+        API_KEY,
+        {
+            "id": "team-42",
+            "name": "Team",
+            "description": "d",
+            "type": "private",
+            "members": ["alice", "bob"],
+        },
+    )
     assert status == 200 and answer["room"]["memberCount"] == 2
-    status, answer = await http(server, "POST", "/api/rooms", API_KEY, {"id": "team-42", "name": "T", "type": "public"})
+    status, answer = await http(
+        server, "POST", "/api/rooms", API_KEY, {"id": "team-42", "name": "T", "type": "public"}
+    )
     assert status == 409
-    for body, named in (({"name": "x", "type": "nope"}, "'type'"), ({"type": "public"}, "'name'"),
-                        ({"id": "dm_x", "name": "x", "type": "public"}, "'id'")):
+    for body, named in (
+        ({"name": "x", "type": "nope"}, "'type'"),
+        ({"type": "public"}, "'name'"),
+        ({"id": "dm_x", "name": "x", "type": "public"}, "'id'"),
+    ):
         status, answer = await http(server, "POST", "/api/rooms", API_KEY, body)
         assert status == 400 and named in answer["error"]["message"], answer
 
@@ -64,12 +81,21 @@ async def test_rooms_created_by_the_backend_work_over_websocket(server_factory):
     bob = await server.connect("bob")
     await alice.ok("chat:join", "team-42")
     await bob.ok("chat:join", "team-42")
-    status, posted = await http(server, "POST", "/api/rooms/team-42/messages", API_KEY,
-                                {"userId": "system", "content": "deploy at 5"})
-    assert status == 200 and posted["message"]["seq"] == 1 and posted["message"]["userId"] == "system"
+    status, posted = await http(
+        server,
+        "POST",
+        "/api/rooms/team-42/messages",
+        API_KEY,
+        {"userId": "system", "content": "deploy at 5"},
+    )
+    assert (
+        status == 200 and posted["message"]["seq"] == 1 and posted["message"]["userId"] == "system"
+    )
     for client in (alice, bob):
         assert (await client.next("chat:message"))["data"]["content"] == "deploy at 5"
-    status, page = await http(server, "GET", "/api/rooms/team-42/messages?limit=10&after=0", server.token("alice"))
+    status, page = await http(
+        server, "GET", "/api/rooms/team-42/messages?limit=10&after=0", server.token("alice")
+    )
     assert status == 200 and [m["content"] for m in page["messages"]] == ["deploy at 5"]
     assert (await http(server, "GET", "/api/rooms/team-42/messages?limit=x", API_KEY))[0] == 400
 
@@ -107,8 +133,15 @@ async def test_friendships_from_the_backend_move_presence_at_once(server_factory
 @pytest_twisted.ensureDeferred
 async def test_streams_with_a_host_named_by_the_backend(server_factory):
     server = await native_server(server_factory)
-    status, answer = await http(server, "PUT", "/api/streams/concert", API_KEY, {"hostId": "star", "title": "Live!"})
-    assert status == 200 and answer == {"streamId": "concert", "hostId": "star", "status": "idle", "title": "Live!"}
+    status, answer = await http(
+        server, "PUT", "/api/streams/concert", API_KEY, {"hostId": "star", "title": "Live!"}
+    )
+    assert status == 200 and answer == {
+        "streamId": "concert",
+        "hostId": "star",
+        "status": "idle",
+        "title": "Live!",
+    }
     assert (await http(server, "PUT", "/api/streams/concert", API_KEY, {}))[0] == 400
     fan = await server.connect("fan")
     star = await server.connect("star")

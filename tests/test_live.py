@@ -65,7 +65,9 @@ async def test_churn_gives_a_handful_of_pushes_and_the_exact_final_count(server_
         await client.ok("ping")
 
     started = asyncio.get_event_loop().time()
-    await gather(*(churn(v, 5) for v in viewers))  # 20 x (5 joins + 5 leaves + 1 join) = 220 changes
+    await gather(
+        *(churn(v, 5) for v in viewers)
+    )  # 20 x (5 joins + 5 leaves + 1 join) = 220 changes
     elapsed = asyncio.get_event_loop().time() - started
     counts = await counts_until_quiet(watcher)
     assert counts[-1] == 21, counts
@@ -89,11 +91,19 @@ async def test_messages_and_reactions_reach_every_viewer(server_factory):
     ack = await viewers[0].ok("live:message", {"streamId": "show", "content": "hello stream"})
     for client in (host, *viewers):
         frame = (await client.next("live:message"))["data"]
-        assert frame["id"] == ack["id"] and frame["userId"] == "v0" and frame["content"] == "hello stream"
+        assert (
+            frame["id"] == ack["id"]
+            and frame["userId"] == "v0"
+            and frame["content"] == "hello stream"
+        )
         assert frame["streamId"] == "show" and frame["createdAt"].endswith("Z")
     await viewers[1].ok("live:reaction", {"streamId": "show", "emoji": "🔥"})
     for client in (host, *viewers):
-        assert (await client.next("live:reaction"))["data"] == {"streamId": "show", "userId": "v1", "emoji": "🔥"}
+        assert (await client.next("live:reaction"))["data"] == {
+            "streamId": "show",
+            "userId": "v1",
+            "emoji": "🔥",
+        }
     await outsider.nothing("live:message", within=0.1)
     await outsider.fails("live:message", {"streamId": "show", "content": "x"}, "NOT_A_MEMBER")
 
@@ -104,7 +114,9 @@ async def test_only_the_host_controls_status_and_ended_streams_refuse_chat(serve
     host = await server.connect("host")
     viewer = await server.connect("viewer")
     await viewer.ok("live:join", "gig")
-    await viewer.fails("live:message", {"streamId": "gig", "content": "x"}, "ROOM_NOT_FOUND")  # unknown stream
+    await viewer.fails(
+        "live:message", {"streamId": "gig", "content": "x"}, "ROOM_NOT_FOUND"
+    )  # unknown stream
     await host.ok("live:status", {"streamId": "gig", "status": "started"})  # first to start: host
     assert (await viewer.next("live:status"))["data"] == {"streamId": "gig", "status": "started"}
     await viewer.fails("live:status", {"streamId": "gig", "status": "ended"}, "FORBIDDEN")
@@ -132,15 +144,21 @@ async def test_a_reaction_flood_is_limited_per_user(server_factory):
     started = asyncio.get_event_loop().time()
     for i in range(30):
         client = flooder if i % 2 else flooder_tab  # two tabs share one limit
-        results.append((await client.request("live:reaction", {"streamId": "s", "emoji": "x"}))["type"])
+        results.append(
+            (await client.request("live:reaction", {"streamId": "s", "emoji": "x"}))["type"]
+        )
     elapsed = asyncio.get_event_loop().time() - started
     # a burst of 10 plus what 5/s refilled meanwhile, however slow the machine
     assert results.count("ack") <= 10 + 5 * elapsed + 1 and "error" in results
-    refused = await flooder.fails("live:reaction", {"streamId": "s", "emoji": "x"}, "RATE_LIMIT_EXCEEDED")
+    refused = await flooder.fails(
+        "live:reaction", {"streamId": "s", "emoji": "x"}, "RATE_LIMIT_EXCEEDED"
+    )
     assert "per second" in refused["data"]["message"]
     assert (await calm.request("live:reaction", {"streamId": "s", "emoji": "y"}))["type"] == "ack"
     await deferred(asyncio.sleep(0.5))
-    assert (await flooder.request("live:reaction", {"streamId": "s", "emoji": "x"}))["type"] == "ack"
+    assert (await flooder.request("live:reaction", {"streamId": "s", "emoji": "x"}))[
+        "type"
+    ] == "ack"
 
 
 @pytest_twisted.ensureDeferred

@@ -33,7 +33,9 @@ def _required(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
         if os.environ.get("CHATD_TEST_REQUIRE_SERVICES"):
-            pytest.fail(f"{tool} is not installed but CHATD_TEST_REQUIRE_SERVICES is set (.ci/run installs it)")
+            pytest.fail(
+                f"{tool} is not installed but CHATD_TEST_REQUIRE_SERVICES is set (.ci/run installs it)"
+            )
         pytest.skip(f"{tool} is not installed")
     return path
 
@@ -50,28 +52,55 @@ def test_systemd_units_verify(tmp_path):
         (tmp_path / unit.name).write_text(text)
     shutil.copy(tmp_path / "chatd@.service", tmp_path / "chatd@1.service")
     names = ["chatd.service", "chatd-shared.socket", "chatd@1.service"]
-    result = subprocess.run([analyze, "verify", "--man=no", *names], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [analyze, "verify", "--man=no", *names],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     # Warnings (unknown keys, bad values) do not change the exit status:
     # no line may mention our units at all.
-    ours = [line for line in (result.stdout + result.stderr).splitlines()
-            if any(name.split("@")[0].split(".")[0] in line for name in names)]
+    ours = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if any(name.split("@")[0].split(".")[0] in line for name in names)
+    ]
     assert result.returncode == 0 and not ours, result.stdout + result.stderr
     # The hardening, scored by systemd itself: exposure 1.7 of 10 ("OK")
     # today; fail if a change pushes it past 2.5.
     for unit in ("chatd.service", "chatd@1.service"):
-        security = subprocess.run([analyze, "security", "--offline=true", "--threshold=25", unit], cwd=tmp_path,
-                                  capture_output=True, text=True, timeout=60)
+        security = subprocess.run(
+            [analyze, "security", "--offline=true", "--threshold=25", unit],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert security.returncode == 0, security.stdout[-2000:] + security.stderr
 
 
 def test_units_run_what_the_docs_say():
     single = (UNITS / "chatd.service").read_text()
-    assert "ExecStart=/opt/chatd/bin/twistd --nodaemon --pidfile= chatd --config /etc/chatd/chatd.toml" in single
-    assert "ExecStartPre=/opt/chatd/bin/python -m chatd check-config /etc/chatd/chatd.toml" in single
-    for setting in ("DynamicUser=yes", "StateDirectory=chatd", "Restart=on-failure", "NoNewPrivileges=yes",
-                    "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "SystemCallFilter=@system-service",
-                    "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX", "TimeoutStopSec=30"):
+    assert (
+        "ExecStart=/opt/chatd/bin/twistd --nodaemon --pidfile= chatd --config /etc/chatd/chatd.toml"
+        in single
+    )
+    assert (
+        "ExecStartPre=/opt/chatd/bin/python -m chatd check-config /etc/chatd/chatd.toml" in single
+    )
+    for setting in (
+        "DynamicUser=yes",
+        "StateDirectory=chatd",
+        "Restart=on-failure",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "SystemCallFilter=@system-service",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "TimeoutStopSec=30",
+    ):
         assert setting in single, setting
     instance = (UNITS / "chatd@.service").read_text()
     assert "Sockets=chatd-shared.socket" in instance
@@ -82,7 +111,9 @@ def test_units_run_what_the_docs_say():
 # -- socket activation ---------------------------------------------------------------
 
 
-def _activated(listener: socket.socket, args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _activated(
+    listener: socket.socket, args: list[str], env: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
     """Start twistd as systemd would: the listening socket as fd 3,
     LISTEN_FDS=1 and LISTEN_PID set to twistd's own pid (the shell execs
     twistd, so its pid is the shell's)."""
@@ -93,9 +124,24 @@ def _activated(listener: socket.socket, args: list[str], env: dict[str, str], lo
         os.set_inheritable(3, True)
 
     return subprocess.Popen(
-        ["/bin/sh", "-c", 'export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=chatd-shared; exec "$@"', "sh",
-         TWISTD, "-n", "--pidfile=", "chatd", "--listen", "systemd:domain=INET:index=0", *args],
-        env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, pass_fds=(fd, 3), preexec_fn=as_fd_3,
+        [
+            "/bin/sh",
+            "-c",
+            'export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=chatd-shared; exec "$@"',
+            "sh",
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "chatd",
+            "--listen",
+            "systemd:domain=INET:index=0",
+            *args,
+        ],
+        env=env,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        pass_fds=(fd, 3),
+        preexec_fn=as_fd_3,
     )
 
 
@@ -122,7 +168,12 @@ def test_socket_activation_shares_one_listening_socket(tmp_path):
     procs = []
     try:
         for index in range(2):
-            args = ["--data-dir", str(tmp_path / f"i{index}"), "--database", f"sqlite:///{tmp_path}/i{index}.db"]
+            args = [
+                "--data-dir",
+                str(tmp_path / f"i{index}"),
+                "--database",
+                f"sqlite:///{tmp_path}/i{index}.db",
+            ]
             procs.append(_activated(listener, args, env, tmp_path / f"i{index}.log"))
         listener.close()  # only the instances hold it now, as with systemd
         logs = [tmp_path / f"i{i}.log" for i in range(2)]
@@ -166,16 +217,20 @@ def test_tls_serves_wss_and_https_on_one_port(tmp_path):
     files = make_certificates(tmp_path / "tls", ["localhost"], ["127.0.0.1"])
     port = free_port()
     listen = f"ssl:{port}:interface=127.0.0.1:privateKey={files['key']}:certKey={files['cert']}"
-    daemon = Daemon(["--listen", listen, "--data-dir", str(tmp_path / "data"), "--jwt-secret", SECRET],
-                    clean_env(), str(tmp_path))
+    daemon = Daemon(
+        ["--listen", listen, "--data-dir", str(tmp_path / "data"), "--jwt-secret", SECRET],
+        clean_env(),
+        str(tmp_path),
+    )
     try:
         _https_and_wss(port, files["ca"])
         # plain HTTP on the TLS port is refused, and so is an untrusted client
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://localhost:{port}/healthz", timeout=3).read()
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
-            urllib.request.urlopen(f"https://localhost:{port}/healthz", timeout=3,
-                                   context=ssl.create_default_context()).read()
+            urllib.request.urlopen(
+                f"https://localhost:{port}/healthz", timeout=3, context=ssl.create_default_context()
+            ).read()
         assert f"listening on https://127.0.0.1:{port} (WebSocket wss://" in daemon.output()
     finally:
         assert daemon.terminate()
@@ -189,7 +244,9 @@ def test_tls_on_a_socket_passed_by_systemd(tmp_path):
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
     port = listener.getsockname()[1]
-    env = clean_env(CHATD_JWT_SECRET=SECRET, CHATD_TLS_CERT=str(files["cert"]), CHATD_TLS_KEY=str(files["key"]))
+    env = clean_env(
+        CHATD_JWT_SECRET=SECRET, CHATD_TLS_CERT=str(files["cert"]), CHATD_TLS_KEY=str(files["key"])
+    )
     proc = _activated(listener, ["--data-dir", str(tmp_path / "data")], env, tmp_path / "tls.log")
     listener.close()
     try:
@@ -206,13 +263,22 @@ def test_tls_settings_are_checked_before_start(tmp_path):
     cases = {
         "give both": {"CHATD_TLS_CERT": str(files["cert"])},
         "do not match": {"CHATD_TLS_CERT": str(files["cert"]), "CHATD_TLS_KEY": str(other["key"])},
-        "no PEM certificate": {"CHATD_TLS_CERT": str(files["key"]), "CHATD_TLS_KEY": str(files["key"])},
+        "no PEM certificate": {
+            "CHATD_TLS_CERT": str(files["key"]),
+            "CHATD_TLS_KEY": str(files["key"]),
+        },
     }
     for why, env in cases.items():
         result = run_module(["check-config"], clean_env(**env), str(tmp_path))
-        assert result.returncode == 1 and "tls_cert" in result.stderr and why in result.stderr, (why, result.stderr)
-    good = run_module(["check-config"], clean_env(CHATD_TLS_CERT=str(files["cert"]), CHATD_TLS_KEY=str(files["key"])),
-                      str(tmp_path))
+        assert result.returncode == 1 and "tls_cert" in result.stderr and why in result.stderr, (
+            why,
+            result.stderr,
+        )
+    good = run_module(
+        ["check-config"],
+        clean_env(CHATD_TLS_CERT=str(files["cert"]), CHATD_TLS_KEY=str(files["key"])),
+        str(tmp_path),
+    )
     assert good.returncode == 0, good.stderr
 
 
@@ -221,8 +287,20 @@ def test_tls_settings_are_checked_before_start(tmp_path):
 
 def test_json_logs_one_object_per_line_without_tokens_or_content(tmp_path):
     port = free_port()
-    daemon = Daemon(["--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(tmp_path / "data"),
-                     "--jwt-secret", SECRET, "--log-format", "json"], clean_env(), str(tmp_path))
+    daemon = Daemon(
+        [
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--jwt-secret",
+            SECRET,
+            "--log-format",
+            "json",
+        ],
+        clean_env(),
+        str(tmp_path),
+    )
     config = Config(jwt_secret=SECRET)
     good = mint_token(config, "alice")
     forged = mint_token(Config(jwt_secret="another-secret-" + "w" * 40), "mallory")
@@ -236,11 +314,15 @@ def test_json_logs_one_object_per_line_without_tokens_or_content(tmp_path):
         assert alice.request("no:such", {"x": secret_words})["data"]["code"] == "UNKNOWN_EVENT"
         connection_id = alice.connection_id
         alice.close()
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz?token={good}", timeout=5) as response:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/healthz?token={good}", timeout=5
+        ) as response:
             assert response.status == 200  # access-logged without its query string
         with pytest.raises(ConnectionClosed):
             Client(f"ws://127.0.0.1:{port}/ws", forged)
-        with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:  # token in the first frame
+        with connect(
+            f"ws://127.0.0.1:{port}/ws", open_timeout=10
+        ) as ws:  # token in the first frame
             ws.send(json.dumps({"type": "auth", "data": {"token": good}}))
             first_frame = json.loads(ws.recv(timeout=5))["data"]["connectionId"]
         time.sleep(0.5)
@@ -257,9 +339,13 @@ def test_json_logs_one_object_per_line_without_tokens_or_content(tmp_path):
     opened = [r for r in by_event["connection.open"] if r["connection"] == connection_id]
     assert len(opened) == 1 and opened[0]["user"] == "alice" and opened[0]["peer"]
     assert [r["connection"] for r in by_event["auth.ok"]] == [first_frame]
-    assert [r["user"] for r in by_event["connection.open"] if r["connection"] == first_frame] == [None]
+    assert [r["user"] for r in by_event["connection.open"] if r["connection"] == first_frame] == [
+        None
+    ]
     errors = [r for r in by_event["error.sent"] if r["connection"] == connection_id]
-    assert [(r["code"], r["request"], r["user"]) for r in errors] == [("UNKNOWN_EVENT", "no:such", "alice")]
+    assert [(r["code"], r["request"], r["user"]) for r in errors] == [
+        ("UNKNOWN_EVENT", "no:such", "alice")
+    ]
     closed = [r for r in by_event["connection.close"] if r["connection"] == connection_id]
     assert len(closed) == 1 and closed[0]["user"] == "alice" and closed[0]["code"] == 1000
     failed = by_event["auth.failed"]

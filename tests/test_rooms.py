@@ -34,8 +34,13 @@ async def test_create_join_message_typing_read_reaction(server):
     for client in (alice, bob):
         push = (await client.next("chat:message"))["data"]
         assert push == {
-            "id": ack["id"], "chatId": room["id"], "seq": 1, "userId": "alice",
-            "content": "hello", "tempId": "t1", "createdAt": ack["createdAt"],
+            "id": ack["id"],
+            "chatId": room["id"],
+            "seq": 1,
+            "userId": "alice",
+            "content": "hello",
+            "tempId": "t1",
+            "createdAt": ack["createdAt"],
         }
 
     await bob.ok("chat:typing", {"chatId": room["id"], "isTyping": True})
@@ -51,7 +56,13 @@ async def test_create_join_message_typing_read_reaction(server):
 
     await bob.ok("chat:reaction", {"messageId": ack["id"], "reaction": "👍"})
     reaction = (await alice.next("chat:reaction"))["data"]
-    assert reaction == {"chatId": room["id"], "messageId": ack["id"], "userId": "bob", "reaction": "👍", "removed": False}
+    assert reaction == {
+        "chatId": room["id"],
+        "messageId": ack["id"],
+        "userId": "bob",
+        "reaction": "👍",
+        "removed": False,
+    }
     await bob.ok("chat:reaction", {"messageId": ack["id"], "reaction": "👍", "remove": True})
     assert (await alice.next("chat:reaction"))["data"]["removed"] is True
 
@@ -132,15 +143,25 @@ async def test_history_paging_and_join_pages(server):
         assert (await alice.reply(f"s{i}"))["type"] == "ack"
     bob = await server.connect("bob")
     joined = await bob.ok("chat:join", room["id"])
-    assert [m["seq"] for m in joined["messages"]] == list(range(81, 131)) and joined["hasMore"] is True
+    assert [m["seq"] for m in joined["messages"]] == list(range(81, 131)) and joined[
+        "hasMore"
+    ] is True
     since = await bob.ok("chat:join", {"chatId": room["id"], "since": 10})
-    assert [m["seq"] for m in since["messages"]] == list(range(11, 111)) and since["hasMore"] is True
+    assert [m["seq"] for m in since["messages"]] == list(range(11, 111)) and since[
+        "hasMore"
+    ] is True
     newest = await bob.ok("chat:history", {"chatId": room["id"], "limit": 500})
-    assert [m["seq"] for m in newest["messages"]] == list(range(31, 131)) and newest["hasMore"] is True
+    assert [m["seq"] for m in newest["messages"]] == list(range(31, 131)) and newest[
+        "hasMore"
+    ] is True
     before = await bob.ok("chat:history", {"chatId": room["id"], "before": 31, "limit": 20})
-    assert [m["seq"] for m in before["messages"]] == list(range(11, 31)) and before["hasMore"] is True
+    assert [m["seq"] for m in before["messages"]] == list(range(11, 31)) and before[
+        "hasMore"
+    ] is True
     after = await bob.ok("chat:history", {"chatId": room["id"], "after": 120})
-    assert [m["seq"] for m in after["messages"]] == list(range(121, 131)) and after["hasMore"] is False
+    assert [m["seq"] for m in after["messages"]] == list(range(121, 131)) and after[
+        "hasMore"
+    ] is False
     window = await bob.ok("chat:history", {"chatId": room["id"], "after": 5, "before": 9})
     assert [m["seq"] for m in window["messages"]] == [6, 7, 8] and window["hasMore"] is False
 
@@ -156,7 +177,9 @@ async def test_concurrent_senders_get_one_gap_free_order(server):
 
     async def blast(client, tag):
         for i in range(50):
-            await client.send("chat:message", {"chatId": room["id"], "content": f"{tag}{i}"}, f"{tag}{i}")
+            await client.send(
+                "chat:message", {"chatId": room["id"], "content": f"{tag}{i}"}, f"{tag}{i}"
+            )
 
     await gather(*(blast(c, t) for c, t in zip(clients, "abc", strict=False)))
     seen = []
@@ -184,7 +207,11 @@ async def test_typing_stops_by_itself_on_leave_and_on_disconnect(server):
     await bob.ok("chat:typing", {"chatId": room["id"], "isTyping": True})
     assert (await alice.next("chat:typing"))["data"]["isTyping"] is True
     await bob.ok("chat:leave", room["id"])
-    assert (await alice.next("chat:typing"))["data"] == {"chatId": room["id"], "userId": "bob", "isTyping": False}
+    assert (await alice.next("chat:typing"))["data"] == {
+        "chatId": room["id"],
+        "userId": "bob",
+        "isTyping": False,
+    }
     await bob.ok("chat:join", room["id"])
     await bob.ok("chat:typing", {"chatId": room["id"], "isTyping": True})
     assert (await alice.next("chat:typing"))["data"]["isTyping"] is True

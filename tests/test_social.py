@@ -40,6 +40,7 @@ async def befriend(a, b):
 
 # -- direct messages -----------------------------------------------------------------
 
+
 @pytest_twisted.ensureDeferred
 async def test_direct_message_reaches_every_connection_of_the_recipient(server):
     alice = await server.connect("alice")
@@ -47,10 +48,21 @@ async def test_direct_message_reaches_every_connection_of_the_recipient(server):
     bob_laptop = await server.connect("bob")
     alice_tab2 = await server.connect("alice")
 
-    ack = await alice.ok("message:send", {"recipientId": "bob", "content": "hi bob", "tempId": "t1", "sessionId": "s1"})
+    ack = await alice.ok(
+        "message:send",
+        {"recipientId": "bob", "content": "hi bob", "tempId": "t1", "sessionId": "s1"},
+    )
     message = ack["message"]
-    assert message["senderId"] == "alice" and message["recipientId"] == "bob" and message["userId"] == "alice"
-    assert message["content"] == "hi bob" and message["tempId"] == "t1" and message["sessionId"] == "s1"
+    assert (
+        message["senderId"] == "alice"
+        and message["recipientId"] == "bob"
+        and message["userId"] == "alice"
+    )
+    assert (
+        message["content"] == "hi bob"
+        and message["tempId"] == "t1"
+        and message["sessionId"] == "s1"
+    )
     assert message["seq"] == 1 and message["chatId"].startswith("dm_")
     for client in (bob_phone, bob_laptop, alice_tab2):
         assert (await client.next("message:receive"))["data"]["message"] == message
@@ -71,13 +83,19 @@ async def test_direct_message_reaches_every_connection_of_the_recipient(server):
 async def test_direct_message_errors(server):
     alice = await server.connect("alice")
     await server.connect("bob")
-    await alice.fails("message:send", {"recipientId": "nobody-ever", "content": "x"}, "USER_NOT_FOUND")
+    await alice.fails(
+        "message:send", {"recipientId": "nobody-ever", "content": "x"}, "USER_NOT_FOUND"
+    )
     await alice.fails("message:send", {"recipientId": "alice", "content": "x"}, "INVALID_MESSAGE")
     await alice.fails("message:send", {"recipientId": "bob", "content": ""}, "INVALID_MESSAGE")
     await alice.fails("message:send", {"recipientId": "bob"}, "INVALID_MESSAGE")
-    await alice.fails("message:send", {"recipientId": "bob", "content": "x" * 4001}, "PAYLOAD_TOO_LARGE")
+    await alice.fails(
+        "message:send", {"recipientId": "bob", "content": "x" * 4001}, "PAYLOAD_TOO_LARGE"
+    )
     # without an id, failures are message:error with the tempId
-    await alice.send("message:send", {"recipientId": "nobody-ever", "content": "x", "tempId": "lost-1"})
+    await alice.send(
+        "message:send", {"recipientId": "nobody-ever", "content": "x", "tempId": "lost-1"}
+    )
     error = (await alice.next("message:error"))["data"]
     assert error == {"code": "USER_NOT_FOUND", "message": error["message"], "tempId": "lost-1"}
     await alice.send("message:send", {"recipientId": "bob", "tempId": "lost-2"})
@@ -92,7 +110,9 @@ async def test_direct_messages_limited_to_friends_when_configured(server_factory
     bob = await server.connect("bob")
     await alice.fails("message:send", {"recipientId": "bob", "content": "hi"}, "FORBIDDEN")
     await befriend(alice, bob)
-    assert (await alice.ok("message:send", {"recipientId": "bob", "content": "hi"}))["message"]["seq"] == 1
+    assert (await alice.ok("message:send", {"recipientId": "bob", "content": "hi"}))["message"][
+        "seq"
+    ] == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -122,7 +142,9 @@ async def test_dm_history_survives_a_restart(tmp_path, database_url):
     first = await start_server(config)
     alice = await first.connect("alice")
     await first.connect("bob")
-    room = (await alice.ok("message:send", {"recipientId": "bob", "content": "before restart"}))["message"]["chatId"]
+    room = (await alice.ok("message:send", {"recipientId": "bob", "content": "before restart"}))[
+        "message"
+    ]["chatId"]
     await first.stop()
     second = await start_server(config)
     try:
@@ -134,12 +156,15 @@ async def test_dm_history_survives_a_restart(tmp_path, database_url):
         assert reply["message"]["seq"] == 2 and reply["message"]["chatId"] == room
         # bob is known from before the restart even when offline now
         await bob.close()
-        assert (await alice.ok("message:send", {"recipientId": "bob", "content": "offline"}))["message"]["seq"] == 3
+        assert (await alice.ok("message:send", {"recipientId": "bob", "content": "offline"}))[
+            "message"
+        ]["seq"] == 3
     finally:
         await second.stop()
 
 
 # -- presence ------------------------------------------------------------------------
+
 
 @pytest_twisted.ensureDeferred
 async def test_presence_reaches_friends_and_room_mates_never_strangers(server_factory):
@@ -149,7 +174,9 @@ async def test_presence_reaches_friends_and_room_mates_never_strangers(server_fa
     stranger = await server.connect("stranger")
     alice = await server.connect("alice")
     await befriend(alice, friend)
-    room = (await alice.ok("chat:create", {"name": "r", "type": "private", "members": ["mate"]}))["room"]
+    room = (await alice.ok("chat:create", {"name": "r", "type": "private", "members": ["mate"]}))[
+        "room"
+    ]
     await alice.close()
     for viewer in (friend, mate):
         offline = (await viewer.next("user:offline"))["data"]
@@ -238,7 +265,9 @@ async def test_writing_a_direct_message_does_not_reveal_presence(server_factory)
     server = await fast_presence(server_factory)
     alice = await server.connect("alice")
     stranger = await server.connect("stranger")
-    room = (await stranger.ok("message:send", {"recipientId": "alice", "content": "hello?"}))["message"]["chatId"]
+    room = (await stranger.ok("message:send", {"recipientId": "alice", "content": "hello?"}))[
+        "message"
+    ]["chatId"]
     assert (await stranger.ok("chat:join", room))["users"] == ["stranger"]
     assert (await stranger.ok("status:request"))["userIds"] == []
     await alice.close()
@@ -254,6 +283,7 @@ async def test_writing_a_direct_message_does_not_reveal_presence(server_factory)
 
 
 # -- friends -------------------------------------------------------------------------
+
 
 @pytest_twisted.ensureDeferred
 async def test_friend_request_live_accept_and_immediate_presence(server):
@@ -311,6 +341,7 @@ async def test_friend_request_errors_and_mutual_requests(server):
 
 # -- notifications and pushes -------------------------------------------------------------
 
+
 @pytest_twisted.ensureDeferred
 async def test_notification_while_offline_arrives_once_and_not_after_ack(server):
     social = server.service.social
@@ -322,8 +353,14 @@ async def test_notification_while_offline_arrives_once_and_not_after_ack(server)
     alice = await server.connect("alice")
     got = [(await alice.next("notification"))["data"] for _ in range(2)]
     assert [n["id"] for n in got] == [first.id, second.id]  # oldest first
-    assert got[0] == {"id": first.id, "type": "system", "title": "Welcome", "message": "first note",
-                      "data": {"k": 1}, "createdAt": got[0]["createdAt"]}
+    assert got[0] == {
+        "id": first.id,
+        "type": "system",
+        "title": "Welcome",
+        "message": "first note",
+        "data": {"k": 1},
+        "createdAt": got[0]["createdAt"],
+    }
     await alice.nothing("notification", within=0.3)  # exactly once on this connection
 
     await alice.ok("notification:ack", {"id": first.id})
@@ -355,7 +392,11 @@ async def test_free_form_message_push_to_users_and_to_everyone(server):
     bob = await server.connect("bob")
     server.service.social.push_message(["alice"], "update", {"version": 2})
     pushed = (await alice.next("message"))["data"]
-    assert pushed["type"] == "update" and pushed["data"] == {"version": 2} and pushed["timestamp"].endswith("Z")
+    assert (
+        pushed["type"] == "update"
+        and pushed["data"] == {"version": 2}
+        and pushed["timestamp"].endswith("Z")
+    )
     await bob.nothing("message", within=0.2)
     server.service.social.push_message(None, "system", {"text": "maintenance"})
     for client in (alice, bob):
@@ -368,7 +409,9 @@ async def test_chat_message_into_a_dm_room_follows_the_dm_rules(server_factory):
     alice = await server.connect("alice")
     bob = await server.connect("bob")
     await befriend(alice, bob)
-    room = (await alice.ok("message:send", {"recipientId": "bob", "content": "one"}))["message"]["chatId"]
+    room = (await alice.ok("message:send", {"recipientId": "bob", "content": "one"}))["message"][
+        "chatId"
+    ]
     await bob.next("message:receive")
     ack = await bob.ok("chat:message", {"chatId": room, "content": "two", "tempId": "t2"})
     assert ack["seq"] == 2 and ack["tempId"] == "t2"
@@ -392,7 +435,9 @@ async def test_a_dm_to_an_offline_user_leaves_a_notification(server):
     bob = await server.connect("bob")
     await bob.close()
     alice = await server.connect("alice")
-    sent = (await alice.ok("message:send", {"recipientId": "bob", "content": "are you there?"}))["message"]
+    sent = (await alice.ok("message:send", {"recipientId": "bob", "content": "are you there?"}))[
+        "message"
+    ]
     bob = await server.connect("bob")
     note = (await bob.next("notification"))["data"]
     assert note["type"] == "direct_message" and note["message"] == "are you there?"

@@ -26,7 +26,9 @@ def deferred(coro: Any) -> Deferred[Any]:
 
 async def gather(*coroutines: Any) -> list[Any]:
     """Run Twisted coroutines concurrently; fail if any fails."""
-    results = await DeferredList([Deferred.fromCoroutine(c) for c in coroutines], fireOnOneErrback=True, consumeErrors=True)
+    results = await DeferredList(
+        [Deferred.fromCoroutine(c) for c in coroutines], fireOnOneErrback=True, consumeErrors=True
+    )
     return [value for _, value in results]
 
 
@@ -39,12 +41,20 @@ class WsClient:
         self.connection_id: str | None = None
 
     @classmethod
-    async def open(cls, url: str, token: str | None = None, header_token: str | None = None,
-                   expect_auth: bool = True, **kwargs: Any) -> WsClient:
+    async def open(
+        cls,
+        url: str,
+        token: str | None = None,
+        header_token: str | None = None,
+        expect_auth: bool = True,
+        **kwargs: Any,
+    ) -> WsClient:
         if token is not None:
             url = f"{url}?token={token}"
         headers = {"Authorization": f"Bearer {header_token}"} if header_token is not None else None
-        ws = await deferred(websockets.connect(url, additional_headers=headers, open_timeout=5, **kwargs))
+        ws = await deferred(
+            websockets.connect(url, additional_headers=headers, open_timeout=5, **kwargs)
+        )
         client = cls(ws)
         if expect_auth and (token is not None or header_token is not None):
             frame = await client.next("authenticated")
@@ -65,13 +75,17 @@ class WsClient:
             frame["id"] = request_id
         await self.send_raw(json.dumps(frame))
 
-    async def request(self, event: str, data: Any = None, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+    async def request(
+        self, event: str, data: Any = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> dict[str, Any]:
         """Send with a fresh id; return the ack or error frame for it."""
         request_id = f"r{next(self._ids)}"
         await self.send(event, data, request_id)
         return await self.reply(request_id, timeout)
 
-    async def ok(self, event: str, data: Any = None, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+    async def ok(
+        self, event: str, data: Any = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> dict[str, Any]:
         """A request that must succeed; returns the ack's data."""
         frame = await self.request(event, data, timeout)
         assert frame["type"] == "ack", f"{event} failed: {frame}"
@@ -89,7 +103,9 @@ class WsClient:
         raw = await deferred(asyncio.wait_for(self.ws.recv(), timeout))
         return json.loads(raw)
 
-    async def next_matching(self, predicate: Any, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+    async def next_matching(
+        self, predicate: Any, timeout: float = DEFAULT_TIMEOUT
+    ) -> dict[str, Any]:
         for index, frame in enumerate(self.inbox):
             if predicate(frame):
                 return self.inbox.pop(index)
@@ -112,7 +128,9 @@ class WsClient:
             lambda f: f.get("type") in ("ack", "error") and f.get("id") == request_id, timeout
         )
 
-    async def collect(self, event: str, count: int, timeout: float = DEFAULT_TIMEOUT) -> list[dict[str, Any]]:
+    async def collect(
+        self, event: str, count: int, timeout: float = DEFAULT_TIMEOUT
+    ) -> list[dict[str, Any]]:
         return [await self.next(event, timeout) for _ in range(count)]
 
     async def drain(self, seconds: float) -> None:

@@ -66,7 +66,9 @@ local function registered(p, node)
 end
 """
 
-USER_SET = REGISTERED + """
+USER_SET = (
+    REGISTERED
+    + """
 local p, node, user, count, delta = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local missing = registered(p, node)
 local key = p .. 'user:' .. user
@@ -81,6 +83,7 @@ if before == 0 then
 end
 return {online, missing}
 """
+)
 
 USER_LEAVE = """
 local p, node, user = ARGV[1], ARGV[2], ARGV[3]
@@ -143,7 +146,9 @@ end
 return out
 """
 
-VIEW_CHANGE = REGISTERED + """
+VIEW_CHANGE = (
+    REGISTERED
+    + """
 local p, node, stream, user, adding = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
 local missing = registered(p, node)
 local key = p .. 'viewers:' .. stream
@@ -157,6 +162,7 @@ elseif redis.call('SREM', p .. 'node:' .. node .. ':viewing', entry) == 1 then
 end
 return {redis.call('HLEN', key), missing}
 """
+)
 
 COUNTS = """
 local p = ARGV[1]
@@ -188,8 +194,13 @@ class Cluster:
     """This node's membership: heartbeats, reaping dead nodes, the control
     channel and re-registration after Redis comes back."""
 
-    def __init__(self, link: RedisLink, clock: IReactorTime, heartbeat: float = HEARTBEAT,
-                 node_timeout: float = NODE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        link: RedisLink,
+        clock: IReactorTime,
+        heartbeat: float = HEARTBEAT,
+        node_timeout: float = NODE_TIMEOUT,
+    ) -> None:
         self.link = link
         self.clock = clock
         self.heartbeat_interval = heartbeat
@@ -281,7 +292,11 @@ class Cluster:
             if self.viewers is not None:
                 self.viewers.remote_changed(stream)
         if announcements:
-            log.info("reaped a silent node: {count} users offline", event="cluster.reaped", count=len(announcements))
+            log.info(
+                "reaped a silent node: {count} users offline",
+                event="cluster.reaped",
+                count=len(announcements),
+            )
             self.reaped_nodes += 1
         return DeferredList(announcements, consumeErrors=True)
 
@@ -305,16 +320,26 @@ class Cluster:
                 loop.stop()
         d = self.link.eval(REAP, [self.link.prefix, 0, self.link.node])
         d.addCallback(self._reaped)
-        return d.addErrback(lambda f: log.warn("leaving the cluster failed: {error}", event="cluster.error",
-                                               error=f.getErrorMessage()))
+        return d.addErrback(
+            lambda f: log.warn(
+                "leaving the cluster failed: {error}",
+                event="cluster.error",
+                error=f.getErrorMessage(),
+            )
+        )
 
 
 class ClusterPresence:
     """``PresenceTracker`` for several nodes: local counts with the grace
     period as in one process, and the cluster's view in Redis."""
 
-    def __init__(self, cluster: Cluster, clock: IReactorTime, grace: float,
-                 wall_clock: Callable[[], int] = now_ms) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        clock: IReactorTime,
+        grace: float,
+        wall_clock: Callable[[], int] = now_ms,
+    ) -> None:
         self.cluster = cluster
         self.link = cluster.link
         self.local = Presence(clock, grace, wall_clock)
@@ -357,7 +382,9 @@ class ClusterPresence:
     def _set(self, user_id: str, delta: int) -> Deferred[None]:
         count = self.local.connections(user_id)
         d = self.link.eval(USER_SET, self.cluster.args(user_id, count, delta))
-        d.addCallbacks(self._set_done, self._set_failed, callbackArgs=(user_id,), errbackArgs=(user_id, delta))
+        d.addCallbacks(
+            self._set_done, self._set_failed, callbackArgs=(user_id,), errbackArgs=(user_id, delta)
+        )
         return d
 
     def _set_done(self, result: Any, user_id: str) -> None:
@@ -466,7 +493,9 @@ class ClusterViewers:
             self._change(stream_id, user_id, False)
 
     def _change(self, stream_id: str, user_id: str, adding: bool) -> Deferred[None]:
-        d = self.link.eval(VIEW_CHANGE, self.cluster.args(stream_id, user_id, "1" if adding else "0"))
+        d = self.link.eval(
+            VIEW_CHANGE, self.cluster.args(stream_id, user_id, "1" if adding else "0")
+        )
 
         def counted(result: Any) -> None:
             count, missing = result

@@ -78,10 +78,17 @@ def decode_event_for(payload: bytes) -> tuple[str, Published, list[str] | None]:
         raise ValueError("not a chatd broker header")
     node, event_type, skip_user, skip_connection, seq = fields[:5]
     channels = fields[5] if len(fields) == 6 else None
-    if not (isinstance(node, str) and isinstance(event_type, str) and _optional(skip_user, str)
-            and _optional(skip_connection, str) and _optional(seq, int)):
+    if not (
+        isinstance(node, str)
+        and isinstance(event_type, str)
+        and _optional(skip_user, str)
+        and _optional(skip_connection, str)
+        and _optional(seq, int)
+    ):
         raise ValueError("bad field types in a chatd broker header")
-    if channels is not None and not (isinstance(channels, list) and all(isinstance(c, str) for c in channels)):
+    if channels is not None and not (
+        isinstance(channels, list) and all(isinstance(c, str) for c in channels)
+    ):
         raise ValueError("bad channel list in a chatd broker header")
     return node, Published(event_type, data, skip_user, skip_connection, seq), channels
 
@@ -145,8 +152,15 @@ class _CommandFactory(txredisapi.RedisFactory):
 
     def __init__(self, link: RedisLink, target: RedisTarget) -> None:
         super().__init__(
-            target.host, target.db, 1, isLazy=True, charset=None, password=target.password,
-            replyTimeout=COMMAND_TIMEOUT, convertNumbers=False, username=target.username,
+            target.host,
+            target.db,
+            1,
+            isLazy=True,
+            charset=None,
+            password=target.password,
+            replyTimeout=COMMAND_TIMEOUT,
+            convertNumbers=False,
+            username=target.username,
         )
         self.link = link
 
@@ -159,8 +173,14 @@ class _CommandFactory(txredisapi.RedisFactory):
 class RedisLink:
     """The node's two Redis connections and its view of their health."""
 
-    def __init__(self, target: RedisTarget, prefix: str, reactor: Any, ca_file: str | None = None,
-                 node_id: str | None = None) -> None:
+    def __init__(
+        self,
+        target: RedisTarget,
+        prefix: str,
+        reactor: Any,
+        ca_file: str | None = None,
+        node_id: str | None = None,
+    ) -> None:
         self.target = target
         self.prefix = prefix
         self.reactor = reactor
@@ -188,14 +208,18 @@ class RedisLink:
 
     def start(self) -> None:
         for factory in (self._commands, self._subscriptions):
-            factory.startConnecting(_Watched(self.target.endpoint(self.reactor, self.ca_file), self))
+            factory.startConnecting(
+                _Watched(self.target.endpoint(self.reactor, self.ca_file), self)
+            )
 
     def connection_failed(self, why: Failure) -> None:
         """Remember why (for /readyz and the log), unless it was a clean close."""
         from twisted.internet.error import ConnectionDone
 
         if not why.check(ConnectionDone) or not self.last_error:
-            message = why.getErrorMessage() if not why.check(ConnectionDone) else "connection closed"
+            message = (
+                why.getErrorMessage() if not why.check(ConnectionDone) else "connection closed"
+            )
             self._went_down(_short(message))
 
     def stop(self) -> Deferred[Any]:
@@ -211,7 +235,8 @@ class RedisLink:
     def _subscriber_up(self, conn: Any) -> None:
         self._subscriber = conn
         conn.subscribe([self.control_channel, self.many_channel]).addErrback(
-            self._log_failure, "subscribing to the control channels")
+            self._log_failure, "subscribing to the control channels"
+        )
         for callback in self.on_subscriber_up:
             callback(conn)
         self._maybe_up()
@@ -228,8 +253,12 @@ class RedisLink:
         if not self.is_up():
             return
         if self._down_logged or not self._was_up:
-            log.info("redis {target} connected (node {node})", event="redis.up",
-                     target=self.target.safe(), node=self.node)
+            log.info(
+                "redis {target} connected (node {node})",
+                event="redis.up",
+                target=self.target.safe(),
+                node=self.node,
+            )
         reconnect = self._was_up
         self._was_up = True
         self._down_logged = False
@@ -242,8 +271,12 @@ class RedisLink:
         self.last_error = why
         if not self._down_logged and not self._stopping:
             self._down_logged = True
-            log.warn("redis {target} unavailable ({error}); serving local connections only, reconnecting",
-                     event="redis.down", target=self.target.safe(), error=why)
+            log.warn(
+                "redis {target} unavailable ({error}); serving local connections only, reconnecting",
+                event="redis.down",
+                target=self.target.safe(),
+                error=why,
+            )
 
     def is_up(self) -> bool:
         return self._subscriber is not None and self._command_connection() is not None
@@ -259,7 +292,9 @@ class RedisLink:
     def command(self, name: str, *args: Any) -> Deferred[Any]:
         conn = self._command_connection()
         if conn is None:
-            return fail(BrokerUnavailable(f"redis unavailable: {self.last_error or 'not connected'}"))
+            return fail(
+                BrokerUnavailable(f"redis unavailable: {self.last_error or 'not connected'}")
+            )
         try:
             d = getattr(conn, name)(*args)
         except Exception as e:
@@ -274,7 +309,9 @@ class RedisLink:
 
     def ping(self) -> Deferred[None]:
         if self._subscriber is None:
-            return fail(BrokerUnavailable(f"redis unavailable: {self.last_error or 'not connected'}"))
+            return fail(
+                BrokerUnavailable(f"redis unavailable: {self.last_error or 'not connected'}")
+            )
         return self.command("ping").addCallback(lambda _: None)
 
     def _command_failed(self, failure: Failure) -> Failure:
@@ -359,12 +396,18 @@ class RedisBroker:
                 self._sent.add(channel)
                 # maybeDeferred: a connection that just went away raises at once
                 d = maybeDeferred(conn.subscribe, [self._channel_prefix + channel.encode()])
-                d.addCallbacks(self._subscribed, self._subscribe_failed,
-                               callbackArgs=(channel, conn), errbackArgs=(channel,))
+                d.addCallbacks(
+                    self._subscribed,
+                    self._subscribe_failed,
+                    callbackArgs=(channel, conn),
+                    errbackArgs=(channel,),
+                )
             elif not wanted and channel in self._sent:
                 self._sent.discard(channel)
                 self._active.discard(channel)
-                maybeDeferred(conn.unsubscribe, [self._channel_prefix + channel.encode()]).addErrback(lambda _: None)
+                maybeDeferred(
+                    conn.unsubscribe, [self._channel_prefix + channel.encode()]
+                ).addErrback(lambda _: None)
 
     def _subscribed(self, _: Any, channel: str, conn: Any) -> None:
         if conn is self.link.subscriber and channel in self._sent:
@@ -386,7 +429,11 @@ class RedisBroker:
         """Fires once Redis confirmed this node's subscription to the channel,
         at once when Redis is down (there is nothing to wait for), and after
         ``READY_TIMEOUT`` at the latest."""
-        if channel in self._active or self.link.subscriber is None or channel not in self._subscriptions:
+        if (
+            channel in self._active
+            or self.link.subscriber is None
+            or channel not in self._subscriptions
+        ):
             return succeed(None)
         waiter: Deferred[None] = Deferred()
         self._ready_waiters.setdefault(channel, []).append(waiter)
@@ -411,7 +458,9 @@ class RedisBroker:
         if self._receiver is not None and channel in self._subscriptions:
             self._receiver(channel, event)
         self.published += 1
-        d = self.link.publish(self._channel_prefix + channel.encode(), encode_event(self.link.node, event))
+        d = self.link.publish(
+            self._channel_prefix + channel.encode(), encode_event(self.link.node, event)
+        )
         return d.addCallbacks(lambda _: None, self._publish_failed)
 
     def publish_many(self, channels: list[str], event: Published) -> Deferred[None]:
@@ -445,7 +494,7 @@ class RedisBroker:
         if node == self.link.node:
             return  # delivered locally when published
         if not many:
-            channels = [channel[len(self._channel_prefix):].decode()]
+            channels = [channel[len(self._channel_prefix) :].decode()]
         for name in channels or ():
             if name in self._subscriptions:
                 self._receiver(name, event)

@@ -59,7 +59,9 @@ class RedisTarget:
         return f"{scheme}://{user}{self.host}:{self.port}/{self.db}"
 
     def endpoint(self, reactor: Any, ca_file: str | None = None) -> IStreamClientEndpoint:
-        endpoint = endpoints.HostnameEndpoint(reactor, self.host, self.port, timeout=CONNECT_TIMEOUT)
+        endpoint = endpoints.HostnameEndpoint(
+            reactor, self.host, self.port, timeout=CONNECT_TIMEOUT
+        )
         if not self.tls:
             return endpoint
         from twisted.internet import ssl
@@ -71,4 +73,6 @@ class RedisTarget:
             trust = ssl.platformTrust()
         # optionsForClientTLS checks the certificate chain and, through
         # service-identity, that it names the host we asked for.
-        return endpoints.wrapClientTLS(ssl.optionsForClientTLS(self.host, trustRoot=trust), endpoint)
+        return endpoints.wrapClientTLS(
+            ssl.optionsForClientTLS(self.host, trustRoot=trust), endpoint
+        )

@@ -122,8 +122,13 @@ class ChatService:
 
     @staticmethod
     def _publish_failed(failure: Failure, channel: str, event_type: str) -> None:
-        log.failure("publishing {type} on {channel} failed", failure, event="broker.error", type=event_type,
-                    channel=channel)
+        log.failure(
+            "publishing {type} on {channel} failed",
+            failure,
+            event="broker.error",
+            type=event_type,
+            channel=channel,
+        )
 
     def publish_local(self, channel: str, event: Published) -> None:
         """Deliver to this node's connections only (each node pushes what it
@@ -133,13 +138,17 @@ class ChatService:
     def read_back(self, channel: str, after_seq: int, count: int) -> Deferred[list[Published]]:
         """Room messages ``after_seq+1 .. after_seq+count`` as the events
         their publish would have carried (for ``RoomOrder`` gaps)."""
-        room_id = channel[len("room:"):]
+        room_id = channel[len("room:") :]
         d = self.store.history(room_id, None, after_seq, count)
-        return d.addCallback(lambda page: [
-            Published("chat:message", encode(m.to_wire()), seq=m.seq) for m in page.messages
-        ])
+        return d.addCallback(
+            lambda page: [
+                Published("chat:message", encode(m.to_wire()), seq=m.seq) for m in page.messages
+            ]
+        )
 
-    def publish_to_room(self, room_id: str, event_type: str, data: dict[str, Any], **routing: Any) -> None:
+    def publish_to_room(
+        self, room_id: str, event_type: str, data: dict[str, Any], **routing: Any
+    ) -> None:
         self.publish(room_channel(room_id), Published(event_type, encode(data), **routing))
 
     @staticmethod
@@ -150,15 +159,26 @@ class ChatService:
     # -- create ----------------------------------------------------------------
 
     @inlineCallbacks
-    def create_room(self, conn: Connection, name: str, description: str, room_type: str, members: list[str]):
+    def create_room(
+        self, conn: Connection, name: str, description: str, room_type: str, members: list[str]
+    ):
         user = _user(conn)
         limits = self.limits
         if len(name) > limits.max_name_length:
-            raise ChatError(ErrorCode.PAYLOAD_TOO_LARGE, f"name is longer than {limits.max_name_length} characters")
+            raise ChatError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"name is longer than {limits.max_name_length} characters",
+            )
         if len(description) > limits.max_description_length:
-            raise ChatError(ErrorCode.PAYLOAD_TOO_LARGE, f"description is longer than {limits.max_description_length} characters")
+            raise ChatError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"description is longer than {limits.max_description_length} characters",
+            )
         if len(members) > limits.max_members_at_create:
-            raise ChatError(ErrorCode.PAYLOAD_TOO_LARGE, f"at most {limits.max_members_at_create} members at creation")
+            raise ChatError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"at most {limits.max_members_at_create} members at creation",
+            )
         draft = Room(new_id("r_"), name, description, room_type, 0, now_ms(), 0)
         room = yield _guard(self.store.create_room(draft, user, members))
         return {"room": room.to_wire()}
@@ -182,12 +202,22 @@ class ChatService:
             members = snapshot.members
             if not snapshot.is_member:
                 if room.type != "public":
-                    raise ChatError(ErrorCode.NOT_A_MEMBER, f"room {room_id} is private and you are not a member")
+                    raise ChatError(
+                        ErrorCode.NOT_A_MEMBER,
+                        f"room {room_id} is private and you are not a member",
+                    )
                 added = yield _guard(self.store.add_member(room_id, user, now_ms()))
                 members = [*members, user]
                 if added:
-                    room = Room(room.id, room.name, room.description, room.type,
-                                room.member_count + 1, room.created_at_ms, room.last_seq)
+                    room = Room(
+                        room.id,
+                        room.name,
+                        room.description,
+                        room.type,
+                        room.member_count + 1,
+                        room.created_at_ms,
+                        room.last_seq,
+                    )
         except BaseException:
             if holding:
                 self.registry.abort_join(conn, room_id)
@@ -226,12 +256,14 @@ class ChatService:
         many of this node's connections left (other nodes act on the control
         event within milliseconds; they do not report back)."""
         left = self.leave_locally(room_id, user_id)
-        self.publish(user_channel(user_id), Published(LEAVE_ROOM_CONTROL, encode({"chatId": room_id})))
+        self.publish(
+            user_channel(user_id), Published(LEAVE_ROOM_CONTROL, encode({"chatId": room_id}))
+        )
         return left
 
     def _leave_room_control(self, channel: str, event: Published) -> None:
         room_id = json.loads(event.data)["chatId"]
-        self.leave_locally(room_id, channel[len("user:"):])
+        self.leave_locally(room_id, channel[len("user:") :])
 
     def leave_locally(self, room_id: str, user_id: str) -> int:
         """This node's connections of the user leave the room (typing stops,
@@ -247,7 +279,9 @@ class ChatService:
 
     # -- messages ----------------------------------------------------------------
 
-    def send_message(self, conn: Connection, room_id: str, content: str, temp_id: str | None) -> Deferred[dict[str, Any]]:
+    def send_message(
+        self, conn: Connection, room_id: str, content: str, temp_id: str | None
+    ) -> Deferred[dict[str, Any]]:
         user = _user(conn)
         self.check_content(content)
         if self.direct_rooms is not None and is_direct_room(room_id):
@@ -264,7 +298,9 @@ class ChatService:
     def message_stored(self, message: Message) -> dict[str, Any]:
         """Publish a stored message to its room; return its wire form."""
         wire = message.to_wire()
-        self.publish(room_channel(message.chat_id), Published("chat:message", encode(wire), seq=message.seq))
+        self.publish(
+            room_channel(message.chat_id), Published("chat:message", encode(wire), seq=message.seq)
+        )
         return wire
 
     def _message_stored(self, message: Message) -> dict[str, Any]:
@@ -294,28 +330,41 @@ class ChatService:
         raise ChatError(ErrorCode.NOT_A_MEMBER, f"you are not a member of room {room_id}")
 
     @inlineCallbacks
-    def history(self, conn: Connection, room_id: str, before: int | None, after: int | None, limit: int):
+    def history(
+        self, conn: Connection, room_id: str, before: int | None, after: int | None, limit: int
+    ):
         user = _user(conn)
         if not self.registry.is_joined(conn, room_id):
             room = yield _guard(self.store.get_room(room_id))
             if room is None:
                 raise ChatError(ErrorCode.ROOM_NOT_FOUND, f"room {room_id} does not exist")
             if room.type != "public" and not (yield _guard(self.store.is_member(room_id, user))):
-                raise ChatError(ErrorCode.NOT_A_MEMBER, f"room {room_id} is private and you are not a member")
+                raise ChatError(
+                    ErrorCode.NOT_A_MEMBER, f"room {room_id} is private and you are not a member"
+                )
         page = yield _guard(self.store.history(room_id, before, after, min(limit, MAX_PAGE)))
-        return {"chatId": room_id, "messages": [m.to_wire() for m in page.messages], "hasMore": page.has_more}
+        return {
+            "chatId": room_id,
+            "messages": [m.to_wire() for m in page.messages],
+            "hasMore": page.has_more,
+        }
 
     # -- typing, reads, reactions -------------------------------------------------
 
     def set_typing(self, conn: Connection, room_id: str, is_typing: bool) -> dict[str, Any]:
         if not self.registry.is_joined(conn, room_id):
-            raise ChatError(ErrorCode.NOT_A_MEMBER, f"join room {room_id} before sending typing indicators")
+            raise ChatError(
+                ErrorCode.NOT_A_MEMBER, f"join room {room_id} before sending typing indicators"
+            )
         self.typing.update(conn, room_id, is_typing)
         return {}
 
-    def _announce_typing(self, room_id: str, user_id: str, connection_id: str, is_typing: bool) -> None:
+    def _announce_typing(
+        self, room_id: str, user_id: str, connection_id: str, is_typing: bool
+    ) -> None:
         self.publish_to_room(
-            room_id, "chat:typing",
+            room_id,
+            "chat:typing",
             {"chatId": room_id, "userId": user_id, "isTyping": is_typing},
             skip_user=user_id,
         )
@@ -325,11 +374,14 @@ class ChatService:
         user = _user(conn)
         message = yield self._message_in_reach(conn, message_id)
         if message.chat_id != room_id:
-            raise ChatError(ErrorCode.INVALID_MESSAGE, f"message {message_id} is not in room {room_id}")
+            raise ChatError(
+                ErrorCode.INVALID_MESSAGE, f"message {message_id} is not in room {room_id}"
+            )
         moved = yield _guard(self.store.set_read(room_id, user, message_id, message.seq))
         if moved:
             self.publish_to_room(
-                room_id, "chat:read",
+                room_id,
+                "chat:read",
                 {"chatId": room_id, "userId": user, "messageId": message_id, "seq": message.seq},
                 skip_connection=conn.connection_id,
             )
@@ -339,12 +391,20 @@ class ChatService:
     def react(self, conn: Connection, message_id: str, reaction: str, remove: bool):
         user = _user(conn)
         message = yield self._message_in_reach(conn, message_id)
-        changed = yield _guard(self.store.set_reaction(message_id, user, reaction, not remove, now_ms()))
+        changed = yield _guard(
+            self.store.set_reaction(message_id, user, reaction, not remove, now_ms())
+        )
         if changed:
             self.publish_to_room(
-                message.chat_id, "chat:reaction",
-                {"chatId": message.chat_id, "messageId": message_id, "userId": user,
-                 "reaction": reaction, "removed": remove},
+                message.chat_id,
+                "chat:reaction",
+                {
+                    "chatId": message.chat_id,
+                    "messageId": message_id,
+                    "userId": user,
+                    "reaction": reaction,
+                    "removed": remove,
+                },
                 skip_connection=conn.connection_id,
             )
         return {}
@@ -357,7 +417,9 @@ class ChatService:
             raise ChatError(ErrorCode.INVALID_MESSAGE, f"message {message_id} does not exist")
         if not self.registry.is_joined(conn, message.chat_id):
             if not (yield _guard(self.store.is_member(message.chat_id, _user(conn)))):
-                raise ChatError(ErrorCode.NOT_A_MEMBER, f"you are not a member of room {message.chat_id}")
+                raise ChatError(
+                    ErrorCode.NOT_A_MEMBER, f"you are not a member of room {message.chat_id}"
+                )
         return message
 
 
@@ -371,7 +433,9 @@ def _guard(d: Deferred[Any]) -> Deferred[Any]:
 
     def translate(failure: Failure) -> Failure:
         if failure.check(StoreUnavailable):
-            raise ChatError(ErrorCode.UNAVAILABLE, "storage is unavailable; nothing was stored, try again")
+            raise ChatError(
+                ErrorCode.UNAVAILABLE, "storage is unavailable; nothing was stored, try again"
+            )
         return failure
 
     return d.addErrback(translate)

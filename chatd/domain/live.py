@@ -92,8 +92,13 @@ class CoalescedCounts:
     """Pushes a stream's count at most once per ``interval``, and once more
     after the last change so the final value always goes out."""
 
-    def __init__(self, clock: IReactorTime, interval: float, count: Callable[[str], int],
-                 push: Callable[[str, int], None]) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        interval: float,
+        count: Callable[[str], int],
+        push: Callable[[str, int], None],
+    ) -> None:
         self._clock = clock
         self._interval = interval
         self._count = count
@@ -159,7 +164,9 @@ class LiveService:
         self._status_cache: dict[str, tuple[float, tuple[str, str, str] | None]] = {}
         self._loading: dict[str, list[Deferred[Any]]] = {}
 
-    def _publish(self, stream_id: str, event_type: str, data: dict[str, Any], **routing: Any) -> None:
+    def _publish(
+        self, stream_id: str, event_type: str, data: dict[str, Any], **routing: Any
+    ) -> None:
         self.chat.publish(stream_channel(stream_id), Published(event_type, encode(data), **routing))
 
     def _push_count(self, stream_id: str, count: int) -> None:
@@ -269,10 +276,17 @@ class LiveService:
         self.chat.check_content(content)
         yield self._open_stream(conn, stream_id)
         message_id = new_id("l_")
-        self._publish(stream_id, "live:message", {
-            "id": message_id, "streamId": stream_id, "userId": _user(conn),
-            "content": content, "createdAt": iso_from_ms(now_ms()),
-        })
+        self._publish(
+            stream_id,
+            "live:message",
+            {
+                "id": message_id,
+                "streamId": stream_id,
+                "userId": _user(conn),
+                "content": content,
+                "createdAt": iso_from_ms(now_ms()),
+            },
+        )
         return {"id": message_id}
 
     @inlineCallbacks
@@ -280,8 +294,13 @@ class LiveService:
         user = _user(conn)
         yield self._open_stream(conn, stream_id)
         if not self._take_reaction(user):
-            raise ChatError(ErrorCode.RATE_LIMIT_EXCEEDED, f"at most {self.reaction_rate:g} reactions per second")
-        self._publish(stream_id, "live:reaction", {"streamId": stream_id, "userId": user, "emoji": emoji})
+            raise ChatError(
+                ErrorCode.RATE_LIMIT_EXCEEDED,
+                f"at most {self.reaction_rate:g} reactions per second",
+            )
+        self._publish(
+            stream_id, "live:reaction", {"streamId": stream_id, "userId": user, "emoji": emoji}
+        )
         return {}
 
     def _take_reaction(self, user_id: str) -> bool:
@@ -315,9 +334,13 @@ class LiveService:
     @inlineCallbacks
     def set_status(self, conn: Connection, stream_id: str, status: str):
         user = _user(conn)
-        changed = yield self.chat.guard(self.store.set_stream_status(stream_id, user, status, now_ms()))
+        changed = yield self.chat.guard(
+            self.store.set_stream_status(stream_id, user, status, now_ms())
+        )
         if changed is None:
-            raise ChatError(ErrorCode.FORBIDDEN, f"only the host of stream {stream_id} may change its status")
+            raise ChatError(
+                ErrorCode.FORBIDDEN, f"only the host of stream {stream_id} may change its status"
+            )
         host, previous = changed
         self._remember(stream_id, (host, status, ""))
         if previous != status:

@@ -81,7 +81,9 @@ class NewMessage:
     created_at_ms: int
 
     def stored(self, seq: int) -> Message:
-        return Message(self.id, self.chat_id, seq, self.user_id, self.content, self.temp_id, self.created_at_ms)
+        return Message(
+            self.id, self.chat_id, seq, self.user_id, self.content, self.temp_id, self.created_at_ms
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,8 +59,13 @@ class _Room:
 
 
 class RoomOrder:
-    def __init__(self, clock: IReactorTime, deliver: Deliver, fetch_missing: FetchMissing,
-                 gap_timeout: float = GAP_TIMEOUT) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        deliver: Deliver,
+        fetch_missing: FetchMissing,
+        gap_timeout: float = GAP_TIMEOUT,
+    ) -> None:
         self._clock = clock
         self._deliver = deliver
         self._fetch_missing = fetch_missing
@@ -154,8 +159,12 @@ class RoomOrder:
             return
         room.filling = True
         d = self._fetch_missing(channel, room.next_seq - 1, missing)
-        d.addCallbacks(self._filled, self._fill_failed, callbackArgs=(channel, room, first_held),
-                       errbackArgs=(channel, room, first_held))
+        d.addCallbacks(
+            self._filled,
+            self._fill_failed,
+            callbackArgs=(channel, room, first_held),
+            errbackArgs=(channel, room, first_held),
+        )
 
     def _filled(self, events: list[Published], channel: str, room: _Room, first_held: int) -> None:
         room.filling = False
@@ -186,8 +195,13 @@ class RoomOrder:
             return
         first = min(room.held)
         if first > room.next_seq:
-            log.warn("skipping messages {first}..{last} of {channel} ({why})",
-                     first=room.next_seq, last=first - 1, channel=channel, why=why)
+            log.warn(
+                "skipping messages {first}..{last} of {channel} ({why})",
+                first=room.next_seq,
+                last=first - 1,
+                channel=channel,
+                why=why,
+            )
             self.skipped += first - room.next_seq
             room.next_seq = first
         self._release(channel, room)

@@ -320,7 +320,9 @@ class LocalRegistry:
                         try:
                             conn.send_frame(payload)
                         except Exception:
-                            log.failure("delivery to {connection} failed", connection=conn.connection_id)
+                            log.failure(
+                                "delivery to {connection} failed", connection=conn.connection_id
+                            )
                 else:
                     for conn in targets:
                         if _skipped(conn, skip_user, skip_connection):
@@ -328,7 +330,9 @@ class LocalRegistry:
                         try:
                             conn.send_frame(payload)
                         except Exception:
-                            log.failure("delivery to {connection} failed", connection=conn.connection_id)
+                            log.failure(
+                                "delivery to {connection} failed", connection=conn.connection_id
+                            )
         joining = self._joining.get(channel)
         if joining:
             for conn, pending in joining.items():
@@ -352,4 +356,6 @@ def _runs(items: list[tuple[Published, Any]]) -> list[tuple[list[Any], str | Non
 def _skipped(conn: Connection, skip_user: str | None, skip_connection: str | None) -> bool:
     if conn.connection_id == skip_connection:
         return True
-    return skip_user is not None and conn.identity is not None and conn.identity.user_id == skip_user
+    return (
+        skip_user is not None and conn.identity is not None and conn.identity.user_id == skip_user
+    )

@@ -12,7 +12,9 @@ from chatd.domain.social import SocialService
 
 
 class Sessions:
-    def __init__(self, registry: LocalRegistry, chat: ChatService, social: SocialService, live: LiveService) -> None:
+    def __init__(
+        self, registry: LocalRegistry, chat: ChatService, social: SocialService, live: LiveService
+    ) -> None:
         self.registry = registry
         self.chat = chat
         self.social = social

@@ -52,8 +52,12 @@ class Presence:
     """Counts each user's local connections and announces the transitions
     (through ``SocialService``) with a grace period before offline."""
 
-    def __init__(self, clock: IReactorTime, grace: float = PRESENCE_GRACE,
-                 wall_clock: Callable[[], int] = now_ms) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        grace: float = PRESENCE_GRACE,
+        wall_clock: Callable[[], int] = now_ms,
+    ) -> None:
         self._clock = clock
         self._grace = grace
         self._wall_clock = wall_clock
@@ -140,7 +144,9 @@ class SocialService:
         chat.direct_rooms = self
         self._dm_locks: dict[str, DeferredLock] = {}
 
-    def _push_to_user(self, user_id: str, event_type: str, data: dict[str, Any], **routing: Any) -> None:
+    def _push_to_user(
+        self, user_id: str, event_type: str, data: dict[str, Any], **routing: Any
+    ) -> None:
         self.chat.publish(user_channel(user_id), Published(event_type, encode(data), **routing))
 
     # -- connections ---------------------------------------------------------------
@@ -151,9 +157,13 @@ class SocialService:
         identity = conn.identity
         assert identity is not None
         self.presence.opened(identity.user_id)
-        d = self.store.open_session(identity.user_id, identity.name, now_ms(), NOTIFICATIONS_ON_CONNECT)
+        d = self.store.open_session(
+            identity.user_id, identity.name, now_ms(), NOTIFICATIONS_ON_CONNECT
+        )
         d.addCallback(self._hand_over, conn)
-        d.addErrback(lambda f: log.failure("opening the session of {user} failed", f, user=identity.user_id))
+        d.addErrback(
+            lambda f: log.failure("opening the session of {user} failed", f, user=identity.user_id)
+        )
 
     @staticmethod
     def _hand_over(notifications: list[Notification], conn: Connection) -> None:
@@ -185,7 +195,9 @@ class SocialService:
 
     def _tell(self, audience: list[str], event_type: str, data: dict[str, Any]) -> None:
         """One encoding, one publish for every online member of the audience."""
-        self.chat.publish_many([user_channel(u) for u in audience], Published(event_type, encode(data)))
+        self.chat.publish_many(
+            [user_channel(u) for u in audience], Published(event_type, encode(data))
+        )
 
     @inlineCallbacks
     def online_status(self, conn: Connection):
@@ -195,8 +207,14 @@ class SocialService:
 
     # -- direct messages ---------------------------------------------------------------
 
-    def send_direct(self, conn: Connection, recipient: str, content: str, temp_id: str | None,
-                    session_id: str | None) -> Deferred[dict[str, Any]]:
+    def send_direct(
+        self,
+        conn: Connection,
+        recipient: str,
+        content: str,
+        temp_id: str | None,
+        session_id: str | None,
+    ) -> Deferred[dict[str, Any]]:
         """Direct messages of one pair are handled one at a time, in arrival
         order: the checks before the store are asynchronous, and two quick
         messages must not swap on their way to it."""
@@ -214,37 +232,59 @@ class SocialService:
         return d.addBoth(release)
 
     @inlineCallbacks
-    def _send_direct(self, conn: Connection, recipient: str, content: str, temp_id: str | None, session_id: str | None):
+    def _send_direct(
+        self,
+        conn: Connection,
+        recipient: str,
+        content: str,
+        temp_id: str | None,
+        session_id: str | None,
+    ):
         sender = _user(conn)
         if recipient == sender:
             raise ChatError(ErrorCode.INVALID_MESSAGE, "recipientId must be another user")
         self.chat.check_content(content)
         yield self._require_known(recipient)
-        if self.dm_policy == "friends" and not (yield self._guarded(self.store.are_friends(sender, recipient))):
+        if self.dm_policy == "friends" and not (
+            yield self._guarded(self.store.are_friends(sender, recipient))
+        ):
             raise ChatError(ErrorCode.FORBIDDEN, "direct messages are limited to friends")
         room_id = dm_room_id(sender, recipient)
         at = now_ms()
-        yield self._guarded(self.store.ensure_dm_room(Room(room_id, "", "", "private", 2, at, 0), sender, recipient))
+        yield self._guarded(
+            self.store.ensure_dm_room(Room(room_id, "", "", "private", 2, at, 0), sender, recipient)
+        )
         message: Message = yield self._guarded(
-            self.store.append_message(NewMessage(new_id("m_"), room_id, sender, content, temp_id, at))
+            self.store.append_message(
+                NewMessage(new_id("m_"), room_id, sender, content, temp_id, at)
+            )
         )
         self.chat.message_stored(message)
         wire = self._dm_wire(message, recipient, session_id)
         self._push_to_user(recipient, "message:receive", {"message": wire})
-        self._push_to_user(sender, "message:receive", {"message": wire}, skip_connection=conn.connection_id)
+        self._push_to_user(
+            sender, "message:receive", {"message": wire}, skip_connection=conn.connection_id
+        )
         if not self.presence.connections(recipient):
             # Nobody to push to (a user in the presence grace period counts
             # as online, but has no connection to receive this): leave a notification, delivered on the
             # recipient's next connection, that says where to look.
-            name = conn.identity.name if conn.identity is not None and conn.identity.name else sender
+            name = (
+                conn.identity.name if conn.identity is not None and conn.identity.name else sender
+            )
             yield self._notify_quietly(
-                recipient, "direct_message", f"New message from {name}", content[:200],
+                recipient,
+                "direct_message",
+                f"New message from {name}",
+                content[:200],
                 {"chatId": message.chat_id, "messageId": message.id, "senderId": sender},
             )
         return {"message": wire}
 
     @inlineCallbacks
-    def send_in_direct_room(self, conn: Connection, room_id: str, content: str, temp_id: str | None):
+    def send_in_direct_room(
+        self, conn: Connection, room_id: str, content: str, temp_id: str | None
+    ):
         """``chat:message`` into a DM room: the same rules and pushes as
         ``message:send`` (dm_policy, message:receive), answered in the shape
         of a chat:message ack."""
@@ -280,8 +320,11 @@ class SocialService:
         if outcome == "requested":
             self._push_to_user(target, "friend:request", {"fromUserId": user})
             yield self._notify_quietly(
-                target, "friend_request", "Friend request",
-                f"{conn.identity.name or user} sent you a friend request", {"fromUserId": user},
+                target,
+                "friend_request",
+                "Friend request",
+                f"{conn.identity.name or user} sent you a friend request",
+                {"fromUserId": user},
             )
         elif outcome == "accepted":
             self.became_friends(user, target)
@@ -301,7 +344,9 @@ class SocialService:
         if not (yield self._guarded(self.store.accept_friend(user, requester, now_ms()))):
             if (yield self._guarded(self.store.are_friends(user, requester))):
                 return {}
-            raise ChatError(ErrorCode.INVALID_MESSAGE, f"no pending friend request from {requester}")
+            raise ChatError(
+                ErrorCode.INVALID_MESSAGE, f"no pending friend request from {requester}"
+            )
         self.became_friends(user, requester)
         return {}
 
@@ -346,18 +391,26 @@ class SocialService:
         self._push_to_user(user_id, "notification", notification.to_wire())
         return notification
 
-    def _notify_quietly(self, user_id: str, kind: str, title: str, message: str, data: Any) -> Deferred[None]:
+    def _notify_quietly(
+        self, user_id: str, kind: str, title: str, message: str, data: Any
+    ) -> Deferred[None]:
         """A notification that accompanies something already stored (a DM,
         a friend request): stored before the answer goes out, so a client
         that connects after the answer gets it exactly once on connect; its
         failure is logged and does not turn the answer into an error."""
         d = self.notify(user_id, kind, title, message, data)
-        d.addErrback(lambda f: log.failure("{kind} notification for {user} failed", f, kind=kind, user=user_id))
+        d.addErrback(
+            lambda f: log.failure(
+                "{kind} notification for {user} failed", f, kind=kind, user=user_id
+            )
+        )
         return d.addCallback(lambda _: None)
 
     @inlineCallbacks
     def ack_notification(self, conn: Connection, notification_id: str):
-        if not (yield self._guarded(self.store.ack_notification(_user(conn), notification_id, now_ms()))):
+        if not (
+            yield self._guarded(self.store.ack_notification(_user(conn), notification_id, now_ms()))
+        ):
             raise ChatError(ErrorCode.INVALID_MESSAGE, f"no notification {notification_id} for you")
         return {}
 

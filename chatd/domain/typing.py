@@ -22,7 +22,9 @@ Announce = Callable[[str, str, str, bool], None]
 
 
 class TypingTracker:
-    def __init__(self, clock: IReactorTime, announce: Announce, timeout: float = TYPING_TIMEOUT) -> None:
+    def __init__(
+        self, clock: IReactorTime, announce: Announce, timeout: float = TYPING_TIMEOUT
+    ) -> None:
         self._clock = clock
         self._announce = announce
         self._timeout = timeout

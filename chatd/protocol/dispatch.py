@@ -60,25 +60,47 @@ def social_routes(social: SocialService) -> dict[str, Route]:
             "message:sent",
             "message:error",
         ),
-        "status:request": Route(rq.NoData.parse, lambda c, r: social.online_status(c), "users:online"),
-        "friend:request": Route(rq.UserTarget.parse, lambda c, r: social.request_friend(c, r.user_id), None),
-        "friend:accept": Route(rq.UserTarget.parse, lambda c, r: social.accept_friend(c, r.user_id), None),
-        "friend:decline": Route(rq.UserTarget.parse, lambda c, r: social.decline_friend(c, r.user_id), None),
-        "friend:remove": Route(rq.UserTarget.parse, lambda c, r: social.remove_friend(c, r.user_id), None),
+        "status:request": Route(
+            rq.NoData.parse, lambda c, r: social.online_status(c), "users:online"
+        ),
+        "friend:request": Route(
+            rq.UserTarget.parse, lambda c, r: social.request_friend(c, r.user_id), None
+        ),
+        "friend:accept": Route(
+            rq.UserTarget.parse, lambda c, r: social.accept_friend(c, r.user_id), None
+        ),
+        "friend:decline": Route(
+            rq.UserTarget.parse, lambda c, r: social.decline_friend(c, r.user_id), None
+        ),
+        "friend:remove": Route(
+            rq.UserTarget.parse, lambda c, r: social.remove_friend(c, r.user_id), None
+        ),
         "friends:list": Route(rq.NoData.parse, lambda c, r: social.friends(c), "friends:list"),
         "notification:ack": Route(
-            rq.NotificationAck.parse, lambda c, r: social.ack_notification(c, r.notification_id), None
+            rq.NotificationAck.parse,
+            lambda c, r: social.ack_notification(c, r.notification_id),
+            None,
         ),
     }
 
 
 def live_routes(live: LiveService) -> dict[str, Route]:
     return {
-        "live:join": Route(rq.LiveTarget.parse, lambda c, r: live.join(c, r.stream_id), "live:joined"),
-        "live:leave": Route(rq.LiveTarget.parse, lambda c, r: live.leave(c, r.stream_id), "live:left"),
-        "live:message": Route(rq.LiveMessage.parse, lambda c, r: live.message(c, r.stream_id, r.content), None),
-        "live:reaction": Route(rq.LiveReaction.parse, lambda c, r: live.react(c, r.stream_id, r.emoji), None),
-        "live:status": Route(rq.LiveStatus.parse, lambda c, r: live.set_status(c, r.stream_id, r.status), None),
+        "live:join": Route(
+            rq.LiveTarget.parse, lambda c, r: live.join(c, r.stream_id), "live:joined"
+        ),
+        "live:leave": Route(
+            rq.LiveTarget.parse, lambda c, r: live.leave(c, r.stream_id), "live:left"
+        ),
+        "live:message": Route(
+            rq.LiveMessage.parse, lambda c, r: live.message(c, r.stream_id, r.content), None
+        ),
+        "live:reaction": Route(
+            rq.LiveReaction.parse, lambda c, r: live.react(c, r.stream_id, r.emoji), None
+        ),
+        "live:status": Route(
+            rq.LiveStatus.parse, lambda c, r: live.set_status(c, r.stream_id, r.status), None
+        ),
     }
 
 
@@ -90,18 +112,30 @@ def chat_routes(chat: ChatService) -> dict[str, Route]:
             lambda c, r: chat.create_room(c, r.name, r.description, r.type, r.members),
             "chat:created",
         ),
-        "chat:join": Route(rq.ChatJoin.parse, lambda c, r: chat.join(c, r.chat_id, r.since), "chat:joined"),
+        "chat:join": Route(
+            rq.ChatJoin.parse, lambda c, r: chat.join(c, r.chat_id, r.since), "chat:joined"
+        ),
         "chat:leave": Route(rq.ChatLeave.parse, lambda c, r: chat.leave(c, r.chat_id), "chat:left"),
         "chat:message": Route(
-            rq.ChatMessage.parse, lambda c, r: chat.send_message(c, r.chat_id, r.content, r.temp_id), None
+            rq.ChatMessage.parse,
+            lambda c, r: chat.send_message(c, r.chat_id, r.content, r.temp_id),
+            None,
         ),
-        "chat:typing": Route(rq.ChatTyping.parse, lambda c, r: chat.set_typing(c, r.chat_id, r.is_typing), None),
-        "chat:read": Route(rq.ChatRead.parse, lambda c, r: chat.mark_read(c, r.chat_id, r.message_id), None),
+        "chat:typing": Route(
+            rq.ChatTyping.parse, lambda c, r: chat.set_typing(c, r.chat_id, r.is_typing), None
+        ),
+        "chat:read": Route(
+            rq.ChatRead.parse, lambda c, r: chat.mark_read(c, r.chat_id, r.message_id), None
+        ),
         "chat:reaction": Route(
-            rq.ChatReaction.parse, lambda c, r: chat.react(c, r.message_id, r.reaction, r.remove), None
+            rq.ChatReaction.parse,
+            lambda c, r: chat.react(c, r.message_id, r.reaction, r.remove),
+            None,
         ),
         "chat:history": Route(
-            rq.ChatHistory.parse, lambda c, r: chat.history(c, r.chat_id, r.before, r.after, r.limit), "chat:history"
+            rq.ChatHistory.parse,
+            lambda c, r: chat.history(c, r.chat_id, r.before, r.after, r.limit),
+            "chat:history",
         ),
     }
 
@@ -116,7 +150,9 @@ class Dispatcher:
         if self.metrics is not None:
             self.metrics.event_in(envelope.type, route is not None or envelope.type == "auth")
         if route is None:
-            responder.reply_error(envelope, ErrorCode.UNKNOWN_EVENT, f"unknown event {envelope.type!r}")
+            responder.reply_error(
+                envelope, ErrorCode.UNKNOWN_EVENT, f"unknown event {envelope.type!r}"
+            )
             return
         if not authenticated and envelope.type not in PUBLIC_EVENTS:
             responder.reply_error(envelope, ErrorCode.UNAUTHORIZED, "authenticate first")
@@ -132,8 +168,10 @@ class Dispatcher:
             return
         if isinstance(result, Deferred):
             result.addCallbacks(
-                self._succeeded, self._failed,
-                callbackArgs=(responder, envelope, route), errbackArgs=(responder, envelope, route),
+                self._succeeded,
+                self._failed,
+                callbackArgs=(responder, envelope, route),
+                errbackArgs=(responder, envelope, route),
             )
         else:
             self._succeeded(result, responder, envelope, route)
@@ -146,14 +184,18 @@ class Dispatcher:
         else:
             responder.reply(envelope, route.confirmation, result)
 
-    def _failed(self, failure: Failure, responder: Responder, envelope: Envelope, route: Route) -> None:
+    def _failed(
+        self, failure: Failure, responder: Responder, envelope: Envelope, route: Route
+    ) -> None:
         if failure.check(ChatError):
             error = failure.value
             self._refuse(responder, envelope, route, error.code, error.message)
         else:
             self._server_error(failure, responder, envelope, route)
 
-    def _refuse(self, responder: Responder, envelope: Envelope, route: Route, code: str, message: str) -> None:
+    def _refuse(
+        self, responder: Responder, envelope: Envelope, route: Route, code: str, message: str
+    ) -> None:
         if envelope.id is None and route.error_event is not None:
             responder.note_error(code, envelope.type)
             data: dict[str, Any] = {"code": code, "message": message}
@@ -164,9 +206,20 @@ class Dispatcher:
         else:
             responder.reply_error(envelope, code, message)
 
-    def _server_error(self, failure: Failure, responder: Responder, envelope: Envelope, route: Route) -> None:
+    def _server_error(
+        self, failure: Failure, responder: Responder, envelope: Envelope, route: Route
+    ) -> None:
         log.failure(
             "handler for {request} failed on connection {connection}",
-            failure, event="request.failed", request=envelope.type, connection=responder.connection_id,
+            failure,
+            event="request.failed",
+            request=envelope.type,
+            connection=responder.connection_id,
         )
-        self._refuse(responder, envelope, route, ErrorCode.SERVER_ERROR, "internal error; the request was not completed")
+        self._refuse(
+            responder,
+            envelope,
+            route,
+            ErrorCode.SERVER_ERROR,
+            "internal error; the request was not completed",
+        )

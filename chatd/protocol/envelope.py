@@ -28,7 +28,9 @@ class EnvelopeError(ChatError):
     """A frame that is not a valid envelope; carries what could be read of
     it so the error can still be correlated."""
 
-    def __init__(self, message: str, request_id: str | None = None, event: str | None = None) -> None:
+    def __init__(
+        self, message: str, request_id: str | None = None, event: str | None = None
+    ) -> None:
         super().__init__(ErrorCode.INVALID_MESSAGE, message)
         self.request_id = request_id
         self.event = event
@@ -46,14 +48,22 @@ def parse_envelope(payload: bytes | str) -> Envelope:
         raise EnvelopeError("frame must be a JSON object")
     request_id = obj.get("id")
     event = obj.get("type")
-    readable_id = request_id if isinstance(request_id, str) and 0 < len(request_id) <= MAX_ID_LENGTH else None
+    readable_id = (
+        request_id if isinstance(request_id, str) and 0 < len(request_id) <= MAX_ID_LENGTH else None
+    )
     readable_event = event if isinstance(event, str) and len(event) <= MAX_TYPE_LENGTH else None
     if request_id is not None and readable_id is None:
-        raise EnvelopeError(f"'id' must be a non-empty string of at most {MAX_ID_LENGTH} characters", None, readable_event)
+        raise EnvelopeError(
+            f"'id' must be a non-empty string of at most {MAX_ID_LENGTH} characters",
+            None,
+            readable_event,
+        )
     if not isinstance(event, str) or not event:
         raise EnvelopeError("'type' must be a non-empty string", readable_id, None)
     if readable_event is None:
-        raise EnvelopeError(f"'type' is longer than {MAX_TYPE_LENGTH} characters", readable_id, None)
+        raise EnvelopeError(
+            f"'type' is longer than {MAX_TYPE_LENGTH} characters", readable_id, None
+        )
     return Envelope(event, readable_id, obj.get("data"))
 
 
@@ -74,7 +84,9 @@ def encode_ack(request_id: str, data: Any) -> bytes:
     return _dumps({"type": "ack", "id": request_id, "data": data})
 
 
-def encode_error(code: str, message: str, request_id: str | None = None, event: str | None = None) -> bytes:
+def encode_error(
+    code: str, message: str, request_id: str | None = None, event: str | None = None
+) -> bytes:
     body: dict[str, Any] = {"code": code, "message": message}
     if request_id is not None:
         return _dumps({"type": "error", "id": request_id, "data": body})

@@ -37,7 +37,13 @@ def _valid_text(value: str, field: str) -> str:
     return value
 
 
-def required_str(data: dict[str, Any], field: str, max_length: int | None = None, *, too_long: ErrorCode = ErrorCode.INVALID_MESSAGE) -> str:
+def required_str(
+    data: dict[str, Any],
+    field: str,
+    max_length: int | None = None,
+    *,
+    too_long: ErrorCode = ErrorCode.INVALID_MESSAGE,
+) -> str:
     value = data.get(field)
     if value is None:
         raise invalid(f"'{field}' is required")
@@ -131,7 +137,7 @@ class ChatCreate:
         description = optional_str(fields, "description", 1_000_000) or ""
         room_type = required_str(fields, "type")
         if room_type not in ROOM_TYPES:
-            raise invalid("'type' must be \"public\" or \"private\"")
+            raise invalid('\'type\' must be "public" or "private"')
         raw_members = fields.get("members")
         members: list[str] = []
         if raw_members is not None:
@@ -200,7 +206,10 @@ class ChatRead:
     @classmethod
     def parse(cls, data: Any) -> ChatRead:
         fields = _object(data, "chat:read")
-        return cls(identifier(fields, "chatId", MAX_ROOM_ID), identifier(fields, "messageId", MAX_MESSAGE_ID))
+        return cls(
+            identifier(fields, "chatId", MAX_ROOM_ID),
+            identifier(fields, "messageId", MAX_MESSAGE_ID),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,5 +353,5 @@ class LiveStatus:
         stream_id, fields = _stream_id_from(data, "live:status")
         status = required_str(fields, "status")
         if status not in STREAM_STATUSES:
-            raise invalid("'status' must be \"started\" or \"ended\"")
+            raise invalid('\'status\' must be "started" or "ended"')
         return cls(stream_id, status)

@@ -195,7 +195,9 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         factory = self.factory
         factory.connections[self] = None
         self._opened_at = factory.clock.seconds()
-        self._bucket = _TokenBucket(factory.config.rate_limit, factory.config.rate_burst, factory.clock.seconds())
+        self._bucket = _TokenBucket(
+            factory.config.rate_limit, factory.config.rate_burst, factory.clock.seconds()
+        )
         self._buffer_owner = _socket_transport(self.transport)
         self._fast_send = self._fast_sender()
         self.send_frame = self._fast_send
@@ -209,18 +211,29 @@ class ChatdServerProtocol(WebSocketServerProtocol):
             self._authenticate(token, None)
         else:
             self._log_open(None)
-            self._auth_timer = factory.clock.callLater(factory.config.auth_timeout, self._auth_timed_out)
+            self._auth_timer = factory.clock.callLater(
+                factory.config.auth_timeout, self._auth_timed_out
+            )
 
     def _log_open(self, user: str | None) -> None:
         self._open_logged = True
-        log.info("connection {connection} opened from {peer} as {user}", event="connection.open",
-                 connection=self.connection_id, peer=self.peer, user=user)
+        log.info(
+            "connection {connection} opened from {peer} as {user}",
+            event="connection.open",
+            connection=self.connection_id,
+            peer=self.peer,
+            user=user,
+        )
 
     def _auth_timed_out(self) -> None:
         self._auth_timer = None
         if self.identity is None:
-            log.info("connection {connection} did not authenticate in time", event="auth.failed",
-                     connection=self.connection_id, reason="timeout")
+            log.info(
+                "connection {connection} did not authenticate in time",
+                event="auth.failed",
+                connection=self.connection_id,
+                reason="timeout",
+            )
             self.close_with(CLOSE_UNAUTHENTICATED, "authentication timeout")
 
     def _authenticate(self, token: Any, envelope: Envelope | None) -> None:
@@ -229,11 +242,19 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         except AuthError as e:
             if not self._open_logged:
                 self._log_open(None)
-            log.info("authentication failed on {connection}: {reason}", event="auth.failed",
-                     connection=self.connection_id, user=self.identity.user_id if self.identity else None,
-                     reason=str(e))
-            self._error(ErrorCode.UNAUTHORIZED, f"authentication failed: {e}",
-                        envelope.id if envelope else None, "auth")
+            log.info(
+                "authentication failed on {connection}: {reason}",
+                event="auth.failed",
+                connection=self.connection_id,
+                user=self.identity.user_id if self.identity else None,
+                reason=str(e),
+            )
+            self._error(
+                ErrorCode.UNAUTHORIZED,
+                f"authentication failed: {e}",
+                envelope.id if envelope else None,
+                "auth",
+            )
             if self.identity is None:
                 self.close_with(CLOSE_UNAUTHENTICATED, "authentication failed")
             # An authenticated connection whose token refresh failed keeps
@@ -242,7 +263,11 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         first = self.identity is None
         if not first:
             if identity.user_id != self.identity.user_id:
-                self.reply_error(envelope, ErrorCode.FORBIDDEN, "connection is already authenticated as another user")
+                self.reply_error(
+                    envelope,
+                    ErrorCode.FORBIDDEN,
+                    "connection is already authenticated as another user",
+                )
                 return
             self.identity = identity
         else:
@@ -258,8 +283,12 @@ class ChatdServerProtocol(WebSocketServerProtocol):
             if not self._open_logged:
                 self._log_open(identity.user_id)
             else:
-                log.info("connection {connection} authenticated as {user}", event="auth.ok",
-                         connection=self.connection_id, user=identity.user_id)
+                log.info(
+                    "connection {connection} authenticated as {user}",
+                    event="auth.ok",
+                    connection=self.connection_id,
+                    user=identity.user_id,
+                )
             self.factory.sessions.opened(self)
 
     # -- requests -------------------------------------------------------------
@@ -273,7 +302,9 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         try:
             self._on_frame(payload)
         except Exception:
-            log.failure("unexpected failure handling a frame on {connection}", connection=self.connection_id)
+            log.failure(
+                "unexpected failure handling a frame on {connection}", connection=self.connection_id
+            )
             self._error(ErrorCode.SERVER_ERROR, "internal error; the request was not completed")
 
     def _on_frame(self, payload: bytes) -> None:
@@ -303,8 +334,12 @@ class ChatdServerProtocol(WebSocketServerProtocol):
 
     def _rate_limited(self, payload: bytes, bucket: _TokenBucket) -> None:
         if bucket.strikes > self.factory.config.rate_burst:
-            log.info("closing flooding connection {connection} ({user})", event="connection.flooding",
-                     connection=self.connection_id, user=self.identity.user_id if self.identity else None)
+            log.info(
+                "closing flooding connection {connection} ({user})",
+                event="connection.flooding",
+                connection=self.connection_id,
+                user=self.identity.user_id if self.identity else None,
+            )
             self.close_with(CLOSE_POLICY, "flooding")
             return
         try:
@@ -327,7 +362,9 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         else:
             self._error(code, message, envelope.id, envelope.type or None)
 
-    def _error(self, code: str, message: str, request_id: str | None = None, event: str | None = None) -> None:
+    def _error(
+        self, code: str, message: str, request_id: str | None = None, event: str | None = None
+    ) -> None:
         self.note_error(code, event)
         self._send(encode_error(code, message, request_id, event))
 
@@ -337,9 +374,14 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         metrics = self.factory.metrics
         if metrics is not None:
             metrics.error(code)
-        log.info("sent {code} to {connection} ({user}) for {request}", event="error.sent", code=str(code),
-                 request=request, connection=self.connection_id,
-                 user=self.identity.user_id if self.identity else None)
+        log.info(
+            "sent {code} to {connection} ({user}) for {request}",
+            event="error.sent",
+            code=str(code),
+            request=request,
+            connection=self.connection_id,
+            user=self.identity.user_id if self.identity else None,
+        )
 
     # -- Connection (what the domain sends through) ------------------------------
 
@@ -366,8 +408,12 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         Twisted's.  TLS and other transports always use ``transport.write``."""
         transport = self.transport
         tcp = self._buffer_owner
-        if (tcp is not transport or not hasattr(tcp, "socket") or not hasattr(tcp, "dataBuffer")
-                or getattr(tcp, "TLS", False)):
+        if (
+            tcp is not transport
+            or not hasattr(tcp, "socket")
+            or not hasattr(tcp, "dataBuffer")
+            or getattr(tcp, "TLS", False)
+        ):
             # TLS started inside the TCP transport (listenSSL does that): its
             # write encrypts, the raw socket must never be written to.
             return transport.write
@@ -375,7 +421,12 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         write = tcp.write
 
         def send(frame: bytes) -> None:
-            if tcp._tempDataLen or tcp.offset != len(tcp.dataBuffer) or tcp.disconnecting or not tcp.connected:
+            if (
+                tcp._tempDataLen
+                or tcp.offset != len(tcp.dataBuffer)
+                or tcp.disconnecting
+                or not tcp.connected
+            ):
                 write(frame)
                 return
             try:
@@ -442,7 +493,9 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         else:
             self._detach()
 
-    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False) -> None:
+    def sendCloseFrame(
+        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
+    ) -> None:
         # Whoever starts the closing handshake, no event frame may follow
         # the close frame: leave the registry first.
         self._detach()
@@ -452,10 +505,18 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         self._detach()
         if self.factory.connections.pop(self, 0) is None:
             opened = getattr(self, "_opened_at", None)
-            log.info("connection {connection} ({user}) closed with {code} {reason}", event="connection.close",
-                     connection=self.connection_id, user=self.identity.user_id if self.identity else None,
-                     code=code, reason=reason or "", clean=wasClean,
-                     seconds=round(self.factory.clock.seconds() - opened, 3) if opened is not None else None)
+            log.info(
+                "connection {connection} ({user}) closed with {code} {reason}",
+                event="connection.close",
+                connection=self.connection_id,
+                user=self.identity.user_id if self.identity else None,
+                code=code,
+                reason=reason or "",
+                clean=wasClean,
+                seconds=round(self.factory.clock.seconds() - opened, 3)
+                if opened is not None
+                else None,
+            )
         closed = self.factory.closed_waiters.pop(self, None)
         if closed is not None:
             closed.callback(None)

@@ -61,7 +61,7 @@ class SqliteEngine(Engine):
 
     @property
     def path(self) -> str:
-        return self.url[len("sqlite:///"):]
+        return self.url[len("sqlite:///") :]
 
     def _prepare_directory(self) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
@@ -146,7 +146,9 @@ class PostgresEngine(Engine):
         cursor.execute("SELECT pg_advisory_xact_lock(7417201)")
 
     def is_unavailable(self, error: BaseException) -> bool:
-        return isinstance(error, psycopg2.OperationalError | psycopg2.InterfaceError | adbapi.ConnectionLost)
+        return isinstance(
+            error, psycopg2.OperationalError | psycopg2.InterfaceError | adbapi.ConnectionLost
+        )
 
 
 def engine_for(url: str) -> Engine:

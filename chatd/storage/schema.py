@@ -75,13 +75,18 @@ def _migrate(engine: Engine, conn: Any) -> list[int]:
             " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
         )
         for migration in available_migrations(engine):
-            cur.execute(engine.sql("SELECT 1 FROM schema_migrations WHERE version = ?"), (migration.version,))
+            cur.execute(
+                engine.sql("SELECT 1 FROM schema_migrations WHERE version = ?"),
+                (migration.version,),
+            )
             if cur.fetchone():
                 continue
             for statement in _statements(migration.sql):
                 cur.execute(statement)
             cur.execute(
-                engine.sql("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)"),
+                engine.sql(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)"
+                ),
                 (migration.version, migration.name, now_ms()),
             )
             applied.append(migration.version)

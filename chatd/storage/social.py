@@ -36,13 +36,17 @@ class SocialQueries:
             (user_id, name, at_ms),
         )
 
-    def open_session(self, user_id: str, name: str | None, at_ms: int, limit: int) -> Deferred[list[Notification]]:
+    def open_session(
+        self, user_id: str, name: str | None, at_ms: int, limit: int
+    ) -> Deferred[list[Notification]]:
         """A connection authenticated: record the user and read the
         notifications waiting for them, in one transaction (one trip to the
         database thread per connection instead of two)."""
         return self.run(self._open_session, user_id, name, at_ms, limit)
 
-    def _open_session(self, cur: Any, user_id: str, name: str | None, at_ms: int, limit: int) -> list[Notification]:
+    def _open_session(
+        self, cur: Any, user_id: str, name: str | None, at_ms: int, limit: int
+    ) -> list[Notification]:
         self._touch_user(cur, user_id, name, at_ms)
         return self._unread_notifications(cur, user_id, limit)
 
@@ -176,7 +180,9 @@ class SocialQueries:
         self._settle_request_notification(cur, user_id, requester, at_ms)
         return declined
 
-    def _settle_request_notification(self, cur: Any, user_id: str, requester: str, at_ms: int) -> None:
+    def _settle_request_notification(
+        self, cur: Any, user_id: str, requester: str, at_ms: int
+    ) -> None:
         """An answered request's notification is read: no need to hand it
         over again on the next connection."""
         cur.execute(
@@ -209,7 +215,9 @@ class SocialQueries:
         """The backend's view of the graph (HTTP API): make or end it."""
         return self.run(self._set_friendship, user_id, other, present, at_ms)
 
-    def _set_friendship(self, cur: Any, user_id: str, other: str, present: bool, at_ms: int) -> bool:
+    def _set_friendship(
+        self, cur: Any, user_id: str, other: str, present: bool, at_ms: int
+    ) -> bool:
         if not present:
             return self._remove_friend(cur, user_id, other)
         if self._are_friends(cur, user_id, other):
@@ -238,15 +246,22 @@ class SocialQueries:
 
     def _friend_lists(self, cur: Any, user_id: str) -> FriendLists:
         sql = self.engine.sql
-        cur.execute(sql("SELECT friend_id FROM friendships WHERE user_id = ? ORDER BY friend_id"), (user_id,))
+        cur.execute(
+            sql("SELECT friend_id FROM friendships WHERE user_id = ? ORDER BY friend_id"),
+            (user_id,),
+        )
         friends = [row[0] for row in cur.fetchall()]
         cur.execute(
-            sql("SELECT from_user, created_at FROM friend_requests WHERE to_user = ? ORDER BY created_at, from_user"),
+            sql(
+                "SELECT from_user, created_at FROM friend_requests WHERE to_user = ? ORDER BY created_at, from_user"
+            ),
             (user_id,),
         )
         incoming = [PendingRequest(row[0], int(row[1])) for row in cur.fetchall()]
         cur.execute(
-            sql("SELECT to_user, created_at FROM friend_requests WHERE from_user = ? ORDER BY created_at, to_user"),
+            sql(
+                "SELECT to_user, created_at FROM friend_requests WHERE from_user = ? ORDER BY created_at, to_user"
+            ),
             (user_id,),
         )
         outgoing = [PendingRequest(row[0], int(row[1])) for row in cur.fetchall()]
@@ -263,8 +278,15 @@ class SocialQueries:
                 "INSERT INTO notifications (id, user_id, type, title, message, data, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)"
             ),
-            (n.id, n.user_id, n.type, n.title, n.message,
-             None if n.data is None else json.dumps(n.data), n.created_at_ms),
+            (
+                n.id,
+                n.user_id,
+                n.type,
+                n.title,
+                n.message,
+                None if n.data is None else json.dumps(n.data),
+                n.created_at_ms,
+            ),
         )
         return n
 
@@ -280,8 +302,15 @@ class SocialQueries:
             (user_id, limit),
         )
         return [
-            Notification(row[0], row[1], row[2], row[3], row[4],
-                         None if row[5] is None else json.loads(row[5]), int(row[6]))
+            Notification(
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                row[4],
+                None if row[5] is None else json.loads(row[5]),
+                int(row[6]),
+            )
             for row in cur.fetchall()
         ]
 
@@ -333,21 +362,29 @@ class StreamQueries:
         return self.run(self._get_stream, stream_id)
 
     def _get_stream(self, cur: Any, stream_id: str) -> tuple[str, str, str] | None:
-        cur.execute(self.engine.sql("SELECT host_id, status, title FROM streams WHERE id = ?"), (stream_id,))
+        cur.execute(
+            self.engine.sql("SELECT host_id, status, title FROM streams WHERE id = ?"), (stream_id,)
+        )
         row = cur.fetchone()
         return (row[0], row[1], row[2]) if row else None
 
-    def set_stream_status(self, stream_id: str, user_id: str, status: str, at_ms: int) -> Deferred[tuple[str, str] | None]:
+    def set_stream_status(
+        self, stream_id: str, user_id: str, status: str, at_ms: int
+    ) -> Deferred[tuple[str, str] | None]:
         return self.run(self._set_stream_status, stream_id, user_id, status, at_ms)
 
-    def _set_stream_status(self, cur: Any, stream_id: str, user_id: str, status: str, at_ms: int) -> tuple[str, str] | None:
+    def _set_stream_status(
+        self, cur: Any, stream_id: str, user_id: str, status: str, at_ms: int
+    ) -> tuple[str, str] | None:
         """Start or end a stream as ``user_id``.  The first to start an
         unknown stream becomes its host.  Returns (host, previous status),
         or None when the user is not the host (nothing changed)."""
         sql = self.engine.sql
         cur.execute(
-            sql("INSERT INTO streams (id, host_id, status, created_at, updated_at) VALUES (?, ?, 'idle', ?, ?)"
-                " ON CONFLICT (id) DO NOTHING"),
+            sql(
+                "INSERT INTO streams (id, host_id, status, created_at, updated_at) VALUES (?, ?, 'idle', ?, ?)"
+                " ON CONFLICT (id) DO NOTHING"
+            ),
             (stream_id, user_id, at_ms, at_ms),
         )
         found = self._get_stream(cur, stream_id)
@@ -355,14 +392,21 @@ class StreamQueries:
         host, previous, _ = found
         if host != user_id:
             return None
-        cur.execute(sql("UPDATE streams SET status = ?, updated_at = ? WHERE id = ?"), (status, at_ms, stream_id))
+        cur.execute(
+            sql("UPDATE streams SET status = ?, updated_at = ? WHERE id = ?"),
+            (status, at_ms, stream_id),
+        )
         return host, previous
 
-    def put_stream(self, stream_id: str, host_id: str, title: str | None, at_ms: int) -> Deferred[None]:
+    def put_stream(
+        self, stream_id: str, host_id: str, title: str | None, at_ms: int
+    ) -> Deferred[None]:
         """The backend names the host (HTTP API): create or update."""
         return self.run(self._put_stream, stream_id, host_id, title, at_ms)
 
-    def _put_stream(self, cur: Any, stream_id: str, host_id: str, title: str | None, at_ms: int) -> None:
+    def _put_stream(
+        self, cur: Any, stream_id: str, host_id: str, title: str | None, at_ms: int
+    ) -> None:
         cur.execute(
             self.engine.sql(
                 "INSERT INTO streams (id, host_id, title, status, created_at, updated_at) VALUES (?, ?, ?, 'idle', ?, ?)"

@@ -45,15 +45,25 @@ _MESSAGE_COLUMNS = "id, room_id, seq, user_id, content, temp_id, created_at"
 
 def _room(row: tuple[Any, ...]) -> Room:
     return Room(
-        id=row[0], name=row[1], description=row[2], type=row[3],
-        created_at_ms=int(row[4]), last_seq=int(row[5]), member_count=int(row[6]),
+        id=row[0],
+        name=row[1],
+        description=row[2],
+        type=row[3],
+        created_at_ms=int(row[4]),
+        last_seq=int(row[5]),
+        member_count=int(row[6]),
     )
 
 
 def _message(row: tuple[Any, ...]) -> Message:
     return Message(
-        id=row[0], chat_id=row[1], seq=int(row[2]), user_id=row[3],
-        content=row[4], temp_id=row[5], created_at_ms=int(row[6]),
+        id=row[0],
+        chat_id=row[1],
+        seq=int(row[2]),
+        user_id=row[3],
+        content=row[4],
+        temp_id=row[5],
+        created_at_ms=int(row[6]),
     )
 
 
@@ -65,7 +75,9 @@ class _CommitStarted(Exception):
 class SqlStore(SocialQueries, StreamQueries):
     """``Store`` on an adbapi pool."""
 
-    def __init__(self, engine: Engine, pool: adbapi.ConnectionPool | None = None, max_batch: int = 500) -> None:
+    def __init__(
+        self, engine: Engine, pool: adbapi.ConnectionPool | None = None, max_batch: int = 500
+    ) -> None:
         self.engine = engine
         self.pool = pool if pool is not None else engine.pool()
         self.writer = GroupCommitWriter(self, max_batch)
@@ -86,7 +98,9 @@ class SqlStore(SocialQueries, StreamQueries):
             log.info("database reachable again", event="storage.up")
         return result
 
-    def _transaction(self, conn: adbapi.Connection, work: Callable[..., T], args: tuple[Any, ...]) -> T | _Failed:
+    def _transaction(
+        self, conn: adbapi.Connection, work: Callable[..., T], args: tuple[Any, ...]
+    ) -> T | _Failed:
         """Runs on a pool thread.  Never raises: adbapi's own rollback and
         reconnect path logs tracebacks and can trip over a connection we
         replaced, so commit, rollback and reconnection are handled here and
@@ -105,8 +119,11 @@ class SqlStore(SocialQueries, StreamQueries):
                     return _Failed(e)
                 if not self._replace_connection(conn) or attempt == 2:
                     return _Failed(e)
-                log.warn("database connection failed ({error}); retrying on a new connection",
-                         event="storage.error", error=_short(e))
+                log.warn(
+                    "database connection failed ({error}); retrying on a new connection",
+                    event="storage.error",
+                    error=_short(e),
+                )
                 continue
             try:
                 conn.commit()
@@ -134,24 +151,35 @@ class SqlStore(SocialQueries, StreamQueries):
         if isinstance(error, _CommitStarted) or self.engine.is_unavailable(error):
             if not self._outage:  # once per outage, not once per request
                 self._outage = True
-                log.warn("database unavailable ({error}); requests that need it get UNAVAILABLE",
-                         event="storage.down", error=_short(error))
+                log.warn(
+                    "database unavailable ({error}); requests that need it get UNAVAILABLE",
+                    event="storage.down",
+                    error=_short(error),
+                )
             raise StoreUnavailable(_short(error))
         if self.engine.is_bad_data(error):
-            raise ChatError(ErrorCode.INVALID_MESSAGE, f"the database refused a value: {_short(error)}")
+            raise ChatError(
+                ErrorCode.INVALID_MESSAGE, f"the database refused a value: {_short(error)}"
+            )
         return failure
 
     # -- rooms ---------------------------------------------------------------
 
-    def create_room(self, room: Room, creator: str | None, members: list[str]) -> Deferred[Room | None]:
+    def create_room(
+        self, room: Room, creator: str | None, members: list[str]
+    ) -> Deferred[Room | None]:
         return self.run(self._create_room, room, creator, members)
 
-    def _create_room(self, cur: Any, room: Room, creator: str | None, members: list[str]) -> Room | None:
+    def _create_room(
+        self, cur: Any, room: Room, creator: str | None, members: list[str]
+    ) -> Room | None:
         """None when a room with that id exists already (nothing changed)."""
         sql = self.engine.sql
         cur.execute(
-            sql("INSERT INTO rooms (id, name, description, type, created_by, created_at, last_seq)"
-                " VALUES (?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING"),
+            sql(
+                "INSERT INTO rooms (id, name, description, type, created_by, created_at, last_seq)"
+                " VALUES (?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING"
+            ),
             (room.id, room.name, room.description, room.type, creator, room.created_at_ms),
         )
         if cur.rowcount != 1:
@@ -171,7 +199,9 @@ class SqlStore(SocialQueries, StreamQueries):
         return self.run(self._get_room, room_id)
 
     def _get_room(self, cur: Any, room_id: str) -> Room | None:
-        cur.execute(self.engine.sql(f"SELECT {_ROOM_COLUMNS} FROM rooms r WHERE r.id = ?"), (room_id,))
+        cur.execute(
+            self.engine.sql(f"SELECT {_ROOM_COLUMNS} FROM rooms r WHERE r.id = ?"), (room_id,)
+        )
         row = cur.fetchone()
         return _room(row) if row else None
 
@@ -218,10 +248,14 @@ class SqlStore(SocialQueries, StreamQueries):
         )
         return [row[0] for row in cur.fetchall()]
 
-    def join_snapshot(self, room_id: str, user_id: str, since: int | None, limit: int) -> Deferred[JoinSnapshot | None]:
+    def join_snapshot(
+        self, room_id: str, user_id: str, since: int | None, limit: int
+    ) -> Deferred[JoinSnapshot | None]:
         return self.run(self._join_snapshot, room_id, user_id, since, limit)
 
-    def _join_snapshot(self, cur: Any, room_id: str, user_id: str, since: int | None, limit: int) -> JoinSnapshot | None:
+    def _join_snapshot(
+        self, cur: Any, room_id: str, user_id: str, since: int | None, limit: int
+    ) -> JoinSnapshot | None:
         room = self._get_room(cur, room_id)
         if room is None:
             return None
@@ -263,8 +297,17 @@ class SqlStore(SocialQueries, StreamQueries):
             for offset, index in enumerate(indexes):
                 stored = batch[index].stored(first + offset)
                 results[index] = stored
-                rows.append((stored.id, stored.chat_id, stored.seq, stored.user_id,
-                             stored.content, stored.temp_id, stored.created_at_ms))
+                rows.append(
+                    (
+                        stored.id,
+                        stored.chat_id,
+                        stored.seq,
+                        stored.user_id,
+                        stored.content,
+                        stored.temp_id,
+                        stored.created_at_ms,
+                    )
+                )
         if rows:
             self.engine.insert_many(
                 cur,
@@ -273,10 +316,14 @@ class SqlStore(SocialQueries, StreamQueries):
             )
         return results
 
-    def history(self, room_id: str, before: int | None, after: int | None, limit: int) -> Deferred[MessagePage]:
+    def history(
+        self, room_id: str, before: int | None, after: int | None, limit: int
+    ) -> Deferred[MessagePage]:
         return self.run(self._history, room_id, before, after, limit)
 
-    def _history(self, cur: Any, room_id: str, before: int | None, after: int | None, limit: int) -> MessagePage:
+    def _history(
+        self, cur: Any, room_id: str, before: int | None, after: int | None, limit: int
+    ) -> MessagePage:
         """Ascending pages: with ``after`` the first ``limit`` messages past
         it, otherwise the newest ``limit`` before ``before`` (or the end)."""
         clauses = ["room_id = ?"]
@@ -306,7 +353,9 @@ class SqlStore(SocialQueries, StreamQueries):
         return self.run(self._get_message, message_id)
 
     def _get_message(self, cur: Any, message_id: str) -> Message | None:
-        cur.execute(self.engine.sql(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?"), (message_id,))
+        cur.execute(
+            self.engine.sql(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?"), (message_id,)
+        )
         row = cur.fetchone()
         return _message(row) if row else None
 
@@ -331,16 +380,22 @@ class SqlStore(SocialQueries, StreamQueries):
 
     def _read_pointer(self, cur: Any, room_id: str, user_id: str) -> tuple[int, str | None] | None:
         cur.execute(
-            self.engine.sql("SELECT last_read_seq, last_read_id FROM room_members WHERE room_id = ? AND user_id = ?"),
+            self.engine.sql(
+                "SELECT last_read_seq, last_read_id FROM room_members WHERE room_id = ? AND user_id = ?"
+            ),
             (room_id, user_id),
         )
         row = cur.fetchone()
         return (int(row[0]), row[1]) if row else None
 
-    def set_reaction(self, message_id: str, user_id: str, reaction: str, present: bool, at_ms: int) -> Deferred[bool]:
+    def set_reaction(
+        self, message_id: str, user_id: str, reaction: str, present: bool, at_ms: int
+    ) -> Deferred[bool]:
         return self.run(self._set_reaction, message_id, user_id, reaction, present, at_ms)
 
-    def _set_reaction(self, cur: Any, message_id: str, user_id: str, reaction: str, present: bool, at_ms: int) -> bool:
+    def _set_reaction(
+        self, cur: Any, message_id: str, user_id: str, reaction: str, present: bool, at_ms: int
+    ) -> bool:
         """Add or remove one reaction; True when that changed anything."""
         if present:
             cur.execute(
@@ -352,7 +407,9 @@ class SqlStore(SocialQueries, StreamQueries):
             )
         else:
             cur.execute(
-                self.engine.sql("DELETE FROM reactions WHERE message_id = ? AND user_id = ? AND reaction = ?"),
+                self.engine.sql(
+                    "DELETE FROM reactions WHERE message_id = ? AND user_id = ? AND reaction = ?"
+                ),
                 (message_id, user_id, reaction),
             )
         return cur.rowcount == 1
@@ -362,7 +419,9 @@ class SqlStore(SocialQueries, StreamQueries):
 
     def _reactions(self, cur: Any, message_id: str) -> dict[str, list[str]]:
         cur.execute(
-            self.engine.sql("SELECT reaction, user_id FROM reactions WHERE message_id = ? ORDER BY created_at, user_id"),
+            self.engine.sql(
+                "SELECT reaction, user_id FROM reactions WHERE message_id = ? ORDER BY created_at, user_id"
+            ),
             (message_id,),
         )
         grouped: dict[str, list[str]] = {}
@@ -491,14 +550,20 @@ class GroupCommitWriter:
         d.addCallbacks(self._written, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
         d.addBoth(self._maybe_drained)
 
-    def _written(self, results: list[Message | None], batch: list[tuple[NewMessage, Deferred[Message]]]) -> None:
+    def _written(
+        self, results: list[Message | None], batch: list[tuple[NewMessage, Deferred[Message]]]
+    ) -> None:
         for (message, d), stored in zip(batch, results, strict=True):
             if stored is None:
-                d.errback(ChatError(ErrorCode.ROOM_NOT_FOUND, f"room {message.chat_id} does not exist"))
+                d.errback(
+                    ChatError(ErrorCode.ROOM_NOT_FOUND, f"room {message.chat_id} does not exist")
+                )
             else:
                 d.callback(stored)
 
-    def _failed(self, failure: Failure, batch: list[tuple[NewMessage, Deferred[Message]]]) -> Deferred[None] | None:
+    def _failed(
+        self, failure: Failure, batch: list[tuple[NewMessage, Deferred[Message]]]
+    ) -> Deferred[None] | None:
         """An outage fails the whole batch (nothing was stored).  Any other
         error may be one message's fault: write them one by one so that
         only the guilty one fails."""
@@ -508,8 +573,12 @@ class GroupCommitWriter:
             for _, d in batch:
                 d.errback(failure)
             return None
-        log.warn("message batch of {count} failed ({error}); storing one by one", event="storage.error",
-                 count=len(batch), error=failure.getErrorMessage())
+        log.warn(
+            "message batch of {count} failed ({error}); storing one by one",
+            event="storage.error",
+            count=len(batch),
+            error=failure.getErrorMessage(),
+        )
         return self._one_by_one(batch)
 
     @inlineCallbacks

@@ -133,7 +133,9 @@ class HttpApi(Resource):
 
     isLeaf = True
 
-    def __init__(self, verifier: TokenVerifier, api_key: str | None, endpoints: list[Endpoint]) -> None:
+    def __init__(
+        self, verifier: TokenVerifier, api_key: str | None, endpoints: list[Endpoint]
+    ) -> None:
         super().__init__()
         self._verifier = verifier
         self._api_key = api_key
@@ -150,17 +152,27 @@ class HttpApi(Resource):
         except ApiError as e:
             status, body = e.status, {"error": {"code": e.code, "message": e.message}}
         except ChatError as e:
-            status, body = _STATUS_OF_CODE.get(e.code, 400), {"error": {"code": e.code, "message": e.message}}
+            status, body = (
+                _STATUS_OF_CODE.get(e.code, 400),
+                {"error": {"code": e.code, "message": e.message}},
+            )
         except StoreUnavailable:
-            status, body = 503, {"error": {"code": "UNAVAILABLE", "message": "storage is unavailable"}}
+            status, body = (
+                503,
+                {"error": {"code": "UNAVAILABLE", "message": "storage is unavailable"}},
+            )
         _finish(request, status, body)
 
     def _unexpected(self, failure: Failure, request: Request) -> None:
-        log.failure("HTTP {method} {path} failed", failure, method=request.method, path=request.path)
+        log.failure(
+            "HTTP {method} {path} failed", failure, method=request.method, path=request.path
+        )
         _finish(request, 500, {"error": {"code": "SERVER_ERROR", "message": "internal error"}})
 
     async def _dispatch(self, request: Request) -> Any:
-        path = "/" + "/".join(unquote(p.decode("utf-8", "replace")) for p in request.prepath + request.postpath)
+        path = "/" + "/".join(
+            unquote(p.decode("utf-8", "replace")) for p in request.prepath + request.postpath
+        )
         path = path.rstrip("/") or "/"
         matched = None
         allowed = False
@@ -174,12 +186,16 @@ class HttpApi(Resource):
                 break
         if matched is None:
             if allowed:
-                raise ApiError(405, "METHOD_NOT_ALLOWED", f"{request.method.decode()} is not allowed on {path}")
+                raise ApiError(
+                    405, "METHOD_NOT_ALLOWED", f"{request.method.decode()} is not allowed on {path}"
+                )
             raise ApiError(404, "NOT_FOUND", f"no endpoint {path}")
         target, params = matched
         caller = self._authenticate(request)
         if target.admin and not caller.is_admin:
-            raise ApiError(403, ErrorCode.FORBIDDEN, "this endpoint needs an admin token or the API key")
+            raise ApiError(
+                403, ErrorCode.FORBIDDEN, "this endpoint needs an admin token or the API key"
+            )
         body = _read_body(request)
         query = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
         result = target.handler(Call(caller, params, query, body))
@@ -199,11 +215,15 @@ class HttpApi(Resource):
     def _authenticate(self, request: Request) -> Caller:
         header = request.getHeader(b"authorization")
         if not header:
-            raise ApiError(401, ErrorCode.UNAUTHORIZED, "an Authorization: Bearer header is required")
+            raise ApiError(
+                401, ErrorCode.UNAUTHORIZED, "an Authorization: Bearer header is required"
+            )
         scheme, _, credentials = header.decode("latin-1").partition(" ")
         credentials = credentials.strip()
         if scheme.lower() != "bearer" or not credentials:
-            raise ApiError(401, ErrorCode.UNAUTHORIZED, "use Authorization: Bearer <token or API key>")
+            raise ApiError(
+                401, ErrorCode.UNAUTHORIZED, "use Authorization: Bearer <token or API key>"
+            )
         if self._api_key and hmac.compare_digest(credentials.encode(), self._api_key.encode()):
             return Caller(None)
         try:
@@ -215,10 +235,14 @@ class HttpApi(Resource):
 def _read_body(request: Request) -> Any:
     length = request.getHeader(b"content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY:
-        raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, f"the body is larger than {MAX_BODY} bytes")
+        raise ApiError(
+            413, ErrorCode.PAYLOAD_TOO_LARGE, f"the body is larger than {MAX_BODY} bytes"
+        )
     raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
     if len(raw) > MAX_BODY:
-        raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, f"the body is larger than {MAX_BODY} bytes")
+        raise ApiError(
+            413, ErrorCode.PAYLOAD_TOO_LARGE, f"the body is larger than {MAX_BODY} bytes"
+        )
     if not raw.strip():
         return None
     try:

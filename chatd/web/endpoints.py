@@ -68,7 +68,9 @@ class BackendApi:
 
     async def message_users(self, call: Call) -> dict[str, Any]:
         user_ids = call.field("userIds", list)
-        if not user_ids or not all(isinstance(u, str) and u.strip() and len(u) <= 128 for u in user_ids):
+        if not user_ids or not all(
+            isinstance(u, str) and u.strip() and len(u) <= 128 for u in user_ids
+        ):
             raise bad_request("'userIds' must be a non-empty list of user ids")
         if len(user_ids) > 10000:
             raise bad_request("'userIds' may hold at most 10000 user ids")
@@ -88,7 +90,9 @@ class BackendApi:
         body = call.field("body")
         data = call.body.get("data")
         if len(title) > 200 or len(body) > 4000:
-            raise ApiError(413, "PAYLOAD_TOO_LARGE", "'title' is limited to 200 and 'body' to 4000 characters")
+            raise ApiError(
+                413, "PAYLOAD_TOO_LARGE", "'title' is limited to 200 and 'body' to 4000 characters"
+            )
         note = await self.social.notify(user_id, "notification", title, body, data)
         return {"id": note.id, "delivered": await self._delivered([user_id])}
 
@@ -124,7 +128,7 @@ class BackendApi:
         return {"disconnected": connections}
 
     def _disconnect_control(self, channel: str, event: Published) -> None:
-        for conn in self.registry.connections_of(channel[len("user:"):]):
+        for conn in self.registry.connections_of(channel[len("user:") :]):
             conn.disconnect(CLOSE_BY_ADMIN, "disconnected by an administrator")
 
 
@@ -160,7 +164,9 @@ class NativeApi:
     async def _room_for(self, call: Call) -> Room:
         """The room, for an admin or a member of it."""
         room = await self._room(call.params["room_id"])
-        if not call.caller.is_admin and not await self.chat.guard(self.store.is_member(room.id, call.caller.user_id)):
+        if not call.caller.is_admin and not await self.chat.guard(
+            self.store.is_member(room.id, call.caller.user_id)
+        ):
             raise ApiError(403, "NOT_A_MEMBER", f"you are not a member of room {room.id}")
         return room
 
@@ -169,7 +175,9 @@ class NativeApi:
         if room_id is None:
             room_id = new_id("r_")
         elif not room_id.strip() or len(room_id) > 128 or "/" in room_id or is_direct_room(room_id):
-            raise bad_request("'id' must be 1 to 128 characters without '/' and must not start with 'dm_'")
+            raise bad_request(
+                "'id' must be 1 to 128 characters without '/' and must not start with 'dm_'"
+            )
         name = call.field("name")
         if not name.strip() or len(name) > 100:
             raise bad_request("'name' must be 1 to 100 characters")
@@ -178,9 +186,12 @@ class NativeApi:
             raise bad_request("'description' is longer than 1000 characters")
         room_type = call.field("type")
         if room_type not in ROOM_TYPES:
-            raise bad_request("'type' must be \"public\" or \"private\"")
+            raise bad_request('\'type\' must be "public" or "private"')
         members = call.field("members", list, required=False) or []
-        if not all(isinstance(m, str) and m.strip() and len(m) <= 128 for m in members) or len(members) > 10000:
+        if (
+            not all(isinstance(m, str) and m.strip() and len(m) <= 128 for m in members)
+            or len(members) > 10000
+        ):
             raise bad_request("'members' must be a list of user ids")
         draft = Room(room_id, name, description, room_type, 0, now_ms(), 0)
         room = await self.chat.guard(self.store.create_room(draft, None, members))
@@ -195,7 +206,9 @@ class NativeApi:
 
     async def add_member(self, call: Call) -> dict[str, Any]:
         room = await self._room(call.params["room_id"])
-        added = await self.chat.guard(self.store.add_member(room.id, call.params["user_id"], now_ms()))
+        added = await self.chat.guard(
+            self.store.add_member(room.id, call.params["user_id"], now_ms())
+        )
         return {"added": added}
 
     async def remove_member(self, call: Call) -> dict[str, Any]:
@@ -210,7 +223,9 @@ class NativeApi:
         before = _query_seq(call, "before")
         after = _query_seq(call, "after")
         limit = _query_seq(call, "limit") or 50
-        page = await self.chat.guard(self.store.history(room.id, before, after, min(max(limit, 1), 100)))
+        page = await self.chat.guard(
+            self.store.history(room.id, before, after, min(max(limit, 1), 100))
+        )
         return {"messages": [m.to_wire() for m in page.messages], "hasMore": page.has_more}
 
     async def post_message(self, call: Call) -> dict[str, Any]:
@@ -219,7 +234,9 @@ class NativeApi:
         content = call.field("content")
         self.chat.check_content(content)
         message = await self.chat.guard(
-            self.store.append_message(NewMessage(new_id("m_"), room.id, user_id, content, None, now_ms()))
+            self.store.append_message(
+                NewMessage(new_id("m_"), room.id, user_id, content, None, now_ms())
+            )
         )
         return {"message": self.chat.message_stored(message)}
 

@@ -36,12 +36,16 @@ class Health(JsonResource):
         self._connections = connections
 
     def render_GET(self, request: Request) -> bytes:
-        return self.json(request, 200, {
-            "status": "ok",
-            "version": __version__,
-            "connections": len(self._connections),
-            "time": now_iso(),
-        })
+        return self.json(
+            request,
+            200,
+            {
+                "status": "ok",
+                "version": __version__,
+                "connections": len(self._connections),
+                "time": now_iso(),
+            },
+        )
 
 
 class Console(Resource):
@@ -51,8 +55,10 @@ class Console(Resource):
     a second line of defence."""
 
     isLeaf = True
-    CSP = (b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-           b"connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; form-action 'none'")
+    CSP = (
+        b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        b"connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; form-action 'none'"
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -86,10 +92,32 @@ class DemoToken(JsonResource):
 
     def render_GET(self, request: Request) -> bytes:
         if self._mint is None:
-            return self.json(request, 404, {"error": {"code": "NOT_FOUND", "message": "demo tokens exist only on the embedded default"}})
+            return self.json(
+                request,
+                404,
+                {
+                    "error": {
+                        "code": "NOT_FOUND",
+                        "message": "demo tokens exist only on the embedded default",
+                    }
+                },
+            )
         user = (request.args.get(b"user") or [b"demo-user"])[-1].decode("utf-8", "replace")
-        if not user.startswith("demo-") or len(user) > 64 or not user[5:].replace("-", "").isalnum():
-            return self.json(request, 400, {"error": {"code": "INVALID_MESSAGE", "message": "demo users are 'demo-' plus letters and digits"}})
+        if (
+            not user.startswith("demo-")
+            or len(user) > 64
+            or not user[5:].replace("-", "").isalnum()
+        ):
+            return self.json(
+                request,
+                400,
+                {
+                    "error": {
+                        "code": "INVALID_MESSAGE",
+                        "message": "demo users are 'demo-' plus letters and digits",
+                    }
+                },
+            )
         return self.json(request, 200, {"token": self._mint(user), "userId": user})
 
 
@@ -154,7 +182,9 @@ def access_log_line(timestamp: str, request: Any) -> str:
     path = request.uri.split(b"?", 1)[0]
     referrer = (request.getHeader(b"referer") or b"-").split(b"?", 1)[0]
     return '"{ip}" - - {timestamp} "{method} {path} {protocol}" {code} {length} "{referrer}" "{agent}"'.format(
-        ip=_escape(request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else "-"),
+        ip=_escape(
+            request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else "-"
+        ),
         timestamp=timestamp,
         method=_escape(request.method),
         path=_escape(path),
@@ -166,8 +196,13 @@ def access_log_line(timestamp: str, request: Any) -> str:
     )
 
 
-def build_site(ws_factory: Any, api: Resource, ready_checks: dict[str, Callable[[], Deferred[Any]]],
-               metrics_page: Resource | None = None, demo_mint: Callable[[str], str] | None = None) -> Site:
+def build_site(
+    ws_factory: Any,
+    api: Resource,
+    ready_checks: dict[str, Callable[[], Deferred[Any]]],
+    metrics_page: Resource | None = None,
+    demo_mint: Callable[[str], str] | None = None,
+) -> Site:
     root = Resource()
     root.putChild(b"", Console())
     console = Resource()

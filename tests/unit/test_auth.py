@@ -21,9 +21,15 @@ SECRET = "unit-test-secret-" + "s" * 64
 OTHER_SECRET = "another-secret-" + "o" * 64
 
 
-def verifier(algorithms=("HS256",), secret=SECRET, public_key=None, issuer=None, audience=None) -> TokenVerifier:
+def verifier(
+    algorithms=("HS256",), secret=SECRET, public_key=None, issuer=None, audience=None
+) -> TokenVerifier:
     return TokenVerifier(
-        algorithms=tuple(algorithms), secret=secret, public_key=public_key, issuer=issuer, audience=audience
+        algorithms=tuple(algorithms),
+        secret=secret,
+        public_key=public_key,
+        issuer=issuer,
+        audience=audience,
     )
 
 
@@ -189,7 +195,10 @@ def test_algorithm_not_on_allow_list():
 
 
 def test_algorithm_on_allow_list_other_than_first():
-    assert verifier(algorithms=("HS256", "HS512")).verify(hs256(claims(), algorithm="HS512")).user_id == "alice"
+    assert (
+        verifier(algorithms=("HS256", "HS512")).verify(hs256(claims(), algorithm="HS512")).user_id
+        == "alice"
+    )
 
 
 def test_missing_alg_header_is_refused():
@@ -201,7 +210,16 @@ def test_missing_alg_header_is_refused():
 
 @pytest.mark.parametrize(
     "token",
-    ["garbage", "a.b.c", "a.b", "....", "eyJhbGciOiJIUzI1NiJ9", "eyJ.eyJ.sig", "Bearer x.y.z", "🙂.🙂.🙂"],
+    [
+        "garbage",
+        "a.b.c",
+        "a.b",
+        "....",
+        "eyJhbGciOiJIUzI1NiJ9",
+        "eyJ.eyJ.sig",
+        "Bearer x.y.z",
+        "🙂.🙂.🙂",
+    ],
 )
 def test_malformed_token(token):
     refused(verifier(), token)
@@ -213,7 +231,9 @@ def test_header_that_is_not_an_object():
     refused(verifier(), f"{header}.{body}.sig")
 
 
-@pytest.mark.parametrize("token", [None, 123, 1.5, b"bytes.token.here", ["a"], {"token": "x"}, True, ""])
+@pytest.mark.parametrize(
+    "token", [None, 123, 1.5, b"bytes.token.here", ["a"], {"token": "x"}, True, ""]
+)
 def test_non_string_or_empty_token(token):
     refused(verifier(), token, "non-empty string")
 
@@ -284,7 +304,9 @@ def test_rs256_signed_by_another_key(rsa_keys):
 def test_es256_with_public_key(ec_keys):
     private_pem, public_pem = ec_keys
     v = verifier(algorithms=("ES256",), secret=None, public_key=public_pem)
-    assert v.verify(jwt.encode(claims(name="Al"), private_pem, algorithm="ES256")) == Identity("alice", "Al", None)
+    assert v.verify(jwt.encode(claims(name="Al"), private_pem, algorithm="ES256")) == Identity(
+        "alice", "Al", None
+    )
 
 
 def test_rs256_token_refused_when_only_hs256_allowed(rsa_keys):
@@ -302,7 +324,9 @@ def test_asymmetric_algorithm_without_public_key(rsa_keys):
 def test_key_confusion_refused_with_rs256_only(rsa_keys):
     _, public_pem = rsa_keys
     token = hand_signed_hs256(claims(sub="mallory"), public_pem.encode())
-    refused(verifier(algorithms=("RS256",), secret=None, public_key=public_pem), token, "not allowed")
+    refused(
+        verifier(algorithms=("RS256",), secret=None, public_key=public_pem), token, "not allowed"
+    )
 
 
 def test_key_confusion_refused_with_rs256_and_hs256(rsa_keys):
@@ -328,15 +352,25 @@ def test_from_config_reads_public_key(tmp_path, rsa_keys):
     private_pem, public_pem = rsa_keys
     key_file = tmp_path / "key.pem"
     key_file.write_text(public_pem)
-    config = Config(data_dir=str(tmp_path), jwt_algorithms=("RS256",), jwt_public_key=str(key_file),
-                    jwt_issuer="i", jwt_audience="a")
+    config = Config(
+        data_dir=str(tmp_path),
+        jwt_algorithms=("RS256",),
+        jwt_public_key=str(key_file),
+        jwt_issuer="i",
+        jwt_audience="a",
+    )
     v = TokenVerifier.from_config(config)
     assert v.public_key == public_pem and v.secret is None and v.algorithms == ("RS256",)
-    assert v.verify(jwt.encode(claims(iss="i", aud="a"), private_pem, algorithm="RS256")).user_id == "alice"
+    assert (
+        v.verify(jwt.encode(claims(iss="i", aud="a"), private_pem, algorithm="RS256")).user_id
+        == "alice"
+    )
 
 
 def test_identity_from_claims():
-    assert identity_from_claims({"sub": "bob", "name": "Bob", "role": "admin"}) == Identity("bob", "Bob", "admin")
+    assert identity_from_claims({"sub": "bob", "name": "Bob", "role": "admin"}) == Identity(
+        "bob", "Bob", "admin"
+    )
     with pytest.raises(AuthError):
         identity_from_claims({"sub": 1})
     with pytest.raises(AuthError):
@@ -345,7 +379,12 @@ def test_identity_from_claims():
 
 def test_mint_token_round_trip(tmp_path):
     config = load_config(
-        {"jwt_secret": SECRET, "data_dir": str(tmp_path), "jwt_issuer": "chatd-test", "jwt_audience": "clients"},
+        {
+            "jwt_secret": SECRET,
+            "data_dir": str(tmp_path),
+            "jwt_issuer": "chatd-test",
+            "jwt_audience": "clients",
+        },
         environ={},
     )
     token = mint_token(config, "carol", admin=True, ttl=60, name="Carol")
@@ -361,8 +400,10 @@ def test_mint_token_plain(tmp_path):
 
 
 def test_mint_token_uses_first_hmac_algorithm(tmp_path):
-    config = load_config({"jwt_secret": SECRET, "data_dir": str(tmp_path), "jwt_algorithms": "HS512,HS256"},
-                         environ={})
+    config = load_config(
+        {"jwt_secret": SECRET, "data_dir": str(tmp_path), "jwt_algorithms": "HS512,HS256"},
+        environ={},
+    )
     token = mint_token(config, "erin")
     assert jwt.get_unverified_header(token)["alg"] == "HS512"
     assert TokenVerifier.from_config(config).verify(token).user_id == "erin"

@@ -511,4 +511,3 @@ def test_the_prefix_keeps_clusters_apart(scripts):
         keys = other.keys()
         if keys:
             scripts.r.call("DEL", *keys)
-

@@ -28,7 +28,9 @@ def data_dir(tmp_path):
 def load(data_dir, cli=None, environ=None, config_file=None, create_secret=True) -> Config:
     values = {"data_dir": data_dir, "jwt_secret": SECRET}
     values.update(cli or {})
-    return load_config(values, environ=environ or {}, config_file=config_file, create_secret=create_secret)
+    return load_config(
+        values, environ=environ or {}, config_file=config_file, create_secret=create_secret
+    )
 
 
 def refused(fragment: str, *args, **kwargs) -> ConfigError:
@@ -57,9 +59,22 @@ def test_defaults(data_dir):
     assert cfg.sqlite_path == os.path.join(data_dir, "chatd.sqlite3")
     assert cfg.jwt_algorithms == ("HS256",)
     assert cfg.jwt_secret == SECRET and cfg.secret_generated is False
-    assert cfg.redis is None and cfg.jwt_issuer is None and cfg.jwt_audience is None and cfg.api_key is None
-    assert (cfg.auth_timeout, cfg.max_message_size, cfg.max_content_length, cfg.max_send_buffer) == (
-        10.0, 65536, 4000, 1048576,
+    assert (
+        cfg.redis is None
+        and cfg.jwt_issuer is None
+        and cfg.jwt_audience is None
+        and cfg.api_key is None
+    )
+    assert (
+        cfg.auth_timeout,
+        cfg.max_message_size,
+        cfg.max_content_length,
+        cfg.max_send_buffer,
+    ) == (
+        10.0,
+        65536,
+        4000,
+        1048576,
     )
     assert (cfg.ping_interval, cfg.ping_timeout) == (30.0, 15.0)
     assert (cfg.open_handshake_timeout, cfg.close_handshake_timeout) == (10.0, 3.0)
@@ -79,10 +94,10 @@ def test_precedence_cli_env_file_defaults(tmp_path, data_dir):
     path = toml(tmp_path, "rate_limit = 1\nrate_burst = 11\nauth_timeout = 7\n")
     env = {"CHATD_RATE_LIMIT": "2", "CHATD_RATE_BURST": "22"}
     cfg = load(data_dir, {"rate_limit": 3}, env, path)
-    assert cfg.rate_limit == 3.0          # command line
-    assert cfg.rate_burst == 22           # environment over file
-    assert cfg.auth_timeout == 7.0        # file over default
-    assert cfg.shutdown_timeout == 10.0   # default
+    assert cfg.rate_limit == 3.0  # command line
+    assert cfg.rate_burst == 22  # environment over file
+    assert cfg.auth_timeout == 7.0  # file over default
+    assert cfg.shutdown_timeout == 10.0  # default
     assert load(data_dir, {}, env, path).rate_limit == 2.0
     assert load(data_dir, {}, {}, path).rate_limit == 1.0
     assert load(data_dir, {}, {}, None).rate_limit == 200.0
@@ -106,11 +121,11 @@ def test_file_values_and_dashed_keys(tmp_path, data_dir):
     path = toml(
         tmp_path,
         'listen = "tcp:9000:interface=127.0.0.1"\n'
-        'max-message-size = 1024\n'
+        "max-message-size = 1024\n"
         'jwt_algorithms = ["HS256", "HS512"]\n'
         'jwt_issuer = "  iss  "\n'
         'api_key = "   "\n'
-        'ping_interval = 0\n'
+        "ping_interval = 0\n"
         'redis = "redis://127.0.0.1:6379/0"\n'
         'database = "postgresql://u@h:5432/db"\n',
     )
@@ -139,7 +154,9 @@ def test_environment_strings_are_parsed(data_dir):
 
 
 def test_non_chatd_environment_is_ignored(data_dir):
-    assert load(data_dir, {}, {"HOME": "/x", "CHAT_LISTEN": "nope", "chatd_listen": "x"}).listen.startswith("tcp:")
+    assert load(
+        data_dir, {}, {"HOME": "/x", "CHAT_LISTEN": "nope", "chatd_listen": "x"}
+    ).listen.startswith("tcp:")
 
 
 # -- every parser's rejection names the setting ---------------------------------------------------
@@ -254,7 +271,9 @@ def test_unknown_toml_key(tmp_path, data_dir):
 
 
 def test_unknown_toml_table(tmp_path, data_dir):
-    refused("unknown key 'server'", data_dir, {}, {}, toml(tmp_path, '[server]\nlisten = "tcp:1"\n'))
+    refused(
+        "unknown key 'server'", data_dir, {}, {}, toml(tmp_path, '[server]\nlisten = "tcp:1"\n')
+    )
 
 
 def test_unknown_environment_variable(data_dir):
@@ -312,7 +331,10 @@ def test_existing_secret_file_is_used(tmp_path):
     data_dir = tmp_path / "d"
     data_dir.mkdir()
     (data_dir / SECRET_FILE_NAME).write_text("  pre-existing-secret-value-123  \n")
-    assert load_config({"data_dir": str(data_dir)}, environ={}).jwt_secret == "pre-existing-secret-value-123"
+    assert (
+        load_config({"data_dir": str(data_dir)}, environ={}).jwt_secret
+        == "pre-existing-secret-value-123"
+    )
 
 
 def test_empty_secret_file_is_replaced_by_a_real_secret(tmp_path):
@@ -347,14 +369,25 @@ def test_create_secret_false_creates_nothing(tmp_path):
 
 def test_create_secret_false_still_validates(tmp_path):
     with pytest.raises(ConfigError, match="invalid listen"):
-        load_config({"data_dir": str(tmp_path), "listen": "tcp:8080"}, environ={}, create_secret=False)
+        load_config(
+            {"data_dir": str(tmp_path), "listen": "tcp:8080"}, environ={}, create_secret=False
+        )
 
 
 # -- listen -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("listen", ["tcp:8080", "tcp:8080:interface=0.0.0.0", "tcp6:8080", "systemd:domain=INET:index=0",
-                                    "ssl:8443:privateKey=k.pem", "tcp:8080:interface=10.1.2.3"])
+@pytest.mark.parametrize(
+    "listen",
+    [
+        "tcp:8080",
+        "tcp:8080:interface=0.0.0.0",
+        "tcp6:8080",
+        "systemd:domain=INET:index=0",
+        "ssl:8443:privateKey=k.pem",
+        "tcp:8080:interface=10.1.2.3",
+    ],
+)
 def test_non_loopback_listen_refused_without_secret(tmp_path, listen):
     with pytest.raises(ConfigError) as info:
         load_config({"data_dir": str(tmp_path), "listen": listen}, environ={})
@@ -362,7 +395,9 @@ def test_non_loopback_listen_refused_without_secret(tmp_path, listen):
     assert not os.path.exists(tmp_path / SECRET_FILE_NAME)
 
 
-@pytest.mark.parametrize("listen", ["tcp:8080", "tcp:8080:interface=0.0.0.0", "systemd:domain=INET:index=0"])
+@pytest.mark.parametrize(
+    "listen", ["tcp:8080", "tcp:8080:interface=0.0.0.0", "systemd:domain=INET:index=0"]
+)
 def test_non_loopback_listen_fine_with_secret(data_dir, listen):
     assert load(data_dir, {"listen": listen}).listen == listen
 
@@ -371,10 +406,17 @@ def test_non_loopback_listen_fine_with_asymmetric_only(tmp_path):
     key = tmp_path / "key.pem"
     key.write_text("-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n")
     cfg = load_config(
-        {"data_dir": str(tmp_path), "listen": "tcp:8080", "jwt_algorithms": "RS256", "jwt_public_key": str(key)},
+        {
+            "data_dir": str(tmp_path),
+            "listen": "tcp:8080",
+            "jwt_algorithms": "RS256",
+            "jwt_public_key": str(key),
+        },
         environ={},
     )
-    assert cfg.jwt_secret is None and cfg.secret_generated is False and cfg.jwt_public_key == str(key)
+    assert (
+        cfg.jwt_secret is None and cfg.secret_generated is False and cfg.jwt_public_key == str(key)
+    )
 
 
 @pytest.mark.parametrize(
@@ -411,12 +453,16 @@ def test_is_loopback_endpoint(description, expected):
 
 
 def test_ipv6_loopback_listen_without_secret_is_allowed(tmp_path):
-    cfg = load_config({"data_dir": str(tmp_path), "listen": r"tcp6:8080:interface=\:\:1"}, environ={})
+    cfg = load_config(
+        {"data_dir": str(tmp_path), "listen": r"tcp6:8080:interface=\:\:1"}, environ={}
+    )
     assert cfg.secret_generated is True
 
 
 def test_unix_listen_without_secret_generates_one(tmp_path):
-    cfg = load_config({"data_dir": str(tmp_path), "listen": "unix:/tmp/chatd-test.sock"}, environ={})
+    cfg = load_config(
+        {"data_dir": str(tmp_path), "listen": "unix:/tmp/chatd-test.sock"}, environ={}
+    )
     assert cfg.secret_generated is True and cfg.jwt_secret
 
 
@@ -469,7 +515,7 @@ def _bound_interface(description: str) -> str:
 
     reactor = MemoryReactorClock()
     serverFromString(reactor, description).listen(Factory())
-    (_port, _factory, _backlog, interface), = reactor.tcpServers
+    ((_port, _factory, _backlog, interface),) = reactor.tcpServers
     return interface
 
 
@@ -485,8 +531,8 @@ def _is_loopback_address(interface: str) -> bool:
         "tcp:8080:interface=127.0.0.1",
         "tcp:8080",
         "tcp:8080:interface=0.0.0.0",
-        "tcp:8080:127.0.0.1",                               # interface given positionally
-        "tcp:8080:interface=127.0.0.1:interface=0.0.0.0",   # the last one wins in Twisted
+        "tcp:8080:127.0.0.1",  # interface given positionally
+        "tcp:8080:interface=127.0.0.1:interface=0.0.0.0",  # the last one wins in Twisted
         "tcp:8080:interface=0.0.0.0:interface=127.0.0.1",
         r"tcp6:8080:interface=\:\:1",
         "tcp6:8080",

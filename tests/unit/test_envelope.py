@@ -78,12 +78,12 @@ def invalid_envelope(payload) -> EnvelopeError:
 @pytest.mark.parametrize(
     "payload",
     [
-        b"\xff\xfe{}",                       # not UTF-8
-        b'{"type":"ping","data":"\xc3"}',    # truncated UTF-8 sequence
-        b"",                                 # empty
+        b"\xff\xfe{}",  # not UTF-8
+        b'{"type":"ping","data":"\xc3"}',  # truncated UTF-8 sequence
+        b"",  # empty
         b"not json",
-        b'{"type": "ping"',                  # truncated JSON
-        "{'type': 'ping'}",                  # Python, not JSON
+        b'{"type": "ping"',  # truncated JSON
+        "{'type': 'ping'}",  # Python, not JSON
     ],
 )
 def test_not_utf8_or_not_json(payload):
@@ -101,14 +101,18 @@ def test_deeply_nested_json_is_invalid_message_not_a_crash():
     invalid_envelope(nested)
 
 
-@pytest.mark.parametrize("payload", [b"[]", b'["type", "ping"]', b'"ping"', b"42", b"null", b"true", b"NaN"])
+@pytest.mark.parametrize(
+    "payload", [b"[]", b'["type", "ping"]', b'"ping"', b"42", b"null", b"true", b"NaN"]
+)
 def test_not_an_object(payload):
     error = invalid_envelope(payload)
     assert error.request_id is None and error.event is None
     assert "object" in error.message
 
 
-@pytest.mark.parametrize("bad_id", [7, 1.5, True, False, [], {}, ["a"], "", "x" * (MAX_ID_LENGTH + 1)])
+@pytest.mark.parametrize(
+    "bad_id", [7, 1.5, True, False, [], {}, ["a"], "", "x" * (MAX_ID_LENGTH + 1)]
+)
 def test_bad_id_keeps_event_but_not_id(bad_id):
     error = invalid_envelope(frame({"type": "chat:join", "id": bad_id, "data": {}}))
     assert error.request_id is None
@@ -162,20 +166,26 @@ def test_encode_ack_empty_result():
 def test_encode_error_with_id_has_no_event():
     raw = encode_error("NOT_A_MEMBER", "not a member", "r1", "chat:join")
     assert json.loads(raw) == {
-        "type": "error", "id": "r1", "data": {"code": "NOT_A_MEMBER", "message": "not a member"},
+        "type": "error",
+        "id": "r1",
+        "data": {"code": "NOT_A_MEMBER", "message": "not a member"},
     }
 
 
 def test_encode_error_without_id_names_event():
     raw = encode_error("ROOM_NOT_FOUND", "no such room", None, "chat:join")
     assert json.loads(raw) == {
-        "type": "error", "data": {"code": "ROOM_NOT_FOUND", "message": "no such room", "event": "chat:join"},
+        "type": "error",
+        "data": {"code": "ROOM_NOT_FOUND", "message": "no such room", "event": "chat:join"},
     }
 
 
 def test_encode_error_without_id_or_event():
     raw = encode_error("INVALID_MESSAGE", "frame is not valid JSON")
-    assert json.loads(raw) == {"type": "error", "data": {"code": "INVALID_MESSAGE", "message": "frame is not valid JSON"}}
+    assert json.loads(raw) == {
+        "type": "error",
+        "data": {"code": "INVALID_MESSAGE", "message": "frame is not valid JSON"},
+    }
 
 
 def test_encode_error_accepts_error_code_enum():
@@ -185,7 +195,10 @@ def test_encode_error_accepts_error_code_enum():
 
 def test_encode_push():
     raw = encode_push("chat:typing", {"chatId": "c", "userId": "u", "isTyping": True})
-    assert json.loads(raw) == {"type": "chat:typing", "data": {"chatId": "c", "userId": "u", "isTyping": True}}
+    assert json.loads(raw) == {
+        "type": "chat:typing",
+        "data": {"chatId": "c", "userId": "u", "isTyping": True},
+    }
 
 
 def test_wrap_push_matches_encode_push():
@@ -205,7 +218,9 @@ def test_error_frames_round_trip_through_parse_fields():
     # What a client receives for a bad frame: the readable parts survive.
     error = invalid_envelope(frame({"type": 5, "id": "keep"}))
     assert json.loads(encode_error(error.code, error.message, error.request_id, error.event)) == {
-        "type": "error", "id": "keep", "data": {"code": "INVALID_MESSAGE", "message": error.message},
+        "type": "error",
+        "id": "keep",
+        "data": {"code": "INVALID_MESSAGE", "message": error.message},
     }
 
 
@@ -275,7 +290,10 @@ def test_chat_create_full():
 def test_chat_create_minimal_defaults():
     req = rq.ChatCreate.parse({"name": "n", "type": "public"})
     assert req == rq.ChatCreate("n", "", "public", [])
-    assert rq.ChatCreate.parse({"name": "n", "type": "public", "description": None, "members": None}) == req
+    assert (
+        rq.ChatCreate.parse({"name": "n", "type": "public", "description": None, "members": None})
+        == req
+    )
 
 
 @pytest.mark.parametrize(
@@ -306,7 +324,9 @@ def test_chat_create_field_errors(data, field):
 
 
 def test_chat_create_member_id_limit_inclusive():
-    assert rq.ChatCreate.parse({"name": "n", "type": "public", "members": ["u" * 128]}).members == ["u" * 128]
+    assert rq.ChatCreate.parse({"name": "n", "type": "public", "members": ["u" * 128]}).members == [
+        "u" * 128
+    ]
 
 
 @pytest.mark.parametrize(
@@ -378,7 +398,18 @@ def test_chat_leave():
 
 
 @pytest.mark.parametrize(
-    "data", [None, {}, {"chatId": 1}, {"chatId": ""}, "", "c" * 129, {"chatId": "c" * 129}, "x" + LONE, [1]]
+    "data",
+    [
+        None,
+        {},
+        {"chatId": 1},
+        {"chatId": ""},
+        "",
+        "c" * 129,
+        {"chatId": "c" * 129},
+        "x" + LONE,
+        [1],
+    ],
 )
 def test_chat_leave_errors(data):
     refused(rq.ChatLeave.parse, data)
@@ -389,9 +420,9 @@ def test_chat_leave_errors(data):
 
 def test_chat_message():
     assert rq.ChatMessage.parse({"chatId": "c", "content": "hi"}) == rq.ChatMessage("c", "hi", None)
-    assert rq.ChatMessage.parse({"chatId": "c", "content": "hi", "tempId": "t" * 64}) == rq.ChatMessage(
-        "c", "hi", "t" * 64
-    )
+    assert rq.ChatMessage.parse(
+        {"chatId": "c", "content": "hi", "tempId": "t" * 64}
+    ) == rq.ChatMessage("c", "hi", "t" * 64)
     assert rq.ChatMessage.parse({"chatId": "c", "content": "hi", "tempId": None}).temp_id is None
 
 
@@ -480,11 +511,16 @@ def test_chat_read_errors(data, field):
 
 
 def test_chat_reaction():
-    assert rq.ChatReaction.parse({"messageId": "m", "reaction": "👍"}) == rq.ChatReaction("m", "👍", False)
-    assert rq.ChatReaction.parse({"messageId": "m", "reaction": "👍", "remove": True}) == rq.ChatReaction(
-        "m", "👍", True
+    assert rq.ChatReaction.parse({"messageId": "m", "reaction": "👍"}) == rq.ChatReaction(
+        "m", "👍", False
     )
-    assert rq.ChatReaction.parse({"messageId": "m", "reaction": "r" * 64, "remove": None}).remove is False
+    assert rq.ChatReaction.parse(
+        {"messageId": "m", "reaction": "👍", "remove": True}
+    ) == rq.ChatReaction("m", "👍", True)
+    assert (
+        rq.ChatReaction.parse({"messageId": "m", "reaction": "r" * 64, "remove": None}).remove
+        is False
+    )
 
 
 @pytest.mark.parametrize(
@@ -515,7 +551,9 @@ def test_chat_history_defaults():
     assert rq.ChatHistory.parse({"chatId": "c", "limit": None}).limit == 50
 
 
-@pytest.mark.parametrize("limit, expected", [(1, 1), (99, 99), (100, 100), (101, 100), (10_000, 100)])
+@pytest.mark.parametrize(
+    "limit, expected", [(1, 1), (99, 99), (100, 100), (101, 100), (10_000, 100)]
+)
 def test_chat_history_limit_is_capped_at_100(limit, expected):
     assert rq.ChatHistory.parse({"chatId": "c", "limit": limit}).limit == expected
 
@@ -551,7 +589,10 @@ def test_chat_history_errors(data, field):
 
 
 def test_required_str_too_long_code_is_configurable():
-    assert refused(lambda d: rq.required_str(d, "f", 3), {"f": "abcd"}, field="f").code == ErrorCode.INVALID_MESSAGE
+    assert (
+        refused(lambda d: rq.required_str(d, "f", 3), {"f": "abcd"}, field="f").code
+        == ErrorCode.INVALID_MESSAGE
+    )
     error = refused(
         lambda d: rq.required_str(d, "f", 3, too_long=ErrorCode.PAYLOAD_TOO_LARGE),
         {"f": "abcd"},

@@ -44,7 +44,6 @@ def test_a_storm_of_changes_is_a_few_pushes_and_the_last_is_exact():
     assert pushed[-1] == ("s", viewers.count("s")) == ("s", 20)
 
 
-
 def test_pushes_are_spaced_by_the_interval():
     clock, viewers, counts, pushed = setup(0.5)
     for i in range(10):  # one new viewer every 0.1 s

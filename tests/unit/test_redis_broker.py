@@ -94,7 +94,9 @@ def test_parse_rejects_bad_ports(url):
         RedisTarget.parse(url)
 
 
-@pytest.mark.parametrize("url", ["redis://h:6379/zero", "redis://h/1/2", "redis://h/-1", "redis://h/1.5"])
+@pytest.mark.parametrize(
+    "url", ["redis://h:6379/zero", "redis://h/1/2", "redis://h/-1", "redis://h/1.5"]
+)
 def test_parse_rejects_bad_databases(url):
     with pytest.raises(ValueError, match="database"):
         RedisTarget.parse(url)
@@ -158,7 +160,15 @@ def test_unicode_survives():
 
 @pytest.mark.parametrize(
     "payload",
-    [b"", b"not json\n{}", b"[1,2]\n{}", b"5\n{}", b"null\n{}", b"\xff\xfe\n{}", b'["a","b","c","d","e","f"]\n'],
+    [
+        b"",
+        b"not json\n{}",
+        b"[1,2]\n{}",
+        b"5\n{}",
+        b"null\n{}",
+        b"\xff\xfe\n{}",
+        b'["a","b","c","d","e","f"]\n',
+    ],
 )
 def test_decode_rejects_malformed_payloads_with_value_or_type_error(payload):
     with pytest.raises((ValueError, TypeError)):
@@ -274,7 +284,10 @@ def test_a_burst_of_subscriptions_is_one_pass_with_one_subscribe_per_channel(s):
     s.broker.subscribe("room:2")
     assert len(s.clock.getDelayedCalls()) == 1
     s.turn()
-    assert sorted(s.sub.calls) == [("subscribe", [b"chatd:ch:room:1"]), ("subscribe", [b"chatd:ch:room:2"])]
+    assert sorted(s.sub.calls) == [
+        ("subscribe", [b"chatd:ch:room:1"]),
+        ("subscribe", [b"chatd:ch:room:2"]),
+    ]
     s.turn()
     assert len(s.sub.calls) == 2
 
@@ -307,7 +320,10 @@ def test_subscriptions_are_counted(s):
     s.broker.unsubscribe("room:1")
     assert not s.broker.is_subscribed("room:1")
     s.turn()
-    assert s.sub.calls == [("subscribe", [b"chatd:ch:room:1"]), ("unsubscribe", [b"chatd:ch:room:1"])]
+    assert s.sub.calls == [
+        ("subscribe", [b"chatd:ch:room:1"]),
+        ("unsubscribe", [b"chatd:ch:room:1"]),
+    ]
 
 
 def test_unsubscribe_of_a_channel_never_subscribed_sends_nothing(s):

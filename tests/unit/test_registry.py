@@ -30,7 +30,6 @@ class FakeConnection:
         self.frames.append(("event", event_type, data))
 
 
-
 def conn(connection_id: str, user: str) -> FakeConnection:
     return FakeConnection(connection_id, Identity(user))
 
@@ -59,7 +58,9 @@ def registry(broker, framer):
     return LocalRegistry(broker, framer)
 
 
-def event(n: int | None = None, skip_user=None, skip_connection=None, event_type="chat:message") -> Published:
+def event(
+    n: int | None = None, skip_user=None, skip_connection=None, event_type="chat:message"
+) -> Published:
     data = json.dumps({"n": n}).encode()
     return Published(event_type, data, skip_user=skip_user, skip_connection=skip_connection, seq=n)
 
@@ -271,10 +272,13 @@ def test_subscription_counts_balance(registry, broker):
         registry.remove_connection(c)
         assert broker.is_subscribed(room_channel("r1")) and broker.is_subscribed(user_channel("u"))
     registry.remove_connection(conns[-1])
-    assert not broker.is_subscribed(room_channel("r1")) and not broker.is_subscribed(user_channel("u"))
+    assert not broker.is_subscribed(room_channel("r1")) and not broker.is_subscribed(
+        user_channel("u")
+    )
 
 
 # -- batching per reactor turn (the production path, with a clock) ---------------
+
 
 def test_a_burst_is_one_write_per_recipient_in_order():
     from twisted.internet.task import Clock
@@ -292,7 +296,9 @@ def test_a_burst_is_one_write_per_recipient_in_order():
     clock.advance(0)
     assert len(framer.calls) == 3, "each event framed once"
     assert len(a.frames) == 1 and a.frames[0] is b.frames[0], "one shared write per recipient"
-    assert a.frames[0] == b"".join(wrap_push("chat:message", json.dumps({"n": n}).encode()) for n in (1, 2, 3))
+    assert a.frames[0] == b"".join(
+        wrap_push("chat:message", json.dumps({"n": n}).encode()) for n in (1, 2, 3)
+    )
 
 
 def test_routing_changes_split_the_burst_but_keep_the_order():

@@ -61,10 +61,16 @@ async def test_users_and_last_seen(store):  # noqa: F811
 @pytest_twisted.ensureDeferred
 async def test_notifications_unread_oldest_first_until_acked(store):  # noqa: F811
     for i, created in enumerate((30, 10, 20)):
-        await store.add_notification(Notification(f"n{i}", "alice", "t", "title", "m", {"i": i} if i else None, created))
+        await store.add_notification(
+            Notification(f"n{i}", "alice", "t", "title", "m", {"i": i} if i else None, created)
+        )
     await store.add_notification(Notification("other", "bob", "t", "title", "m", None, 5))
     unread = await store.unread_notifications("alice", 100)
-    assert [n.id for n in unread] == ["n1", "n2", "n0"] and unread[0].data == {"i": 1} and unread[2].data is None
+    assert (
+        [n.id for n in unread] == ["n1", "n2", "n0"]
+        and unread[0].data == {"i": 1}
+        and unread[2].data is None
+    )
     assert await store.ack_notification("alice", "n1", 40) is True
     assert await store.ack_notification("alice", "n1", 50) is True  # twice is fine
     assert await store.ack_notification("bob", "n2", 50) is False  # not bob's
@@ -77,7 +83,9 @@ async def test_open_and_close_session_are_one_transaction_each(store):  # noqa: 
     await store.add_notification(Notification("n1", "alice", "t", "title", "m", None, 5))
     waiting = await store.open_session("alice", "Alice", 10, 100)
     assert [n.id for n in waiting] == ["n1"] and await store.user_exists("alice")
-    assert [n.id for n in await store.open_session("alice", None, 20, 100)] == ["n1"]  # name kept, no write
+    assert [n.id for n in await store.open_session("alice", None, 20, 100)] == [
+        "n1"
+    ]  # name kept, no write
     await make_room(store, "alice", ["bob"])
     assert await store.close_session("alice", 30) == ["bob"]
     assert await store.last_seen("alice") == 30

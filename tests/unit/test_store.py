@@ -57,17 +57,28 @@ async def store(open_store):
 
 def room(room_id: str | None = None, room_type: str = "public", name: str = "General") -> Room:
     return Room(
-        id=room_id or f"room-{next(_ids)}", name=name, description="about", type=room_type,
-        member_count=0, created_at_ms=T0, last_seq=0,
+        id=room_id or f"room-{next(_ids)}",
+        name=name,
+        description="about",
+        type=room_type,
+        member_count=0,
+        created_at_ms=T0,
+        last_seq=0,
     )
 
 
-def new_message(room_id: str, user: str = "alice", content: str | None = None, temp_id: str | None = None) -> NewMessage:
+def new_message(
+    room_id: str, user: str = "alice", content: str | None = None, temp_id: str | None = None
+) -> NewMessage:
     n = next(_ids)
-    return NewMessage(f"m-{n}", room_id, user, content if content is not None else f"message {n}", temp_id, T0 + n)
+    return NewMessage(
+        f"m-{n}", room_id, user, content if content is not None else f"message {n}", temp_id, T0 + n
+    )
 
 
-async def make_room(store: SqlStore, creator: str = "alice", members: list[str] | None = None, **kwargs) -> Room:
+async def make_room(
+    store: SqlStore, creator: str = "alice", members: list[str] | None = None, **kwargs
+) -> Room:
     return await store.create_room(room(**kwargs), creator, members or [])
 
 
@@ -248,8 +259,8 @@ async def test_missing_room_fails_alone_in_its_batch(store):
     r = await make_room(store)
     sizes: list[int] = []
     store.writer.observe_batch = sizes.append
-    first = store.append_message(new_message(r.id))      # goes out alone
-    good1 = store.append_message(new_message(r.id))      # these three share
+    first = store.append_message(new_message(r.id))  # goes out alone
+    good1 = store.append_message(new_message(r.id))  # these three share
     bad = store.append_message(new_message("no-such-room"))  # the next batch
     good2 = store.append_message(new_message(r.id))
     assert sizes == [1]
@@ -269,7 +280,11 @@ async def test_get_message(store):
     r = await make_room(store)
     m = new_message(r.id, "bob", "content", "tmp-1")
     stored = await store.append_message(m)
-    assert await store.get_message(m.id) == stored == Message(m.id, r.id, 1, "bob", "content", "tmp-1", m.created_at_ms)
+    assert (
+        await store.get_message(m.id)
+        == stored
+        == Message(m.id, r.id, 1, "bob", "content", "tmp-1", m.created_at_ms)
+    )
     assert await store.get_message("no-such-message") is None
 
 
