@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 
 from chatd import __version__
 from chatd.auth import TokenVerifier, mint_token
+from chatd.bindings.websocket import ChatdWebSocketFactory, frame_event
 from chatd.broker.cluster import Cluster, ClusterPresence, ClusterViewers
 from chatd.broker.memory import InProcessBroker
 from chatd.broker.target import RedisTarget
@@ -31,11 +32,11 @@ from chatd.domain.chat import ChatService, Limits
 from chatd.domain.live import LiveService, ViewerCounter
 from chatd.domain.ordering import RoomOrder
 from chatd.domain.registry import LocalRegistry
-from chatd.domain.sessions import Sessions
 from chatd.domain.social import Presence, SocialService
 from chatd.metrics import Metrics
 from chatd.protocol.dispatch import Dispatcher, chat_routes, live_routes, social_routes
-from chatd.protocol.websocket import ChatdWebSocketFactory
+from chatd.session.hub import SessionHub
+from chatd.session.lifecycle import Sessions
 from chatd.storage.engines import engine_for
 from chatd.storage.schema import migrate
 from chatd.storage.store import SqlStore
@@ -97,10 +98,7 @@ class ChatdService(Service):
         self.store = SqlStore(self.engine)
         viewers = self._build_fanout()
         self.verifier = TokenVerifier.from_config(config)
-        self.factory: ChatdWebSocketFactory
-        self.registry = LocalRegistry(
-            self.broker, lambda event: self.factory.frame(event), self.reactor
-        )
+        self.registry = LocalRegistry(self.broker, frame_event, self.reactor)
         self.chat = ChatService(
             self.store,
             self.broker,
@@ -120,12 +118,15 @@ class ChatdService(Service):
             reaction_rate=config.reaction_rate,
         )
         self.sessions = Sessions(self.registry, self.chat, self.social, self.live)
+        self.metrics = Metrics()
         self.dispatcher = Dispatcher(
-            {**chat_routes(self.chat), **social_routes(self.social), **live_routes(self.live)}
+            {**chat_routes(self.chat), **social_routes(self.social), **live_routes(self.live)},
+            self.metrics,
         )
-        self.factory = ChatdWebSocketFactory(
-            config, self.reactor, self.verifier, self.sessions, self.dispatcher
+        self.hub = SessionHub(
+            config, self.reactor, self.verifier, self.sessions, self.dispatcher, self.metrics
         )
+        self.factory = ChatdWebSocketFactory(config, self.hub)
         self.backend_api = BackendApi(self.registry, self.social)
         self.native_api = NativeApi(self.chat, self.social, self.live)
         self.api = HttpApi(
@@ -178,7 +179,7 @@ class ChatdService(Service):
         return mint
 
     def _wire_metrics(self) -> None:
-        metrics = self.metrics = Metrics()
+        metrics = self.metrics
         metrics.bind_gauges(
             lambda: len(self.factory.connections),
             lambda: len(self.registry.online_users()),
@@ -189,8 +190,6 @@ class ChatdService(Service):
         self.store.writer.observe_batch = metrics.batch_size.observe
         self.store.writer.observe_commit = metrics.store_latency.observe
         self.chat.observe_publish = metrics.publish_latency.observe
-        self.dispatcher.metrics = metrics
-        self.factory.metrics = metrics
 
     def _counts(self) -> dict[str, float]:
         order = self.registry.order

@@ -1,33 +1,5 @@
-"""What happens when a connection authenticates and when it goes away,
-in one place, so every binding (native WebSocket, later Socket.IO) opens
-and closes sessions the same way."""
+"""Moved to ``chatd.session.lifecycle``; kept while callers move over."""
 
-from __future__ import annotations
+from chatd.session.lifecycle import Sessions
 
-from chatd.domain.chat import ChatService
-from chatd.domain.interfaces import Connection
-from chatd.domain.live import LiveService
-from chatd.domain.registry import LocalRegistry
-from chatd.domain.social import SocialService
-
-
-class Sessions:
-    def __init__(
-        self, registry: LocalRegistry, chat: ChatService, social: SocialService, live: LiveService
-    ) -> None:
-        self.registry = registry
-        self.chat = chat
-        self.social = social
-        self.live = live
-
-    def opened(self, conn: Connection) -> None:
-        """The connection authenticated (its ``authenticated`` push is out)."""
-        self.registry.add_connection(conn)
-        self.social.connection_opened(conn)
-
-    def closed(self, conn: Connection) -> None:
-        """An authenticated connection is gone or closing."""
-        self.live.connection_closed(conn)
-        self.registry.remove_connection(conn)
-        self.chat.connection_closed(conn)
-        self.social.connection_closed(conn)
+__all__ = ["Sessions"]

@@ -25,7 +25,6 @@ from chatd.domain.social import SocialService
 from chatd.errors import ChatError, ErrorCode
 from chatd.metrics import Metrics
 from chatd.protocol import requests as rq
-from chatd.protocol.envelope import Envelope
 
 log = Logger()
 
@@ -33,13 +32,20 @@ PUBLIC_EVENTS = frozenset({"auth", "ping"})
 
 
 class Responder(Connection, Protocol):
-    """What a binding offers the dispatcher to answer a request."""
+    """What the dispatcher answers through: the client's session, whatever
+    its binding (the session asks the binding to encode the frames)."""
 
-    def reply(self, envelope: Envelope, confirmation: str | None, data: dict[str, Any]) -> None: ...
+    def reply(self, request_id: str | None, confirmation: str | None, data: Any) -> None:
+        """The request's result: an ack when it carried an id, else the
+        route's confirmation event (if any)."""
 
-    def reply_error(self, envelope: Envelope, code: str, message: str) -> None: ...
+    def reply_error(
+        self, request_id: str | None, event: str | None, code: str, message: str
+    ) -> None:
+        """An error frame answering the request."""
 
-    def note_error(self, code: str, request: str | None) -> None: ...
+    def note_error(self, code: str, request: str | None) -> None:
+        """Count and log an error sent other than through ``reply_error``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,85 +147,100 @@ def chat_routes(chat: ChatService) -> dict[str, Route]:
 
 
 class Dispatcher:
+    """Routes a session's requests to the domain and its results back.
+
+    A request arrives as ``(type, id, data)``; the reply goes back through
+    the session (``Responder``), which has its binding encode it."""
+
     def __init__(self, routes: dict[str, Route], metrics: Metrics | None = None) -> None:
         self.routes = routes
         self.metrics = metrics
 
-    def dispatch(self, responder: Responder, envelope: Envelope, authenticated: bool) -> None:
-        route = self.routes.get(envelope.type)
+    def dispatch(
+        self, responder: Responder, event_type: str, request_id: str | None, data: Any
+    ) -> None:
+        route = self.routes.get(event_type)
         if self.metrics is not None:
-            self.metrics.event_in(envelope.type, route is not None or envelope.type == "auth")
+            self.metrics.event_in(event_type, route is not None or event_type == "auth")
         if route is None:
             responder.reply_error(
-                envelope, ErrorCode.UNKNOWN_EVENT, f"unknown event {envelope.type!r}"
+                request_id, event_type, ErrorCode.UNKNOWN_EVENT, f"unknown event {event_type!r}"
             )
             return
-        if not authenticated and envelope.type not in PUBLIC_EVENTS:
-            responder.reply_error(envelope, ErrorCode.UNAUTHORIZED, "authenticate first")
+        if responder.identity is None and event_type not in PUBLIC_EVENTS:
+            responder.reply_error(
+                request_id, event_type, ErrorCode.UNAUTHORIZED, "authenticate first"
+            )
             return
+        request = _Request(event_type, request_id, data, route)
         try:
-            request = route.parse(envelope.data)
-            result = route.handle(responder, request)
+            result = route.handle(responder, route.parse(data))
         except ChatError as e:
-            self._refuse(responder, envelope, route, e.code, e.message)
+            _refuse(responder, request, e.code, e.message)
             return
         except Exception:
-            self._server_error(Failure(), responder, envelope, route)
+            _server_error(Failure(), responder, request)
             return
         if isinstance(result, Deferred):
             result.addCallbacks(
-                self._succeeded,
-                self._failed,
-                callbackArgs=(responder, envelope, route),
-                errbackArgs=(responder, envelope, route),
+                _succeeded,
+                _failed,
+                callbackArgs=(responder, request),
+                errbackArgs=(responder, request),
             )
         else:
-            self._succeeded(result, responder, envelope, route)
+            _succeeded(result, responder, request)
 
-    @staticmethod
-    def _succeeded(result: Any, responder: Responder, envelope: Envelope, route: Route) -> None:
-        if isinstance(result, Outcome):
-            responder.reply(envelope, route.confirmation, result.data)
-            result.after_reply()
-        else:
-            responder.reply(envelope, route.confirmation, result)
 
-    def _failed(
-        self, failure: Failure, responder: Responder, envelope: Envelope, route: Route
-    ) -> None:
-        if failure.check(ChatError):
-            error = failure.value
-            self._refuse(responder, envelope, route, error.code, error.message)
-        else:
-            self._server_error(failure, responder, envelope, route)
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """A request on its way through a route (kept for the reply)."""
 
-    def _refuse(
-        self, responder: Responder, envelope: Envelope, route: Route, code: str, message: str
-    ) -> None:
-        if envelope.id is None and route.error_event is not None:
-            responder.note_error(code, envelope.type)
-            data: dict[str, Any] = {"code": code, "message": message}
-            temp_id = envelope.data.get("tempId") if isinstance(envelope.data, dict) else None
-            if isinstance(temp_id, str):
-                data["tempId"] = temp_id
-            responder.send_event(route.error_event, data)
-        else:
-            responder.reply_error(envelope, code, message)
+    type: str
+    id: str | None
+    data: Any
+    route: Route
 
-    def _server_error(
-        self, failure: Failure, responder: Responder, envelope: Envelope, route: Route
-    ) -> None:
-        log.failure(
-            "handler for {request} failed on connection {connection}",
-            failure,
-            event="request.failed",
-            request=envelope.type,
-            connection=responder.connection_id,
-        )
-        self._refuse(
-            responder,
-            envelope,
-            route,
-            ErrorCode.SERVER_ERROR,
-            "internal error; the request was not completed",
-        )
+
+def _succeeded(result: Any, responder: Responder, request: _Request) -> None:
+    if isinstance(result, Outcome):
+        responder.reply(request.id, request.route.confirmation, result.data)
+        result.after_reply()
+    else:
+        responder.reply(request.id, request.route.confirmation, result)
+
+
+def _failed(failure: Failure, responder: Responder, request: _Request) -> None:
+    if failure.check(ChatError):
+        error = failure.value
+        _refuse(responder, request, error.code, error.message)
+    else:
+        _server_error(failure, responder, request)
+
+
+def _refuse(responder: Responder, request: _Request, code: str, message: str) -> None:
+    """An error reply; a route with an ``error_event`` (``message:send``)
+    answers a request without id with that event instead."""
+    error_event = request.route.error_event
+    if request.id is None and error_event is not None:
+        responder.note_error(code, request.type)
+        body: dict[str, Any] = {"code": code, "message": message}
+        temp_id = request.data.get("tempId") if isinstance(request.data, dict) else None
+        if isinstance(temp_id, str):
+            body["tempId"] = temp_id
+        responder.send_event(error_event, body)
+    else:
+        responder.reply_error(request.id, request.type, code, message)
+
+
+def _server_error(failure: Failure, responder: Responder, request: _Request) -> None:
+    log.failure(
+        "handler for {request} failed on connection {connection}",
+        failure,
+        event="request.failed",
+        request=request.type,
+        connection=responder.connection_id,
+    )
+    _refuse(
+        responder, request, ErrorCode.SERVER_ERROR, "internal error; the request was not completed"
+    )

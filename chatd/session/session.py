@@ -1,0 +1,415 @@
+"""One client session, whatever wire binding carries it.
+
+A ``Session`` is the domain's ``Connection`` and the dispatcher's
+``Responder``: the registry hands it prepared frames through
+``send_frame``, the domain sends it events, the dispatcher answers through
+it.  Its binding only translates frames to ``(type, id, data)`` and back
+and supplies the transport (``Binding``); everything else lives here, so a
+fix lands once for every binding:
+
+* authentication: a token offered with the upgrade, or a first ``auth``
+  frame within ``auth_timeout`` (else close 4001); a later ``auth`` is a
+  token refresh and may not change the user;
+* the request rate limit (``TokenBucket``), and close 4008 for a client
+  that keeps flooding;
+* the outgoing path: while the transport keeps up ``send_frame`` IS the
+  binding's fast writer (no Python frame of ours per recipient); while the
+  transport is paused (the session is its streaming producer), a checked
+  write that closes a slow consumer with 4029 once it is more than
+  ``max_send_buffer`` bytes behind; once closing, a sink;
+* the open/close log lines, and the count and log line of every error sent.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from chatd.auth import AuthError
+from chatd.domain.models import Identity
+from chatd.errors import ChatError, ErrorCode
+from chatd.protocol.requests import Auth
+from chatd.session.rate import TokenBucket
+
+if TYPE_CHECKING:
+    from chatd.session.hub import SessionHub
+
+log = Logger()
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNAUTHENTICATED = 4001
+CLOSE_BY_ADMIN = 4003
+CLOSE_POLICY = 4008
+CLOSE_SLOW_CONSUMER = 4029
+
+Write = Callable[[bytes], None]
+
+
+class Binding(Protocol):
+    """What a wire binding supplies to its session: encoders for its frame
+    format and its transport.  Every ``frame_*`` returns bytes ready for
+    the transport."""
+
+    def frame_ack(self, request_id: str, data: Any) -> bytes:
+        """The reply to a request that carried an id."""
+
+    def frame_push(self, event_type: str, data: Any) -> bytes:
+        """An event (or a confirmation of a request without id)."""
+
+    def frame_error(
+        self, code: str, message: str, request_id: str | None, event: str | None
+    ) -> bytes:
+        """An error, correlated by request id or else by event type."""
+
+    def fast_writer(self) -> Write:
+        """The write for this session's outgoing frames while the transport
+        keeps up (called once, when the session opens)."""
+
+    def write_queued(self, data: bytes) -> None:
+        """The transport's own (buffering) write."""
+
+    def buffered_bytes(self) -> int | None:
+        """Bytes written but not yet taken by the kernel, or ``None`` when
+        the transport hides its write buffer."""
+
+    def close_transport(self, code: int, reason: str) -> None:
+        """Start the binding's closing handshake with ``code``."""
+
+    def abort_transport(self) -> None:
+        """Drop the connection now."""
+
+
+def _discard(data: bytes) -> None:
+    """Where frames go once a session is closing."""
+
+
+@implementer(IPushProducer)
+class Session:
+    """One client session; see the module docstring.
+
+    The binding creates it when its transport is open, registers it as the
+    transport's streaming producer, calls ``open``, then hands it each
+    request (``received``) or unreadable frame (``malformed``), and calls
+    ``closed`` when the transport is gone."""
+
+    def __init__(self, hub: SessionHub, binding: Binding, peer: str | None) -> None:
+        self.connection_id = "c_" + secrets.token_hex(8)
+        self.identity: Identity | None = None
+        # The fan-out path: the registry calls this for every event.
+        self.send_frame: Write = _discard
+        self._hub = hub
+        self._binding = binding
+        self._peer = peer
+        self._opened_at = hub.clock.seconds()
+        self._bucket = TokenBucket(hub.rate_limit, hub.rate_burst, self._opened_at)
+        self._fast_send: Write = _discard
+        self._backlog: int | None = None
+        self._auth_timer: IDelayedCall | None = None
+        self._detached = False
+        self._open_logged = True
+
+    # -- opening and authentication -------------------------------------------
+
+    def open(self, offered_token: str | None) -> None:
+        """The transport is open; ``offered_token`` came with the upgrade
+        (``None``: the client must send an ``auth`` frame in time)."""
+        self._hub.open[self] = None
+        self._fast_send = self.send_frame = self._binding.fast_writer()
+        if offered_token is not None:
+            # One log line for the open, with the user when the token in the
+            # URL or header is good (the common case: open + auth in one).
+            self._open_logged = False
+            self._authenticate(offered_token, None)
+        else:
+            self._log_open(None)
+            self._auth_timer = self._hub.clock.callLater(
+                self._hub.auth_timeout, self._auth_timed_out
+            )
+
+    def _log_open(self, user: str | None) -> None:
+        self._open_logged = True
+        log.info(
+            "connection {connection} opened from {peer} as {user}",
+            event="connection.open",
+            connection=self.connection_id,
+            peer=self._peer,
+            user=user,
+        )
+
+    def _auth_timed_out(self) -> None:
+        self._auth_timer = None
+        if self.identity is None:
+            log.info(
+                "connection {connection} did not authenticate in time",
+                event="auth.failed",
+                connection=self.connection_id,
+                reason="timeout",
+            )
+            self.close(CLOSE_UNAUTHENTICATED, "authentication timeout")
+
+    def _on_auth(self, request_id: str | None, data: Any) -> None:
+        try:
+            request = Auth.parse(data)
+        except ChatError as e:
+            self._error(e.code, e.message, request_id, "auth")
+            if self.identity is None:
+                self.close(CLOSE_UNAUTHENTICATED, "authentication failed")
+            return
+        self._authenticate(request.token, request_id)
+
+    def _authenticate(self, token: Any, request_id: str | None) -> None:
+        try:
+            identity = self._hub.verifier.verify(token)
+        except AuthError as e:
+            self._refused(str(e), request_id)
+            return
+        current = self.identity
+        if current is not None and identity.user_id != current.user_id:
+            self._error(
+                ErrorCode.FORBIDDEN,
+                "connection is already authenticated as another user",
+                request_id,
+                "auth",
+            )
+            return
+        self.identity = identity
+        data = {"userId": identity.user_id, "connectionId": self.connection_id}
+        self.send_event("authenticated", data)
+        if request_id is not None:
+            self._send_own(self._binding.frame_ack(request_id, data))
+        if current is None:
+            self._authenticated_first(identity.user_id)
+
+    def _refused(self, reason: str, request_id: str | None) -> None:
+        """A token that did not verify.  An authenticated session whose
+        token refresh failed keeps the identity it proved; the bad frame
+        alone closes nothing."""
+        if not self._open_logged:
+            self._log_open(None)
+        log.info(
+            "authentication failed on {connection}: {reason}",
+            event="auth.failed",
+            connection=self.connection_id,
+            user=self.identity.user_id if self.identity else None,
+            reason=reason,
+        )
+        self._error(ErrorCode.UNAUTHORIZED, f"authentication failed: {reason}", request_id, "auth")
+        if self.identity is None:
+            self.close(CLOSE_UNAUTHENTICATED, "authentication failed")
+
+    def _authenticated_first(self, user_id: str) -> None:
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+        if not self._open_logged:
+            self._log_open(user_id)
+        else:
+            log.info(
+                "connection {connection} authenticated as {user}",
+                event="auth.ok",
+                connection=self.connection_id,
+                user=user_id,
+            )
+        self._hub.lifecycle.opened(self)
+
+    # -- requests ---------------------------------------------------------------
+
+    def received(self, event_type: str, request_id: str | None, data: Any) -> None:
+        """A request from the client.  Nothing may escape into the binding
+        (which would drop the connection): anything unexpected is logged
+        and answered with SERVER_ERROR."""
+        if self._detached:
+            return
+        try:
+            if not self._bucket.take(self._hub.clock.seconds()):
+                self._rate_limited(request_id, event_type)
+            elif event_type == "auth":
+                self._on_auth(request_id, data)
+            else:
+                self._hub.dispatcher.dispatch(self, event_type, request_id, data)
+        except Exception:
+            self.failed()
+
+    def malformed(
+        self, code: str, message: str, request_id: str | None = None, event: str | None = None
+    ) -> None:
+        """A frame the binding could not read as a request; ``request_id``
+        and ``event`` are whatever could be read of it.  Counts against the
+        rate limit like any request."""
+        if self._detached:
+            return
+        try:
+            if not self._bucket.take(self._hub.clock.seconds()):
+                self._rate_limited(None, None)
+            else:
+                self._error(code, message, request_id, event)
+        except Exception:
+            self.failed()
+
+    def failed(self) -> None:
+        """Called inside an ``except`` block: handling a frame failed."""
+        log.failure(
+            "unexpected failure handling a frame on {connection}", connection=self.connection_id
+        )
+        self._error(ErrorCode.SERVER_ERROR, "internal error; the request was not completed")
+
+    def _rate_limited(self, request_id: str | None, event_type: str | None) -> None:
+        if self._bucket.strikes > self._hub.rate_burst:
+            log.info(
+                "closing flooding connection {connection} ({user})",
+                event="connection.flooding",
+                connection=self.connection_id,
+                user=self.identity.user_id if self.identity else None,
+            )
+            self.close(CLOSE_POLICY, "flooding")
+            return
+        self._error(
+            ErrorCode.RATE_LIMIT_EXCEEDED, "too many requests; slow down", request_id, event_type
+        )
+
+    # -- Responder (what the dispatcher answers through) -------------------------
+
+    def reply(self, request_id: str | None, confirmation: str | None, data: Any) -> None:
+        if request_id is not None:
+            self._send_own(self._binding.frame_ack(request_id, data))
+        elif confirmation is not None:
+            self._send_own(self._binding.frame_push(confirmation, data))
+
+    def reply_error(
+        self, request_id: str | None, event: str | None, code: str, message: str
+    ) -> None:
+        self._error(code, message, request_id, event or None)
+
+    def _error(
+        self, code: str, message: str, request_id: str | None = None, event: str | None = None
+    ) -> None:
+        self.note_error(code, event)
+        self._send_own(self._binding.frame_error(code, message, request_id, event))
+
+    def note_error(self, code: str, request: str | None) -> None:
+        """Count and log an error sent to this session (the code and the
+        request's event type; never the request's content)."""
+        metrics = self._hub.metrics
+        if metrics is not None:
+            metrics.error(code)
+        log.info(
+            "sent {code} to {connection} ({user}) for {request}",
+            event="error.sent",
+            code=str(code),
+            request=request,
+            connection=self.connection_id,
+            user=self.identity.user_id if self.identity else None,
+        )
+
+    # -- Connection (what the domain sends through) -------------------------------
+
+    def send_event(self, event_type: str, data: dict[str, Any]) -> None:
+        self._send_own(self._binding.frame_push(event_type, data))
+
+    def _send_own(self, frame: bytes) -> None:
+        """A reply or an event for this session only: handed to the same
+        write as fan-out, so an ack goes out at once instead of queueing
+        behind the turn's fan-out to everyone else."""
+        if not self._detached:
+            self.send_frame(frame)
+
+    def disconnect(self, code: int, reason: str) -> None:
+        self.close(code, reason)
+
+    @property
+    def transport(self) -> Any:
+        """The binding's Twisted transport, for diagnostics (the in-process
+        back-pressure test reads its buffer); the session never uses it."""
+        return getattr(self._binding, "transport", None)
+
+    # -- slow consumers (IPushProducer: the transport's buffer signals) ------------
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is over its high-water mark (Twisted says
+        so on every write while it stays full)."""
+        if self._backlog is None and not self._detached:
+            self._backlog = 0
+            self.send_frame = self._send_checked
+
+    def resumeProducing(self) -> None:
+        """The buffer drained: back to the fast path."""
+        if self._backlog is not None and not self._detached:
+            self._backlog = None
+            self.send_frame = self._fast_send
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
+
+    def _send_checked(self, frame: bytes) -> None:
+        if self._behind(len(frame)):
+            self._overflowed()
+        else:
+            self._binding.write_queued(frame)
+
+    def _behind(self, adding: int) -> bool:
+        """Only asked while the transport is paused: is this session more
+        than ``max_send_buffer`` bytes behind?  A transport that exposes its
+        buffer answers exactly, so a client that reads steadily but stays a
+        little behind is not mistaken for a stalled one; for others count
+        what was queued since the pause."""
+        limit = self._hub.max_send_buffer
+        buffered = self._binding.buffered_bytes()
+        if buffered is None:
+            self._backlog = (self._backlog or 0) + adding
+            return self._backlog > limit
+        return buffered + adding > limit
+
+    def _overflowed(self) -> None:
+        log.warn(
+            "closing slow consumer {connection} ({user}): more than {limit} bytes waiting",
+            event="connection.slow",
+            connection=self.connection_id,
+            user=self.identity.user_id if self.identity else None,
+            limit=self._hub.max_send_buffer,
+        )
+        self.close(CLOSE_SLOW_CONSUMER, "slow consumer: send buffer overflowed")
+
+    # -- closing --------------------------------------------------------------------
+
+    def close(self, code: int, reason: str) -> None:
+        """Close with a code of PROTOCOL.md section 3 (1001 included).  The
+        session leaves the registry first: no event may follow the close."""
+        self.detach()
+        self._binding.close_transport(code, reason)
+
+    def abort(self) -> None:
+        self._binding.abort_transport()
+
+    def detach(self) -> None:
+        """Stop sending and leave the domain (idempotent).  The binding
+        calls it too when a closing handshake starts on its side."""
+        if self._detached:
+            return
+        self._detached = True
+        self.send_frame = _discard
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+        if self.identity is not None:
+            self._hub.lifecycle.closed(self)
+
+    def closed(self, clean: bool, code: int | None, reason: str | None) -> None:
+        """The transport is gone."""
+        self.detach()
+        if self._hub.forget(self):
+            log.info(
+                "connection {connection} ({user}) closed with {code} {reason}",
+                event="connection.close",
+                connection=self.connection_id,
+                user=self.identity.user_id if self.identity else None,
+                code=code,
+                reason=reason or "",
+                clean=clean,
+                seconds=round(self._hub.clock.seconds() - self._opened_at, 3),
+            )
+        self._hub.closing_done(self)
