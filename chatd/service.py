@@ -1,22 +1,27 @@
-"""The running server: builds the object graph from a ``Config`` and owns
-start-up and graceful shutdown.
+"""The running server: the composition root that builds chatd's object
+graph from a ``Config``, and the service tree that starts and stops it.
+
+Every object gets what it uses when it is built (nothing is patched in
+afterwards).  Every long-lived part is a child of ``ChatdService`` (an
+``AsyncMultiService``, see chatd/lifecycle.py), so start-up waits for each
+part in order and shutdown drains in reverse order.
 
 Start-up fails loudly: migrations run before the reactor starts (a database
 that cannot be reached stops twistd with one line), and the listening port
-is bound in ``privilegedStartService`` so a port in use does the same.
-Shutdown drains: stop accepting, let queued message writes commit and be
-acknowledged, close every connection with 1001, then close storage.
+is bound in ``privilegedStartService`` so a port in use does the same; a
+child that fails to start later stops the process with one line too.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
-from twisted.application.service import Service
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,6 +38,7 @@ from chatd.domain.live import LiveService, ViewerCounter
 from chatd.domain.ordering import RoomOrder
 from chatd.domain.registry import LocalRegistry
 from chatd.domain.social import Presence, SocialService
+from chatd.lifecycle import AsyncMultiService, ComponentService
 from chatd.metrics import Metrics
 from chatd.protocol.dispatch import Dispatcher, chat_routes, live_routes, social_routes
 from chatd.session.hub import SessionHub
@@ -51,10 +57,15 @@ class StartupError(Exception):
     """chatd cannot start; the message is the one line the operator sees."""
 
 
-class ChatdService(Service):
-    name = "chatd"
+class ChatdService(AsyncMultiService):
+    """The root of the service tree.  With ``exit_on_failure`` (twistd) a
+    start-up failure is one line on stderr and exit status 1; without it
+    (tests) the failure is simply raised to the caller."""
 
-    def __init__(self, config: Config, reactor: Any = None) -> None:
+    name = "chatd"  # type: ignore[assignment]  # Service declares it None
+
+    def __init__(self, config: Config, reactor: Any = None, exit_on_failure: bool = False) -> None:
+        super().__init__()
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -62,8 +73,8 @@ class ChatdService(Service):
         self.config = config
         self.reactor = reactor
         self.engine = engine_for(config.database)
-        self.port: IListeningPort | None = None
-        self._built = False
+        self.exit_on_failure = exit_on_failure
+        self.build()
 
     def setServiceParent(self, parent: Any) -> Any:
         """Under twistd the parent is the application, whose log observer
@@ -92,8 +103,8 @@ class ChatdService(Service):
             log.info("applied database migrations {versions}", versions=applied)
 
     def build(self) -> None:
-        if self._built:
-            return
+        """The object graph, then the service tree over it (nothing touches
+        the database or the network yet)."""
         config = self.config
         self.store = SqlStore(self.engine)
         viewers = self._build_fanout()
@@ -147,7 +158,7 @@ class ChatdService(Service):
             ),
             demo_mint=self._demo_mint() if config.secret_generated else None,
         )
-        self._built = True
+        self._build_tree()
 
     def _build_fanout(self) -> ViewerCounter | None:
         """In-process broker and local presence, or Redis for a cluster."""
@@ -203,65 +214,142 @@ class ChatdService(Service):
             counts["cluster_nodes_reaped"] = self.cluster.reaped_nodes
         return counts
 
-    # -- listening ----------------------------------------------------------------
+    # -- the service tree -----------------------------------------------------------
 
-    def listen(self) -> Deferred[IListeningPort]:
-        self.build()
+    def _build_tree(self) -> None:
+        """The children, in start order; they stop in reverse.
+
+        Stopping (SIGTERM) therefore runs: stop accepting connections; let
+        the queued message writes commit and push what they acknowledged;
+        close every connection with 1001 and wait for the closing
+        handshakes; stop the domain's timers; leave the cluster (users
+        connected nowhere else go offline for the other nodes now); stop
+        the broker; close storage."""
+        self.listener = _Listener(self._endpoint(), self._listening_factory(), self.config.listen)
+        self.listener.setName("listener")
+        stages: list[Any] = [
+            ComponentService("storage", stop=self.store.close),
+            ComponentService("broker", self.broker.start, self.broker.stop),
+        ]
+        if self.cluster is not None:
+            stages.append(ComponentService("cluster", self._join_cluster, self._leave_cluster))
+        stages += [
+            ComponentService("domain timers", stop=self._stop_timers),
+            ComponentService("connections", self._open_connections, self._close_connections),
+            ComponentService("pending writes", stop=self._commit_pending_writes),
+            self.listener,
+        ]
+        for stage in stages:
+            stage.setServiceParent(self)
+
+    def _endpoint(self) -> Any:
+        listen = self.config.listen
         try:
-            endpoint = endpoints.serverFromString(self.reactor, self.config.listen)
+            return endpoints.serverFromString(self.reactor, listen)
         except IndexError as e:
-            if self.config.listen.startswith("systemd:"):
+            if listen.startswith("systemd:"):
                 raise StartupError(
-                    f"listen {self.config.listen}: no such socket passed by systemd "
+                    f"listen {listen}: no such socket passed by systemd "
                     "(LISTEN_FDS/LISTEN_PID; start chatd through its .socket unit)"
                 ) from e
-            raise StartupError(f"invalid listen ({self.config.listen}): {_one_line(e)}") from e
+            raise StartupError(f"invalid listen ({listen}): {_one_line(e)}") from e
         except Exception as e:
-            raise StartupError(f"invalid listen ({self.config.listen}): {_one_line(e)}") from e
-        factory: Any = self.site
+            raise StartupError(f"invalid listen ({listen}): {_one_line(e)}") from e
+
+    def _listening_factory(self) -> Any:
         if self.config.tls_cert and self.config.tls_key:
             from twisted.protocols.tls import TLSMemoryBIOFactory
 
             from chatd.tls import server_options
 
-            factory = TLSMemoryBIOFactory(
-                server_options(self.config.tls_cert, self.config.tls_key), False, self.site
+            options = server_options(self.config.tls_cert, self.config.tls_key)
+            return TLSMemoryBIOFactory(options, False, self.site)
+        return self.site
+
+    @property
+    def port(self) -> IListeningPort | None:
+        return self.listener.port
+
+    def _join_cluster(self) -> Deferred[Any] | None:
+        assert self.cluster is not None
+        return self.cluster.start()
+
+    def _leave_cluster(self) -> Deferred[None]:
+        """Bounded: a node that cannot finish is reaped by the others."""
+        assert self.cluster is not None
+        leaving = self.cluster.stop()
+        leaving.addTimeout(self.config.shutdown_timeout, self.reactor)
+
+        def late(failure: Failure) -> None:
+            log.warn(
+                "leaving the cluster did not finish in time; the other nodes will reap this one"
             )
-        d = endpoint.listen(factory)
 
-        def listening(port: IListeningPort) -> IListeningPort:
-            self.port = port
-            return port
+        return leaving.addCallbacks(lambda _: None, late)
 
-        def failed(failure: Failure) -> None:
-            raise StartupError(f"cannot listen on {self.config.listen}: {_one_line(failure.value)}")
+    def _stop_timers(self) -> Deferred[None]:
+        self.chat.typing.stop_all()
+        self.live.stop()
+        if self.registry.order is not None:
+            self.registry.order.stop()
+        return maybeDeferred(self.presence.stop).addCallback(lambda _: None)
 
-        return d.addCallbacks(listening, failed)
+    def _open_connections(self) -> None:
+        self.factory.startFactory()
+
+    async def _close_connections(self) -> None:
+        await self.factory.shutdown(self.config.shutdown_timeout)
+        self.factory.stopFactory()
+
+    async def _commit_pending_writes(self) -> None:
+        try:
+            await self.store.drain()
+        except Exception:
+            log.failure("pending writes failed during shutdown")
+        # The pushes of what was just committed are queued for the end of the
+        # turn; send them before the close frames.
+        self.registry.flush()
+
+    # -- starting and stopping --------------------------------------------------------
 
     def privilegedStartService(self) -> None:
-        """Bind before twistd drops privileges; endpoints for tcp, ssl, unix
-        and systemd answer synchronously, so a failure stops start-up."""
-        super().privilegedStartService()
-        outcome: list[Any] = []
+        """Bind before twistd drops privileges (the listener child does it;
+        endpoints for tcp, ssl, unix and systemd answer synchronously, so a
+        port in use stops start-up with one line)."""
         try:
-            self.listen().addBoth(outcome.append)
+            super().privilegedStartService()
         except StartupError as e:
-            fail_startup(str(e))
-        if outcome and isinstance(outcome[0], Failure):
-            fail_startup(outcome[0].getErrorMessage())
+            if self.exit_on_failure:
+                fail_startup(str(e))
+            raise
 
-    def startService(self) -> None:
-        super().startService()
-        self.factory.startFactory()
-        self.broker.start()
-        if self.cluster is not None:
-            self.cluster.start()
-        if self.port is not None:
-            self._announce()
+    def startService(self) -> Deferred[None]:
+        d = super().startService()
+        d.addCallbacks(lambda _: self._announce(), self._start_failed)
+        return d
+
+    def _start_failed(self, failure: Failure) -> Failure | None:
+        if not self.exit_on_failure:
+            return failure
+        _tell_operator(f"cannot start: {_one_line(failure.value)}")
+        # twistd starts the tree before it runs the reactor, and drops the
+        # Deferred: end the process from the reactor, with status 1.
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        if self.reactor.running:
+            self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)
+        return None
+
+    def stopService(self) -> Deferred[None]:
+        d = super().stopService()
+        return d.addCallback(lambda _: log.info("chatd stopped"))
 
     def _announce(self) -> None:
-        assert self.port is not None
-        address = self.port.getHost()
+        port = self.port
+        if port is None:
+            return
+        address: Any = port.getHost()
         host = getattr(address, "host", None)
         http = "https" if self.config.listen.startswith("ssl:") or self.config.tls_cert else "http"
         ws = "wss" if http == "https" else "ws"
@@ -298,51 +386,34 @@ class ChatdService(Service):
             return f"{scheme}://{user}@{host}"
         return url
 
-    # -- stopping -----------------------------------------------------------------
+
+class _Listener(StreamServerEndpointService):
+    """Twisted's endpoint service (it binds in ``privilegedStartService``
+    and stops listening on stop), made to fail start-up synchronously with
+    one line, and to remember its port for the start-up announcement."""
+
+    _raiseSynchronously = True
+
+    def __init__(self, endpoint: Any, factory: Any, description: str) -> None:
+        super().__init__(endpoint, factory)
+        self.description = description
+        self.port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            raise StartupError(f"cannot listen on {self.description}: {_one_line(e)}") from e
+        assert self._waitingForPort is not None
+        self._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        return port
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
-        if not self._built:
-            return Deferred.fromCoroutine(_nothing())
-        return self._drain()
-
-    @inlineCallbacks
-    def _drain(self):
-        if self.port is not None:
-            yield self.port.stopListening()
-            self.port = None
-        try:
-            yield self.store.drain()
-        except Exception:
-            log.failure("pending writes failed during shutdown")
-        # The pushes of what was just committed are queued for the end of the
-        # turn; send them before the close frames.
-        self.registry.flush()
-        yield self.factory.shutdown(self.config.shutdown_timeout)
-        self.chat.typing.stop_all()
-        self.presence.stop()
-        if self.cluster is not None:
-            # Users connected nowhere else go offline for the other nodes now
-            # (bounded: a node that cannot finish is reaped by the others).
-            leaving = self.cluster.stop()
-            leaving.addTimeout(self.config.shutdown_timeout, self.reactor)
-            try:
-                yield leaving
-            except Exception:
-                log.warn(
-                    "leaving the cluster did not finish in time; the other nodes will reap this one"
-                )
-        self.live.stop()
-        if self.registry.order is not None:
-            self.registry.order.stop()
-        self.factory.stopFactory()
-        yield self.broker.stop()
-        yield self.store.close()
-        log.info("chatd stopped")
-
-
-async def _nothing() -> None:
-    return None
+        self.port = None
+        return super().stopService()
 
 
 def _data_dir_hint(config: Config) -> str:
@@ -356,10 +427,16 @@ def _one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
-def fail_startup(message: str) -> None:
+def fail_startup(message: str) -> NoReturn:
+    """One line on the real stderr, then a non-zero exit (before the
+    reactor runs)."""
+    _tell_operator(message)
+    raise SystemExit(1)
+
+
+def _tell_operator(message: str) -> None:
     """One line on the real stderr (twistd may have redirected sys.stderr
-    into its log by now), then a non-zero exit."""
+    into its log by now)."""
     stream = sys.__stderr__ or sys.stderr
     stream.write(f"chatd: {message}\n")
     stream.flush()
-    raise SystemExit(1)

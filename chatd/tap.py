@@ -38,10 +38,9 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> IService:
-    service = ChatdService(options.config)
     try:
+        service = ChatdService(options.config, exit_on_failure=True)
         service.prepare()
-        service.build()
     except StartupError as e:
         fail_startup(str(e))
     return service

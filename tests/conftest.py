@@ -109,8 +109,8 @@ async def start_server(config: Config, prepare: bool = True) -> RunningServer:
     service = ChatdService(config, reactor)
     if prepare:
         service.prepare()
-    await service.listen()
-    service.startService()
+    service.privilegedStartService()
+    await service.startService()
     return RunningServer(service)
 
 
