@@ -12,9 +12,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
+
+if TYPE_CHECKING:
+    from jwt.types import Options
 
 from chatd.config import Config
 from chatd.domain.models import Identity
@@ -62,7 +65,7 @@ class TokenVerifier:
         key = self.secret if algorithm.startswith("HS") else self.public_key
         if not key:
             raise AuthError(f"no key configured for {algorithm}")
-        options: dict[str, Any] = {"require": ["sub", "exp"]}
+        options: Options = {"require": ["sub", "exp"]}
         if self.audience is None:
             options["verify_aud"] = False
         try:

@@ -102,7 +102,8 @@ class DemoToken(JsonResource):
                     }
                 },
             )
-        user = (request.args.get(b"user") or [b"demo-user"])[-1].decode("utf-8", "replace")
+        args = request.args or {}
+        user = (args.get(b"user") or [b"demo-user"])[-1].decode("utf-8", "replace")
         if (
             not user.startswith("demo-")
             or len(user) > 64
