@@ -102,7 +102,7 @@ class DemoToken(JsonResource):
                     }
                 },
             )
-        args = request.args or {}
+        args: dict[bytes, list[bytes]] = request.args or {}
         user = (args.get(b"user") or [b"demo-user"])[-1].decode("utf-8", "replace")
         if (
             not user.startswith("demo-")
