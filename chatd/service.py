@@ -32,10 +32,14 @@ from chatd.bindings.websocket import ChatdWebSocketFactory, frame_event
 from chatd.broker.cluster import Cluster, ClusterPresence, ClusterViewers
 from chatd.broker.memory import InProcessBroker
 from chatd.broker.target import RedisTarget
+from chatd.clock import SystemWallClock
 from chatd.config import Config
 from chatd.domain.chat import ChatService, Limits
+from chatd.domain.direct import DirectMessages
 from chatd.domain.live import LiveService, ViewerCounter
+from chatd.domain.notifications import Notifications
 from chatd.domain.ordering import RoomOrder
+from chatd.domain.publishing import Publisher
 from chatd.domain.registry import LocalRegistry
 from chatd.domain.social import Presence, SocialService
 from chatd.lifecycle import AsyncMultiService, ComponentService
@@ -110,20 +114,37 @@ class ChatdService(AsyncMultiService):
         viewers = self._build_fanout()
         self.verifier = TokenVerifier.from_config(config)
         self.registry = LocalRegistry(self.broker, frame_event, self.reactor)
-        self.chat = ChatService(
-            self.store,
+        wall_clock = SystemWallClock()
+        limits = Limits(max_content_length=config.max_content_length)
+        publisher = Publisher(
             self.broker,
             self.registry,
             self.reactor,
-            Limits(max_content_length=config.max_content_length),
+            observe=lambda seconds: self.metrics.publish_latency.observe(seconds),
+        )
+        notifications = Notifications(self.store, publisher, wall_clock)
+        direct = DirectMessages(
+            self.store, publisher, self.presence, notifications, limits, wall_clock, config.dm_policy
+        )
+        self.chat = ChatService(
+            self.store,
+            publisher,
+            self.registry,
+            self.reactor,
+            wall_clock,
+            limits,
+            direct,
             online=self.presence,
         )
         self.registry.order = RoomOrder(self.reactor, self.registry.accept, self.chat.read_back)
-        self.social = SocialService(self.chat, self.registry, self.presence, config.dm_policy)
+        self.social = SocialService(
+            self.chat, self.registry, self.presence, direct, notifications, wall_clock
+        )
         self.live = LiveService(
             self.chat,
             self.registry,
             self.reactor,
+            wall_clock,
             viewers=viewers,
             count_interval=config.viewer_count_interval,
             reaction_rate=config.reaction_rate,
@@ -138,7 +159,7 @@ class ChatdService(AsyncMultiService):
             config, self.reactor, self.verifier, self.sessions, self.dispatcher, self.metrics
         )
         self.factory = ChatdWebSocketFactory(config, self.hub)
-        self.backend_api = BackendApi(self.registry, self.social)
+        self.backend_api = BackendApi(self.registry, self.social, limits)
         self.native_api = NativeApi(self.chat, self.social, self.live)
         self.api = HttpApi(
             self.verifier,
@@ -200,7 +221,6 @@ class ChatdService(AsyncMultiService):
         metrics.bind_counts(self._counts)
         self.store.writer.observe_batch = metrics.batch_size.observe
         self.store.writer.observe_commit = metrics.store_latency.observe
-        self.chat.observe_publish = metrics.publish_latency.observe
 
     def _counts(self) -> dict[str, float]:
         order = self.registry.order

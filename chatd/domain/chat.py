@@ -1,61 +1,68 @@
 """Rooms and messages: the rules of PROTOCOL.md section 4 "Rooms and
 messages", independent of any wire binding.
 
-Each operation takes the calling connection and typed arguments and returns
-a Deferred of the result data (or an ``Outcome`` when something must follow
-the reply).  Failures are ``ChatError`` with a protocol code; storage
-outages arrive as ``StoreUnavailable`` and become ``UNAVAILABLE``.
-Every event for other connections is JSON-encoded once here and published
-through the broker; nothing is sent per recipient.
+Operations that need no live connection take a ``Caller`` (a connection,
+or the HTTP API acting for a user); joins, leaves and typing take the
+``Connection``.  Each returns the result data, or a Deferred of it (or an
+``Outcome`` when something must follow the reply).  Failures are
+``ChatError`` with a protocol code; storage outages arrive as
+``StoreUnavailable`` and become ``UNAVAILABLE``.  Backend-only operations
+(a room with a chosen id and no creator, posting for any user) are methods
+of their own, named so.
+
+Async style: operations are ``async def`` coroutines wrapped with
+``Deferred.fromCoroutine`` at the edge, except ``send_message``, the hot
+path, which stays a plain chain of Deferred callbacks.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, cast
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from chatd.clock import now_ms
-from chatd.domain.interfaces import Broker, Connection, OnlineDirectory, Store
-from chatd.domain.models import Message, NewMessage, Published, Room
+from chatd.clock import WallClock, iso_from_ms
+from chatd.domain.direct import (
+    DIRECT_ROOM_PREFIX,
+    DirectMessages,
+    is_direct_room,
+    publish_room_message,
+)
+from chatd.domain.interfaces import Caller, Connection, OnlineDirectory, Store
+from chatd.domain.models import (
+    ActingUser,
+    Limits,
+    Message,
+    MessagePage,
+    NewMessage,
+    Published,
+    Room,
+)
+from chatd.domain.publishing import Publisher, encode, guard, new_id
 from chatd.domain.registry import LocalRegistry, room_channel, user_channel
 from chatd.domain.typing import TYPING_TIMEOUT, TypingTracker
-from chatd.errors import ChatError, ErrorCode, StoreUnavailable
+from chatd.errors import ChatError, ErrorCode
 
-log = Logger()
+__all__ = [
+    "DIRECT_ROOM_PREFIX",
+    "ChatService",
+    "Limits",
+    "Outcome",
+    "encode",
+    "is_direct_room",
+    "new_id",
+]
 
 JOIN_PAGE = 50
 SINCE_PAGE = 100
 MAX_PAGE = 100
 
-
-def encode(data: dict[str, Any]) -> bytes:
-    """The one JSON encoding of an event body (ASCII-safe, compact)."""
-    return json.dumps(data, separators=(",", ":")).encode()
-
-
 LEAVE_ROOM_CONTROL = "chatd:leave-room"
 """Control event on a user's channel: their connections leave a room."""
-
-DIRECT_ROOM_PREFIX = "dm_"
-
-
-def is_direct_room(room_id: str) -> bool:
-    """Direct-message rooms have ids of their own (see social.dm_room_id);
-    no other room may take that prefix."""
-    return room_id.startswith(DIRECT_ROOM_PREFIX)
-
-
-def new_id(prefix: str) -> str:
-    return prefix + secrets.token_hex(10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,74 +73,52 @@ class Outcome:
     after_reply: Callable[[], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_content_length: int = 4000
-    max_name_length: int = 100
-    max_description_length: int = 1000
-    max_members_at_create: int = 1000
-
-
 class ChatService:
+    """``direct`` handles messages into ``dm_…`` rooms, whichever way they
+    come in (without it such rooms behave like any private room)."""
+
     def __init__(
         self,
         store: Store,
-        broker: Broker,
+        publisher: Publisher,
         registry: LocalRegistry,
         clock: IReactorTime,
-        limits: Limits | None = None,
+        wall_clock: WallClock,
+        limits: Limits,
+        direct: DirectMessages | None = None,
         typing_timeout: float = TYPING_TIMEOUT,
         online: OnlineDirectory | None = None,
     ) -> None:
         self.store = store
-        self.broker = broker
+        self.publisher = publisher
         self.registry = registry
+        self.wall_clock = wall_clock
+        self.limits = limits
         self.online: OnlineDirectory = online if online is not None else registry
-        # The social service handles chat:message into direct-message rooms
-        # (dm_policy, message:receive); set by it, None without one.
-        self.direct_rooms: Any = None
-        self.observe_publish: Callable[[float], None] | None = None
-        self.limits = limits or Limits()
+        self._direct = direct
         self.typing = TypingTracker(clock, self._announce_typing, typing_timeout)
         registry.on_control(LEAVE_ROOM_CONTROL, self._leave_room_control)
 
-    # -- publishing ------------------------------------------------------------
+    # -- publishing (for the other services, which share this publisher) -------
 
     def publish(self, channel: str, event: Published) -> None:
-        """Publish after the state change is durable.  A broker failure is
-        logged; the change itself stands (clients recover with ``since``)."""
-        observe = self.observe_publish
-        if observe is None:
-            d = self.broker.publish(channel, event)
-        else:
-            started = time.monotonic()
-            d = self.broker.publish(channel, event)
-            d.addCallback(lambda _: observe(time.monotonic() - started))
-        d.addErrback(self._publish_failed, channel, event.type)
+        self.publisher.publish(channel, event)
 
     def publish_many(self, channels: list[str], event: Published) -> None:
-        if not channels:
-            return
-        if len(channels) == 1:
-            self.publish(channels[0], event)
-            return
-        d = self.broker.publish_many(channels, event)
-        d.addErrback(self._publish_failed, f"{len(channels)} channels", event.type)
-
-    @staticmethod
-    def _publish_failed(failure: Failure, channel: str, event_type: str) -> None:
-        log.failure(
-            "publishing {type} on {channel} failed",
-            failure,
-            event="broker.error",
-            type=event_type,
-            channel=channel,
-        )
+        self.publisher.publish_many(channels, event)
 
     def publish_local(self, channel: str, event: Published) -> None:
-        """Deliver to this node's connections only (each node pushes what it
-        computes for its own connections, such as viewer counts)."""
-        self.registry.accept(channel, event)
+        self.publisher.publish_local(channel, event)
+
+    def publish_to_room(
+        self, room_id: str, event_type: str, data: dict[str, Any], **routing: Any
+    ) -> None:
+        self.publisher.to_room(room_id, event_type, data, **routing)
+
+    @staticmethod
+    def guard(d: Deferred[Any]) -> Deferred[Any]:
+        """Storage outages become UNAVAILABLE (for the other services)."""
+        return guard(d)
 
     def read_back(self, channel: str, after_seq: int, count: int) -> Deferred[list[Published]]:
         """Room messages ``after_seq+1 .. after_seq+count`` as the events
@@ -146,56 +131,103 @@ class ChatService:
             ]
         )
 
-    def publish_to_room(
-        self, room_id: str, event_type: str, data: dict[str, Any], **routing: Any
-    ) -> None:
-        self.publish(room_channel(room_id), Published(event_type, encode(data), **routing))
-
-    @staticmethod
-    def guard(d: Deferred[Any]) -> Deferred[Any]:
-        """Storage outages become UNAVAILABLE (for the other services)."""
-        return _guard(d)
+    def pong(self) -> dict[str, Any]:
+        """``ping``: the server's wall-clock time, for clock-skew estimates."""
+        return {"timestamp": iso_from_ms(self.wall_clock.now_ms())}
 
     # -- create ----------------------------------------------------------------
 
-    @inlineCallbacks
     def create_room(
-        self, conn: Connection, name: str, description: str, room_type: str, members: list[str]
-    ):
-        user = _user(conn)
-        limits = self.limits
-        if len(name) > limits.max_name_length:
+        self, caller: Caller, name: str, description: str, room_type: str, members: list[str]
+    ) -> Deferred[dict[str, Any]]:
+        """``chat:create``: the caller creates the room and is its first member."""
+        self.limits.check_room(name, description, len(members), by_backend=False)
+        draft = Room(new_id("r_"), name, description, room_type, 0, self.wall_clock.now_ms(), 0)
+        d = guard(self.store.create_room(draft, _user(caller), members))
+        return d.addCallback(lambda room: {"room": room.to_wire()})
+
+    def create_room_for_backend(
+        self,
+        room_id: str | None,
+        name: str,
+        description: str,
+        room_type: str,
+        members: list[str],
+    ) -> Deferred[Room | None]:
+        """``POST /api/rooms``: a room with a chosen (or server) id and no
+        creator.  None when the id is taken."""
+        if room_id is not None and is_direct_room(room_id):
             raise ChatError(
-                ErrorCode.PAYLOAD_TOO_LARGE,
-                f"name is longer than {limits.max_name_length} characters",
+                ErrorCode.INVALID_MESSAGE, f"room ids starting {DIRECT_ROOM_PREFIX} are reserved"
             )
-        if len(description) > limits.max_description_length:
-            raise ChatError(
-                ErrorCode.PAYLOAD_TOO_LARGE,
-                f"description is longer than {limits.max_description_length} characters",
-            )
-        if len(members) > limits.max_members_at_create:
-            raise ChatError(
-                ErrorCode.PAYLOAD_TOO_LARGE,
-                f"at most {limits.max_members_at_create} members at creation",
-            )
-        draft = Room(new_id("r_"), name, description, room_type, 0, now_ms(), 0)
-        room = yield _guard(self.store.create_room(draft, user, members))
-        return {"room": room.to_wire()}
+        self.limits.check_room(name, description, len(members), by_backend=True)
+        at = self.wall_clock.now_ms()
+        draft = Room(room_id or new_id("r_"), name, description, room_type, 0, at, 0)
+        return guard(self.store.create_room(draft, None, members))
+
+    # -- rooms for the backend ---------------------------------------------------
+
+    def room(self, room_id: str, reader: str | None = None) -> Deferred[Room]:
+        """The room, for the backend (``reader`` None) or for one of its
+        members: the HTTP API reads rooms only as a member, public or not."""
+        return Deferred.fromCoroutine(self._room(room_id, reader))
+
+    async def _room(self, room_id: str, reader: str | None) -> Room:
+        room: Room | None = await guard(self.store.get_room(room_id))
+        if room is None:
+            raise ChatError(ErrorCode.ROOM_NOT_FOUND, f"room {room_id} does not exist")
+        if reader is not None and not await guard(self.store.is_member(room_id, reader)):
+            raise ChatError(ErrorCode.NOT_A_MEMBER, f"you are not a member of room {room_id}")
+        return room
+
+    def members(self, room_id: str) -> Deferred[list[str]]:
+        return guard(self.store.members(room_id))
+
+    def add_member(self, room_id: str, user_id: str) -> Deferred[bool]:
+        """Backend: make a user a member (False when they were already)."""
+        return Deferred.fromCoroutine(self._add_member(room_id, user_id))
+
+    async def _add_member(self, room_id: str, user_id: str) -> bool:
+        await self._room(room_id, None)
+        added: bool = await guard(self.store.add_member(room_id, user_id, self.wall_clock.now_ms()))
+        return added
+
+    def remove_member(self, room_id: str, user_id: str) -> Deferred[tuple[bool, int]]:
+        """Backend: remove a member; their connections leave the room at
+        once.  Returns (whether they were a member, connections that left
+        on this node)."""
+        return Deferred.fromCoroutine(self._remove_member(room_id, user_id))
+
+    async def _remove_member(self, room_id: str, user_id: str) -> tuple[bool, int]:
+        await self._room(room_id, None)
+        removed: bool = await guard(self.store.remove_member(room_id, user_id))
+        return removed, self.remove_from_room(room_id, user_id)
+
+    def page(
+        self, room_id: str, before: int | None, after: int | None, limit: int
+    ) -> Deferred[MessagePage]:
+        """A page of history, once the caller's right to it is settled."""
+        return guard(self.store.history(room_id, before, after, min(max(limit, 1), MAX_PAGE)))
 
     # -- join and leave ----------------------------------------------------------
 
-    @inlineCallbacks
-    def join(self, conn: Connection, room_id: str, since: int | None):
+    def join(
+        self, conn: Connection, room_id: str, since: int | None
+    ) -> Deferred[dict[str, Any] | Outcome]:
+        return Deferred.fromCoroutine(self._join(conn, room_id, since))
+
+    async def _join(
+        self, conn: Connection, room_id: str, since: int | None
+    ) -> dict[str, Any] | Outcome:
         user = _user(conn)
         holding = self.registry.begin_join(conn, room_id)
         try:
             if holding:
                 # Read the snapshot only once this node hears the room's
                 # live events (the broker may subscribe asynchronously).
-                yield self.broker.ready(room_channel(room_id))
+                await self.publisher.ready(room_channel(room_id))
             limit = JOIN_PAGE if since is None else SINCE_PAGE
-            snapshot = yield _guard(self.store.join_snapshot(room_id, user, since, limit))
+            snapshot = await guard(self.store.join_snapshot(room_id, user, since, limit))
             if snapshot is None:
                 raise ChatError(ErrorCode.ROOM_NOT_FOUND, f"room {room_id} does not exist")
             room = snapshot.room
@@ -206,32 +238,16 @@ class ChatService:
                         ErrorCode.NOT_A_MEMBER,
                         f"room {room_id} is private and you are not a member",
                     )
-                added = yield _guard(self.store.add_member(room_id, user, now_ms()))
+                added = await guard(self.store.add_member(room_id, user, self.wall_clock.now_ms()))
                 members = [*members, user]
                 if added:
-                    room = Room(
-                        room.id,
-                        room.name,
-                        room.description,
-                        room.type,
-                        room.member_count + 1,
-                        room.created_at_ms,
-                        room.last_seq,
-                    )
+                    room = replace(room, member_count=room.member_count + 1)
         except BaseException:
             if holding:
                 self.registry.abort_join(conn, room_id)
             raise
         page = snapshot.page
-        online = self.online.online_among(members)
-        if is_direct_room(room_id):
-            # A direct-message partner's presence is shown only to those in
-            # their audience (friends, room-mates), as everywhere else.
-            visible = []
-            for other in online:
-                if other == user or (yield _guard(self.store.in_audience(user, other))):
-                    visible.append(other)
-            online = visible
+        online = await self._visible_online(user, room_id, members)
         data = {
             "room": room.to_wire(),
             "messages": [m.to_wire() for m in page.messages],
@@ -244,6 +260,18 @@ class ChatService:
         # chat:history; live events beyond it follow the reply.
         last_seq = max(room.last_seq, page.messages[-1].seq if page.messages else 0)
         return Outcome(data, lambda: self.registry.complete_join(conn, room_id, last_seq))
+
+    async def _visible_online(self, user: str, room_id: str, members: list[str]) -> list[str]:
+        online = self.online.online_among(members)
+        if not is_direct_room(room_id):
+            return online
+        # A direct-message partner's presence is shown only to those in
+        # their audience (friends, room-mates), as everywhere else.
+        visible = []
+        for other in online:
+            if other == user or await guard(self.store.in_audience(user, other)):
+                visible.append(other)
+        return visible
 
     def leave(self, conn: Connection, room_id: str) -> dict[str, Any]:
         self.registry.leave(conn, room_id)
@@ -280,28 +308,58 @@ class ChatService:
     # -- messages ----------------------------------------------------------------
 
     def send_message(
-        self, conn: Connection, room_id: str, content: str, temp_id: str | None
+        self, caller: Caller, room_id: str, content: str, temp_id: str | None
     ) -> Deferred[dict[str, Any]]:
-        user = _user(conn)
-        self.check_content(content)
-        if self.direct_rooms is not None and is_direct_room(room_id):
-            return self.direct_rooms.send_in_direct_room(conn, room_id, content, temp_id)
-        message = NewMessage(new_id("m_"), room_id, user, content, temp_id, now_ms())
-        if self.registry.is_joined(conn, room_id):
-            d = self.store.append_message(message)
+        """``chat:message``, answered with its ack.
+
+        The hot path: plain Deferred callbacks, no coroutine, and for a
+        connection that joined the room no storage round trip but the
+        (group-committed) append itself."""
+        self.limits.check_content(content)
+        if self._direct is not None and is_direct_room(room_id):
+            sent = self._direct.send_in_room(caller, room_id, content, temp_id)
+            return sent.addCallback(_ack_of_wire, temp_id)
+        user = _user(caller)
+        message = NewMessage(
+            new_id("m_"), room_id, user, content, temp_id, self.wall_clock.now_ms()
+        )
+        # The registry is keyed by connection: a caller without one has
+        # joined nothing and is checked against the store.
+        stored: Deferred[Message]
+        if self.registry.is_joined(cast(Connection, caller), room_id):
+            stored = self.store.append_message(message)
         else:
-            d = self._require_member(room_id, user)
-            d.addCallback(lambda _: self.store.append_message(message))
-        d.addCallback(self._message_stored)
-        return _guard(d)
+            checked = Deferred.fromCoroutine(self._require_member(room_id, user))
+            stored = checked.addCallback(lambda _: self.store.append_message(message))
+        return guard(stored.addCallback(self._message_stored))
+
+    def post_for_backend(
+        self, user_id: str, room_id: str, content: str
+    ) -> Deferred[dict[str, Any]]:
+        """``POST /api/rooms/{id}/messages``: a ``chat:message`` from
+        ``user_id`` with the same pushes and limits; returns the message's
+        wire form.  The backend speaks for anyone in a group room (a
+        "system" user need not be a member); in a direct-message room the
+        user must be one of the pair, and it is a ``message:send`` to the
+        other one, notification included."""
+        return Deferred.fromCoroutine(self._post_for_backend(user_id, room_id, content))
+
+    async def _post_for_backend(self, user_id: str, room_id: str, content: str) -> dict[str, Any]:
+        self.limits.check_content(content)
+        await self._room(room_id, None)
+        if self._direct is not None and is_direct_room(room_id):
+            caller = ActingUser.named(user_id)
+            sent = await self._direct.send_in_room(caller, room_id, content, None)
+            wire: dict[str, Any] = sent["message"]
+            return wire
+        at = self.wall_clock.now_ms()
+        message = NewMessage(new_id("m_"), room_id, user_id, content, None, at)
+        stored: Message = await guard(self.store.append_message(message))
+        return self.message_stored(stored)
 
     def message_stored(self, message: Message) -> dict[str, Any]:
         """Publish a stored message to its room; return its wire form."""
-        wire = message.to_wire()
-        self.publish(
-            room_channel(message.chat_id), Published("chat:message", encode(wire), seq=message.seq)
-        )
-        return wire
+        return publish_room_message(self.publisher, message)
 
     def _message_stored(self, message: Message) -> dict[str, Any]:
         wire = self.message_stored(message)
@@ -311,38 +369,35 @@ class ChatService:
         return ack
 
     def check_content(self, content: str) -> None:
-        if not content.strip():
-            raise ChatError(ErrorCode.INVALID_MESSAGE, "content must not be empty")
-        if len(content) > self.limits.max_content_length:
-            raise ChatError(
-                ErrorCode.PAYLOAD_TOO_LARGE,
-                f"content is longer than {self.limits.max_content_length} characters",
-            )
+        self.limits.check_content(content)
 
-    @inlineCallbacks
-    def _require_member(self, room_id: str, user: str):
-        """Membership check for a connection that has not joined the room."""
-        if (yield self.store.is_member(room_id, user)):
-            return True
-        room = yield self.store.get_room(room_id)
-        if room is None:
+    async def _require_member(self, room_id: str, user: str) -> None:
+        """Membership check for a caller that has not joined the room."""
+        if await self.store.is_member(room_id, user):
+            return
+        if await self.store.get_room(room_id) is None:
             raise ChatError(ErrorCode.ROOM_NOT_FOUND, f"room {room_id} does not exist")
         raise ChatError(ErrorCode.NOT_A_MEMBER, f"you are not a member of room {room_id}")
 
-    @inlineCallbacks
     def history(
-        self, conn: Connection, room_id: str, before: int | None, after: int | None, limit: int
-    ):
-        user = _user(conn)
-        if not self.registry.is_joined(conn, room_id):
-            room = yield _guard(self.store.get_room(room_id))
+        self, caller: Caller, room_id: str, before: int | None, after: int | None, limit: int
+    ) -> Deferred[dict[str, Any]]:
+        return Deferred.fromCoroutine(self._history(caller, room_id, before, after, limit))
+
+    async def _history(
+        self, caller: Caller, room_id: str, before: int | None, after: int | None, limit: int
+    ) -> dict[str, Any]:
+        if not self.registry.is_joined(cast(Connection, caller), room_id):
+            room = await guard(self.store.get_room(room_id))
             if room is None:
                 raise ChatError(ErrorCode.ROOM_NOT_FOUND, f"room {room_id} does not exist")
-            if room.type != "public" and not (yield _guard(self.store.is_member(room_id, user))):
+            if room.type != "public" and not await guard(
+                self.store.is_member(room_id, _user(caller))
+            ):
                 raise ChatError(
                     ErrorCode.NOT_A_MEMBER, f"room {room_id} is private and you are not a member"
                 )
-        page = yield _guard(self.store.history(room_id, before, after, min(limit, MAX_PAGE)))
+        page = await guard(self.store.history(room_id, before, after, min(limit, MAX_PAGE)))
         return {
             "chatId": room_id,
             "messages": [m.to_wire() for m in page.messages],
@@ -369,32 +424,37 @@ class ChatService:
             skip_user=user_id,
         )
 
-    @inlineCallbacks
-    def mark_read(self, conn: Connection, room_id: str, message_id: str):
-        user = _user(conn)
-        message = yield self._message_in_reach(conn, message_id)
+    def mark_read(self, caller: Caller, room_id: str, message_id: str) -> Deferred[dict[str, Any]]:
+        return Deferred.fromCoroutine(self._mark_read(caller, room_id, message_id))
+
+    async def _mark_read(self, caller: Caller, room_id: str, message_id: str) -> dict[str, Any]:
+        user = _user(caller)
+        message = await self._message_in_reach(caller, message_id)
         if message.chat_id != room_id:
             raise ChatError(
                 ErrorCode.INVALID_MESSAGE, f"message {message_id} is not in room {room_id}"
             )
-        moved = yield _guard(self.store.set_read(room_id, user, message_id, message.seq))
-        if moved:
+        if await guard(self.store.set_read(room_id, user, message_id, message.seq)):
             self.publish_to_room(
                 room_id,
                 "chat:read",
                 {"chatId": room_id, "userId": user, "messageId": message_id, "seq": message.seq},
-                skip_connection=conn.connection_id,
+                skip_connection=caller.connection_id,
             )
         return {}
 
-    @inlineCallbacks
-    def react(self, conn: Connection, message_id: str, reaction: str, remove: bool):
-        user = _user(conn)
-        message = yield self._message_in_reach(conn, message_id)
-        changed = yield _guard(
-            self.store.set_reaction(message_id, user, reaction, not remove, now_ms())
-        )
-        if changed:
+    def react(
+        self, caller: Caller, message_id: str, reaction: str, remove: bool
+    ) -> Deferred[dict[str, Any]]:
+        return Deferred.fromCoroutine(self._react(caller, message_id, reaction, remove))
+
+    async def _react(
+        self, caller: Caller, message_id: str, reaction: str, remove: bool
+    ) -> dict[str, Any]:
+        user = _user(caller)
+        message = await self._message_in_reach(caller, message_id)
+        at = self.wall_clock.now_ms()
+        if await guard(self.store.set_reaction(message_id, user, reaction, not remove, at)):
             self.publish_to_room(
                 message.chat_id,
                 "chat:reaction",
@@ -405,37 +465,33 @@ class ChatService:
                     "reaction": reaction,
                     "removed": remove,
                 },
-                skip_connection=conn.connection_id,
+                skip_connection=caller.connection_id,
             )
         return {}
 
-    @inlineCallbacks
-    def _message_in_reach(self, conn: Connection, message_id: str):
+    async def _message_in_reach(self, caller: Caller, message_id: str) -> Message:
         """The message, if it exists and the user is a member of its room."""
-        message = yield _guard(self.store.get_message(message_id))
+        message: Message | None = await guard(self.store.get_message(message_id))
         if message is None:
             raise ChatError(ErrorCode.INVALID_MESSAGE, f"message {message_id} does not exist")
-        if not self.registry.is_joined(conn, message.chat_id):
-            if not (yield _guard(self.store.is_member(message.chat_id, _user(conn)))):
+        if not self.registry.is_joined(cast(Connection, caller), message.chat_id):
+            if not await guard(self.store.is_member(message.chat_id, _user(caller))):
                 raise ChatError(
                     ErrorCode.NOT_A_MEMBER, f"you are not a member of room {message.chat_id}"
                 )
         return message
 
 
-def _user(conn: Connection) -> str:
-    assert conn.identity is not None, "handlers run only for authenticated connections"
-    return conn.identity.user_id
+def _user(caller: Caller) -> str:
+    identity = caller.identity
+    assert identity is not None, "handlers run only for authenticated callers"
+    return identity.user_id
 
 
-def _guard(d: Deferred[Any]) -> Deferred[Any]:
-    """Turn a storage outage into the protocol's UNAVAILABLE."""
-
-    def translate(failure: Failure) -> Failure:
-        if failure.check(StoreUnavailable):
-            raise ChatError(
-                ErrorCode.UNAVAILABLE, "storage is unavailable; nothing was stored, try again"
-            )
-        return failure
-
-    return d.addErrback(translate)
+def _ack_of_wire(result: dict[str, Any], temp_id: str | None) -> dict[str, Any]:
+    """A direct message's ``{message}`` in the shape of a chat:message ack."""
+    message = result["message"]
+    ack = {"id": message["id"], "seq": message["seq"], "createdAt": message["createdAt"]}
+    if temp_id is not None:
+        ack["tempId"] = temp_id
+    return ack

@@ -21,8 +21,25 @@ from chatd.domain.models import (
 )
 
 
-class Connection(Protocol):
-    """A client connection as the domain sees it."""
+class Caller(Protocol):
+    """Who performs a domain operation that needs no live connection
+    (sending, creating a room, reading, reacting, friends...).
+
+    A WebSocket connection is one; the HTTP API acting for a user is another
+    (``models.ActingUser``), so the backend calls exactly the code a client
+    does.  ``connection_id`` names the connection that asked, when there is
+    one, so its own echo can be skipped; it is None for the HTTP API."""
+
+    @property
+    def identity(self) -> Identity | None: ...
+
+    @property
+    def connection_id(self) -> str | None: ...
+
+
+class Connection(Caller, Protocol):
+    """A client connection as the domain sees it: a caller that can also be
+    sent events (joins, typing and live streams need one)."""
 
     connection_id: str
     identity: Identity | None
@@ -49,7 +66,7 @@ class Store(Protocol):
 
     def is_member(self, room_id: str, user_id: str) -> Deferred[bool]: ...
 
-    def add_member(self, room_id: str, user_id: str) -> Deferred[bool]: ...
+    def add_member(self, room_id: str, user_id: str, at_ms: int = 0) -> Deferred[bool]: ...
 
     def remove_member(self, room_id: str, user_id: str) -> Deferred[bool]: ...
 

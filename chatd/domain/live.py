@@ -18,14 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from chatd.clock import iso_from_ms, now_ms
-from chatd.domain.chat import ChatService, encode, new_id
-from chatd.domain.interfaces import Connection, Store
+from chatd.clock import WallClock, iso_from_ms
+from chatd.domain.chat import ChatService
+from chatd.domain.interfaces import Caller, Connection, Store
 from chatd.domain.models import Published
+from chatd.domain.publishing import encode, new_id
 from chatd.domain.registry import LocalRegistry
 from chatd.errors import ChatError, ErrorCode
 
@@ -147,6 +148,7 @@ class LiveService:
         chat: ChatService,
         registry: LocalRegistry,
         clock: IReactorTime,
+        wall_clock: WallClock,
         viewers: ViewerCounter | None = None,
         count_interval: float = 0.5,
         reaction_rate: float = 10.0,
@@ -155,6 +157,7 @@ class LiveService:
         self.store: Store = chat.store
         self.registry = registry
         self.clock = clock
+        self.wall_clock = wall_clock
         self.viewers: ViewerCounter = viewers if viewers is not None else LocalViewers()
         self.counts = CoalescedCounts(clock, count_interval, self.viewers.count, self._push_count)
         self.viewers.on_changed = self.counts.changed
@@ -226,15 +229,17 @@ class LiveService:
 
     # -- viewers ----------------------------------------------------------------------
 
-    @inlineCallbacks
-    def join(self, conn: Connection, stream_id: str):
+    def join(self, conn: Connection, stream_id: str) -> Deferred[dict[str, Any]]:
+        return Deferred.fromCoroutine(self._join(conn, stream_id))
+
+    async def _join(self, conn: Connection, stream_id: str) -> dict[str, Any]:
         user = _user(conn)
-        stream = yield self._stream(stream_id)
+        stream = await self._stream(stream_id)
         watching = self._watching.setdefault(conn, set())
         if stream_id not in watching:
             watching.add(stream_id)
             self.registry.listen(conn, stream_channel(stream_id))
-            yield self.viewers.add(stream_id, user)
+            await _maybe(self.viewers.add(stream_id, user))
             self.counts.changed(stream_id)
         return {
             "streamId": stream_id,
@@ -260,21 +265,22 @@ class LiveService:
 
     # -- chat and reactions ----------------------------------------------------------------
 
-    @inlineCallbacks
-    def _open_stream(self, conn: Connection, stream_id: str):
+    async def _open_stream(self, conn: Connection, stream_id: str) -> None:
         watching = self._watching.get(conn)
         if watching is None or stream_id not in watching:
             raise ChatError(ErrorCode.NOT_A_MEMBER, f"join stream {stream_id} first (live:join)")
-        stream = yield self._stream(stream_id)
+        stream = await self._stream(stream_id)
         if stream is None:
             raise ChatError(ErrorCode.ROOM_NOT_FOUND, f"stream {stream_id} does not exist")
         if stream[1] == "ended":
             raise ChatError(ErrorCode.FORBIDDEN, f"stream {stream_id} has ended")
 
-    @inlineCallbacks
-    def message(self, conn: Connection, stream_id: str, content: str):
-        self.chat.check_content(content)
-        yield self._open_stream(conn, stream_id)
+    def message(self, conn: Connection, stream_id: str, content: str) -> Deferred[dict[str, Any]]:
+        self.chat.limits.check_content(content)
+        return Deferred.fromCoroutine(self._message(conn, stream_id, content))
+
+    async def _message(self, conn: Connection, stream_id: str, content: str) -> dict[str, Any]:
+        await self._open_stream(conn, stream_id)
         message_id = new_id("l_")
         self._publish(
             stream_id,
@@ -284,15 +290,17 @@ class LiveService:
                 "streamId": stream_id,
                 "userId": _user(conn),
                 "content": content,
-                "createdAt": iso_from_ms(now_ms()),
+                "createdAt": iso_from_ms(self.wall_clock.now_ms()),
             },
         )
         return {"id": message_id}
 
-    @inlineCallbacks
-    def react(self, conn: Connection, stream_id: str, emoji: str):
+    def react(self, conn: Connection, stream_id: str, emoji: str) -> Deferred[dict[str, Any]]:
+        return Deferred.fromCoroutine(self._react(conn, stream_id, emoji))
+
+    async def _react(self, conn: Connection, stream_id: str, emoji: str) -> dict[str, Any]:
         user = _user(conn)
-        yield self._open_stream(conn, stream_id)
+        await self._open_stream(conn, stream_id)
         if not self._take_reaction(user):
             raise ChatError(
                 ErrorCode.RATE_LIMIT_EXCEEDED,
@@ -331,12 +339,14 @@ class LiveService:
 
     # -- host control ----------------------------------------------------------------------
 
-    @inlineCallbacks
-    def set_status(self, conn: Connection, stream_id: str, status: str):
-        user = _user(conn)
-        changed = yield self.chat.guard(
-            self.store.set_stream_status(stream_id, user, status, now_ms())
-        )
+    def set_status(self, caller: Caller, stream_id: str, status: str) -> Deferred[dict[str, Any]]:
+        """``live:status``: only the stream's host may change it."""
+        return Deferred.fromCoroutine(self._set_status(caller, stream_id, status))
+
+    async def _set_status(self, caller: Caller, stream_id: str, status: str) -> dict[str, Any]:
+        user = _user(caller)
+        at = self.wall_clock.now_ms()
+        changed = await self.chat.guard(self.store.set_stream_status(stream_id, user, status, at))
         if changed is None:
             raise ChatError(
                 ErrorCode.FORBIDDEN, f"only the host of stream {stream_id} may change its status"
@@ -347,6 +357,25 @@ class LiveService:
             self._publish(stream_id, "live:status", {"streamId": stream_id, "status": status})
         return {}
 
+    def put_stream(
+        self, stream_id: str, host_id: str, title: str | None
+    ) -> Deferred[tuple[str, str, str]]:
+        """Backend (``PUT /api/streams/{id}``): create the stream or hand it
+        to a new host; returns its (host, status, title)."""
+        return Deferred.fromCoroutine(self._put_stream(stream_id, host_id, title))
+
+    async def _put_stream(
+        self, stream_id: str, host_id: str, title: str | None
+    ) -> tuple[str, str, str]:
+        at = self.wall_clock.now_ms()
+        await self.chat.guard(self.store.put_stream(stream_id, host_id, title, at))
+        self.forget(stream_id)
+        stream: tuple[str, str, str] | None = await self.chat.guard(
+            self.store.get_stream(stream_id)
+        )
+        assert stream is not None, "the stream was just stored"
+        return stream
+
     def forget(self, stream_id: str) -> None:
         """The stream changed elsewhere (HTTP API): read it afresh next time."""
         self._status_cache.pop(stream_id, None)
@@ -355,6 +384,13 @@ class LiveService:
         self.counts.stop()
 
 
-def _user(conn: Connection) -> str:
-    assert conn.identity is not None
-    return conn.identity.user_id
+def _user(caller: Caller) -> str:
+    identity = caller.identity
+    assert identity is not None
+    return identity.user_id
+
+
+async def _maybe(d: Deferred[None] | None) -> None:
+    """Wait for a ``ViewerCounter`` answer that may come at once (None)."""
+    if d is not None:
+        await d

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from chatd.clock import iso_from_ms
+from chatd.errors import ChatError, ErrorCode
 
 ROOM_TYPES = ("public", "private")
+
+
+def encode_body(data: dict[str, Any]) -> bytes:
+    """The one JSON encoding of an event body (ASCII-safe, compact), made
+    once by the publisher whatever the number of recipients."""
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +29,71 @@ class Identity:
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class ActingUser:
+    """A ``Caller`` without a connection: the HTTP API acting for a user
+    (``POST /api/rooms/{id}/messages``), so it runs the very code a client's
+    request runs, with the same pushes and notifications."""
+
+    identity: Identity
+    connection_id: str | None = None
+
+    @classmethod
+    def named(cls, user_id: str) -> ActingUser:
+        return cls(Identity(user_id))
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Every size limit of the domain, in one object that every entry point
+    (WebSocket, HTTP) is handed, so they cannot drift apart.
+
+    Members at creation: a user (``chat:create``) may name up to
+    ``max_members_by_user``; the backend (``POST /api/rooms``), which is
+    trusted and seeds rooms from its own user base, up to
+    ``max_members_by_backend``.  ``max_push_recipients`` bounds the
+    ``userIds`` of one backend push."""
+
+    max_content_length: int = 4000
+    max_name_length: int = 100
+    max_description_length: int = 1000
+    max_members_by_user: int = 1000
+    max_members_by_backend: int = 10000
+    max_push_recipients: int = 10000
+
+    def check_content(self, content: str) -> None:
+        if not content.strip():
+            raise ChatError(ErrorCode.INVALID_MESSAGE, "content must not be empty")
+        if len(content) > self.max_content_length:
+            raise ChatError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"content is longer than {self.max_content_length} characters",
+            )
+
+    def check_room(self, name: str, description: str, members: int, by_backend: bool) -> None:
+        """A new room's name, description and member count."""
+        if len(name) > self.max_name_length:
+            raise ChatError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"name is longer than {self.max_name_length} characters",
+            )
+        if len(description) > self.max_description_length:
+            raise ChatError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"description is longer than {self.max_description_length} characters",
+            )
+        most = self.max_members_by_backend if by_backend else self.max_members_by_user
+        if members > most:
+            raise ChatError(ErrorCode.PAYLOAD_TOO_LARGE, f"at most {most} members at creation")
+
+    def check_recipients(self, count: int) -> None:
+        if count > self.max_push_recipients:
+            raise ChatError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"'userIds' may hold at most {self.max_push_recipients} user ids",
+            )
 
 
 @dataclass(frozen=True, slots=True)

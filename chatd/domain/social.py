@@ -18,34 +18,29 @@ one can replace the local counts.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from chatd.clock import iso_from_ms, now_iso, now_ms
-from chatd.domain.chat import DIRECT_ROOM_PREFIX, ChatService, encode, new_id
-from chatd.domain.interfaces import Connection, PresenceTracker, Store
-from chatd.domain.models import Message, NewMessage, Notification, Published, Room
+from chatd.clock import WallClock, iso_from_ms, now_ms
+from chatd.domain.chat import ChatService
+from chatd.domain.direct import DM_POLICIES, DirectMessages, dm_room_id
+from chatd.domain.interfaces import Caller, Connection, PresenceTracker, Store
+from chatd.domain.models import Notification, Published
+from chatd.domain.notifications import Notifications
+from chatd.domain.publishing import encode, guard
 from chatd.domain.registry import BROADCAST_CHANNEL, LocalRegistry, user_channel
 from chatd.errors import ChatError, ErrorCode
 
+__all__ = ["DM_POLICIES", "SocialService", "dm_room_id"]
+
 log = Logger()
 
-DM_POLICIES = ("anyone", "friends")
 PRESENCE_GRACE = 3.0
 NOTIFICATIONS_ON_CONNECT = 100
-
-
-def dm_room_id(a: str, b: str) -> str:
-    """The direct-message room of a pair, the same whoever writes first
-    (a hash, so any characters in user ids are safe in a room id)."""
-    first, second = sorted((a, b))
-    digest = hashlib.sha256(f"{first}\x00{second}".encode()).hexdigest()[:32]
-    return DIRECT_ROOM_PREFIX + digest
 
 
 class Presence:
@@ -132,22 +127,19 @@ class SocialService:
         chat: ChatService,
         registry: LocalRegistry,
         presence: PresenceTracker,
-        dm_policy: str = "anyone",
+        direct: DirectMessages,
+        notifications: Notifications,
+        wall_clock: WallClock,
     ) -> None:
         self.chat = chat
         self.store: Store = chat.store
         self.registry = registry
         self.presence = presence
-        self.dm_policy = dm_policy
+        self.direct = direct
+        self.notifications = notifications
+        self.wall_clock = wall_clock
         presence.on_online = self._announce_online
         presence.on_offline = self._went_offline
-        chat.direct_rooms = self
-        self._dm_locks: dict[str, DeferredLock] = {}
-
-    def _push_to_user(
-        self, user_id: str, event_type: str, data: dict[str, Any], **routing: Any
-    ) -> None:
-        self.chat.publish(user_channel(user_id), Published(event_type, encode(data), **routing))
 
     # -- connections ---------------------------------------------------------------
 
@@ -209,140 +201,53 @@ class SocialService:
 
     def send_direct(
         self,
-        conn: Connection,
+        caller: Caller,
         recipient: str,
         content: str,
         temp_id: str | None,
         session_id: str | None,
     ) -> Deferred[dict[str, Any]]:
-        """Direct messages of one pair are handled one at a time, in arrival
-        order: the checks before the store are asynchronous, and two quick
-        messages must not swap on their way to it."""
-        room_id = dm_room_id(_user(conn), recipient)
-        lock = self._dm_locks.get(room_id)
-        if lock is None:
-            lock = self._dm_locks[room_id] = DeferredLock()
-        d = lock.run(self._send_direct, conn, recipient, content, temp_id, session_id)
-
-        def release(result: Any) -> Any:
-            if not lock.locked and not lock.waiting and self._dm_locks.get(room_id) is lock:
-                del self._dm_locks[room_id]
-            return result
-
-        return d.addBoth(release)
-
-    @inlineCallbacks
-    def _send_direct(
-        self,
-        conn: Connection,
-        recipient: str,
-        content: str,
-        temp_id: str | None,
-        session_id: str | None,
-    ):
-        sender = _user(conn)
-        if recipient == sender:
-            raise ChatError(ErrorCode.INVALID_MESSAGE, "recipientId must be another user")
-        self.chat.check_content(content)
-        yield self._require_known(recipient)
-        if self.dm_policy == "friends" and not (
-            yield self._guarded(self.store.are_friends(sender, recipient))
-        ):
-            raise ChatError(ErrorCode.FORBIDDEN, "direct messages are limited to friends")
-        room_id = dm_room_id(sender, recipient)
-        at = now_ms()
-        yield self._guarded(
-            self.store.ensure_dm_room(Room(room_id, "", "", "private", 2, at, 0), sender, recipient)
-        )
-        message: Message = yield self._guarded(
-            self.store.append_message(
-                NewMessage(new_id("m_"), room_id, sender, content, temp_id, at)
-            )
-        )
-        self.chat.message_stored(message)
-        wire = self._dm_wire(message, recipient, session_id)
-        self._push_to_user(recipient, "message:receive", {"message": wire})
-        self._push_to_user(
-            sender, "message:receive", {"message": wire}, skip_connection=conn.connection_id
-        )
-        if not self.presence.connections(recipient):
-            # Nobody to push to (a user in the presence grace period counts
-            # as online, but has no connection to receive this): leave a notification, delivered on the
-            # recipient's next connection, that says where to look.
-            name = (
-                conn.identity.name if conn.identity is not None and conn.identity.name else sender
-            )
-            yield self._notify_quietly(
-                recipient,
-                "direct_message",
-                f"New message from {name}",
-                content[:200],
-                {"chatId": message.chat_id, "messageId": message.id, "senderId": sender},
-            )
-        return {"message": wire}
-
-    @inlineCallbacks
-    def send_in_direct_room(
-        self, conn: Connection, room_id: str, content: str, temp_id: str | None
-    ):
-        """``chat:message`` into a DM room: the same rules and pushes as
-        ``message:send`` (dm_policy, message:receive), answered in the shape
-        of a chat:message ack."""
-        user = _user(conn)
-        members = yield self._guarded(self.store.members(room_id))
-        if user not in members:
-            raise ChatError(ErrorCode.NOT_A_MEMBER, f"you are not a member of room {room_id}")
-        others = [m for m in members if m != user]
-        if not others:
-            raise ChatError(ErrorCode.INVALID_MESSAGE, f"room {room_id} has no other member")
-        result = yield self.send_direct(conn, others[0], content, temp_id, None)
-        message = result["message"]
-        ack = {"id": message["id"], "seq": message["seq"], "createdAt": message["createdAt"]}
-        if temp_id is not None:
-            ack["tempId"] = temp_id
-        return ack
-
-    @staticmethod
-    def _dm_wire(message: Message, recipient: str, session_id: str | None) -> dict[str, Any]:
-        wire = message.to_wire()
-        wire["senderId"] = message.user_id
-        wire["recipientId"] = recipient
-        if session_id is not None:
-            wire["sessionId"] = session_id
-        return wire
+        """``message:send`` (``chat:message`` into a DM room lands in the
+        same ``DirectMessages`` through ``ChatService.send_message``)."""
+        return self.direct.send(caller, recipient, content, temp_id, session_id)
 
     # -- friends -----------------------------------------------------------------------
 
-    @inlineCallbacks
-    def request_friend(self, conn: Connection, target: str):
-        user = yield self._other_known_user(conn, target)
-        outcome = yield self._guarded(self.store.request_friend(user, target, now_ms()))
+    def request_friend(self, caller: Caller, target: str) -> Deferred[dict[str, Any]]:
+        return Deferred.fromCoroutine(self._request_friend(caller, target))
+
+    async def _request_friend(self, caller: Caller, target: str) -> dict[str, Any]:
+        user = await self._other_known_user(caller, target)
+        at = self.wall_clock.now_ms()
+        outcome = await guard(self.store.request_friend(user, target, at))
         if outcome == "requested":
-            self._push_to_user(target, "friend:request", {"fromUserId": user})
-            yield self._notify_quietly(
+            self.chat.publisher.to_user(target, "friend:request", {"fromUserId": user})
+            await self.notifications.notify_quietly(
                 target,
                 "friend_request",
                 "Friend request",
-                f"{conn.identity.name or user} sent you a friend request",
+                f"{_name(caller)} sent you a friend request",
                 {"fromUserId": user},
             )
         elif outcome == "accepted":
             self.became_friends(user, target)
         return {}
 
-    @inlineCallbacks
-    def _other_known_user(self, conn: Connection, other: str):
-        user = _user(conn)
+    async def _other_known_user(self, caller: Caller, other: str) -> str:
+        user = _user(caller)
         if other == user:
             raise ChatError(ErrorCode.INVALID_MESSAGE, "userId must be another user")
-        yield self._require_known(other)
+        await self.direct.require_known(other)
         return user
 
-    @inlineCallbacks
-    def accept_friend(self, conn: Connection, requester: str):
-        user = yield self._other_known_user(conn, requester)
-        if not (yield self._guarded(self.store.accept_friend(user, requester, now_ms()))):
-            if (yield self._guarded(self.store.are_friends(user, requester))):
+    def accept_friend(self, caller: Caller, requester: str) -> Deferred[dict[str, Any]]:
+        return Deferred.fromCoroutine(self._accept_friend(caller, requester))
+
+    async def _accept_friend(self, caller: Caller, requester: str) -> dict[str, Any]:
+        user = await self._other_known_user(caller, requester)
+        at = self.wall_clock.now_ms()
+        if not await guard(self.store.accept_friend(user, requester, at)):
+            if await guard(self.store.are_friends(user, requester)):
                 return {}
             raise ChatError(
                 ErrorCode.INVALID_MESSAGE, f"no pending friend request from {requester}"
@@ -352,27 +257,46 @@ class SocialService:
 
     def became_friends(self, a: str, b: str) -> None:
         """Both hear ``friend:accepted``; presence audiences follow at once."""
-        self._push_to_user(a, "friend:accepted", {"userId": b})
-        self._push_to_user(b, "friend:accepted", {"userId": a})
-        for subject, viewer in ((a, b), (b, a)):
-            if self.presence.is_online(subject):
-                self._push_to_user(viewer, "user:online", {"userId": subject})
+        self.chat.publisher.to_user(a, "friend:accepted", {"userId": b})
+        self.chat.publisher.to_user(b, "friend:accepted", {"userId": a})
+        self.announcer.befriended(a, b, self.presence)
 
-    @inlineCallbacks
-    def decline_friend(self, conn: Connection, requester: str):
-        user = yield self._other_known_user(conn, requester)
-        yield self._guarded(self.store.decline_friend(user, requester, now_ms()))
+    def set_friendship(self, a: str, b: str, present: bool) -> Deferred[bool]:
+        """Backend (``PUT``/``DELETE /api/friendships``): make or end a
+        friendship outright, settling any pending request; True when it
+        changed.  A new friendship is announced like an accepted request."""
+        return Deferred.fromCoroutine(self._set_friendship(a, b, present))
+
+    async def _set_friendship(self, a: str, b: str, present: bool) -> bool:
+        if a == b:
+            raise ChatError(ErrorCode.INVALID_MESSAGE, "a friendship needs two different users")
+        at = self.wall_clock.now_ms()
+        changed: bool = await guard(self.store.set_friendship(a, b, present, at))
+        if changed and present:
+            self.became_friends(a, b)
+        return changed
+
+    def decline_friend(self, caller: Caller, requester: str) -> Deferred[dict[str, Any]]:
+        return Deferred.fromCoroutine(self._decline_friend(caller, requester))
+
+    async def _decline_friend(self, caller: Caller, requester: str) -> dict[str, Any]:
+        user = await self._other_known_user(caller, requester)
+        await guard(self.store.decline_friend(user, requester, self.wall_clock.now_ms()))
         return {}
 
-    @inlineCallbacks
-    def remove_friend(self, conn: Connection, other: str):
-        user = yield self._other_known_user(conn, other)
-        yield self._guarded(self.store.remove_friend(user, other))
+    def remove_friend(self, caller: Caller, other: str) -> Deferred[dict[str, Any]]:
+        return Deferred.fromCoroutine(self._remove_friend(caller, other))
+
+    async def _remove_friend(self, caller: Caller, other: str) -> dict[str, Any]:
+        user = await self._other_known_user(caller, other)
+        await guard(self.store.remove_friend(user, other))
         return {}
 
-    @inlineCallbacks
-    def friends(self, conn: Connection):
-        lists = yield self._guarded(self.store.friend_lists(_user(conn)))
+    def friends(self, caller: Caller) -> Deferred[dict[str, Any]]:
+        return Deferred.fromCoroutine(self._friends(caller))
+
+    async def _friends(self, caller: Caller) -> dict[str, Any]:
+        lists = await guard(self.store.friend_lists(_user(caller)))
         return {
             "friends": [{"userId": f, "online": self.presence.is_online(f)} for f in lists.friends],
             "incoming": [r.to_wire() for r in lists.incoming],
@@ -381,59 +305,42 @@ class SocialService:
 
     # -- notifications and pushes ---------------------------------------------------------
 
-    @inlineCallbacks
-    def notify(self, user_id: str, kind: str, title: str, message: str, data: Any = None):
+    def notify(
+        self, user_id: str, kind: str, title: str, message: str, data: Any = None
+    ) -> Deferred[Notification]:
         """Store a notification and deliver it to the user's connections now
         (if any); it is handed over again on every new connection until the
         user acknowledges it."""
-        notification = Notification(new_id("n_"), user_id, kind, title, message, data, now_ms())
-        yield self._guarded(self.store.add_notification(notification))
-        self._push_to_user(user_id, "notification", notification.to_wire())
-        return notification
+        return self.notifications.notify(user_id, kind, title, message, data)
 
-    def _notify_quietly(
-        self, user_id: str, kind: str, title: str, message: str, data: Any
-    ) -> Deferred[None]:
-        """A notification that accompanies something already stored (a DM,
-        a friend request): stored before the answer goes out, so a client
-        that connects after the answer gets it exactly once on connect; its
-        failure is logged and does not turn the answer into an error."""
-        d = self.notify(user_id, kind, title, message, data)
-        d.addErrback(
-            lambda f: log.failure(
-                "{kind} notification for {user} failed", f, kind=kind, user=user_id
-            )
-        )
-        return d.addCallback(lambda _: None)
-
-    @inlineCallbacks
-    def ack_notification(self, conn: Connection, notification_id: str):
-        if not (
-            yield self._guarded(self.store.ack_notification(_user(conn), notification_id, now_ms()))
-        ):
-            raise ChatError(ErrorCode.INVALID_MESSAGE, f"no notification {notification_id} for you")
-        return {}
+    def ack_notification(self, caller: Caller, notification_id: str) -> Deferred[dict[str, Any]]:
+        d = self.notifications.acknowledge(_user(caller), notification_id)
+        return d.addCallback(lambda _: {})
 
     def push_message(self, user_ids: list[str] | None, kind: str, data: Any) -> None:
         """The free-form backend push ``message {type, data, timestamp}``
         to some users' connections, or to everyone (``user_ids=None``)."""
-        event = Published("message", encode({"type": kind, "data": data, "timestamp": now_iso()}))
+        timestamp = iso_from_ms(self.wall_clock.now_ms())
+        event = Published("message", encode({"type": kind, "data": data, "timestamp": timestamp}))
         channels = [BROADCAST_CHANNEL] if user_ids is None else [user_channel(u) for u in user_ids]
         self.chat.publish_many(channels, event)
 
-    @inlineCallbacks
-    def _require_known(self, user_id: str):
-        """A user is known once connected (online now, or recorded by an
-        earlier connection) or made a member of a room."""
-        if self.presence.is_online(user_id):
-            return
-        if not (yield self._guarded(self.store.user_exists(user_id))):
-            raise ChatError(ErrorCode.USER_NOT_FOUND, f"user {user_id} is not known here")
+    def last_seen(self, user_id: str) -> Deferred[int | None]:
+        """When the user's last connection closed (None: never seen)."""
+        return guard(self.store.last_seen(user_id))
 
     def _guarded(self, d: Deferred[Any]) -> Deferred[Any]:
-        return self.chat.guard(d)
+        return guard(d)
 
 
-def _user(conn: Connection) -> str:
-    assert conn.identity is not None
-    return conn.identity.user_id
+def _name(caller: Caller) -> str:
+    """How notifications name the caller: their display name, else their id."""
+    identity = caller.identity
+    assert identity is not None
+    return identity.name or identity.user_id
+
+
+def _user(caller: Caller) -> str:
+    identity = caller.identity
+    assert identity is not None
+    return identity.user_id

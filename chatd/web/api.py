@@ -62,8 +62,10 @@ def bad_request(message: str) -> ApiError:
 
 
 @dataclass(frozen=True, slots=True)
-class Caller:
-    """Who is calling: a user from a JWT, or the backend with the API key."""
+class Requester:
+    """Who sent the HTTP request: a user from a JWT, or the backend with
+    the API key (``identity`` None).  Not a domain ``Caller``: an endpoint
+    that acts for a user names that user (``models.ActingUser``)."""
 
     identity: Identity | None
 
@@ -78,7 +80,7 @@ class Caller:
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    caller: Caller
+    requester: Requester
     params: dict[str, str]
     query: dict[str, str]
     body: Any
@@ -170,9 +172,8 @@ class HttpApi(Resource):
         _finish(request, 500, {"error": {"code": "SERVER_ERROR", "message": "internal error"}})
 
     async def _dispatch(self, request: Request) -> Any:
-        path = "/" + "/".join(
-            unquote(p.decode("utf-8", "replace")) for p in request.prepath + request.postpath
-        )
+        segments = (request.prepath or []) + (request.postpath or [])
+        path = "/" + "/".join(unquote(p.decode("utf-8", "replace")) for p in segments)
         path = path.rstrip("/") or "/"
         matched = None
         allowed = False
@@ -191,14 +192,15 @@ class HttpApi(Resource):
                 )
             raise ApiError(404, "NOT_FOUND", f"no endpoint {path}")
         target, params = matched
-        caller = self._authenticate(request)
-        if target.admin and not caller.is_admin:
+        requester = self._authenticate(request)
+        if target.admin and not requester.is_admin:
             raise ApiError(
                 403, ErrorCode.FORBIDDEN, "this endpoint needs an admin token or the API key"
             )
         body = _read_body(request)
-        query = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
-        result = target.handler(Call(caller, params, query, body))
+        args: dict[bytes, list[bytes]] = request.args or {}
+        query = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in args.items()}
+        result = target.handler(Call(requester, params, query, body))
         if isinstance(result, Deferred):
             result = await result
         elif hasattr(result, "__await__"):
@@ -212,7 +214,7 @@ class HttpApi(Resource):
         except ApiError:
             return False
 
-    def _authenticate(self, request: Request) -> Caller:
+    def _authenticate(self, request: Request) -> Requester:
         header = request.getHeader(b"authorization")
         if not header:
             raise ApiError(
@@ -225,9 +227,9 @@ class HttpApi(Resource):
                 401, ErrorCode.UNAUTHORIZED, "use Authorization: Bearer <token or API key>"
             )
         if self._api_key and hmac.compare_digest(credentials.encode(), self._api_key.encode()):
-            return Caller(None)
+            return Requester(None)
         try:
-            return Caller(self._verifier.verify(credentials))
+            return Requester(self._verifier.verify(credentials))
         except AuthError as e:
             raise ApiError(401, ErrorCode.UNAUTHORIZED, f"authentication failed: {e}") from None
 

@@ -1,20 +1,22 @@
 """The endpoints of the HTTP API: the seed-compatible ``/websocket/…``
-ones (same paths and bodies as the Node server chatd replaces).  Each is a
-small function over the domain services; pushes travel the broker like
-WebSocket events do."""
+ones (same paths and bodies as the Node server chatd replaces) and the
+native ``/api/…`` ones.
+
+Each endpoint parses its request and calls one domain method, the same
+code a WebSocket request runs, so pushes, notifications and limits cannot
+differ between the two ways in.  Nothing here touches the store."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from chatd.clock import iso_from_ms, now_ms
-from chatd.domain.chat import ChatService, is_direct_room, new_id
-from chatd.domain.interfaces import Store
+from chatd.clock import iso_from_ms
+from chatd.domain.chat import ChatService, is_direct_room
 from chatd.domain.live import LiveService
-from chatd.domain.models import ROOM_TYPES, NewMessage, Published, Room
+from chatd.domain.models import ROOM_TYPES, Limits, Published
 from chatd.domain.registry import LocalRegistry, user_channel
 from chatd.domain.social import SocialService
-from chatd.web.api import ApiError, Call, Endpoint, bad_request, endpoint
+from chatd.web.api import MAX_ID, ApiError, Call, Endpoint, bad_request, endpoint
 
 CLOSE_BY_ADMIN = 4003
 DISCONNECT_CONTROL = "chatd:disconnect"
@@ -26,11 +28,11 @@ class BackendApi:
     """Counts (``delivered``, ``connections``) are cluster-wide: they come
     from the presence tracker, which asks Redis when there is a cluster."""
 
-    def __init__(self, registry: LocalRegistry, social: SocialService) -> None:
+    def __init__(self, registry: LocalRegistry, social: SocialService, limits: Limits) -> None:
         self.registry = registry
         self.social = social
         self.presence = social.presence
-        self.store: Store = social.store
+        self.limits = limits
         registry.on_control(DISCONNECT_CONTROL, self._disconnect_control)
 
     def endpoints(self) -> list[Endpoint]:
@@ -68,12 +70,9 @@ class BackendApi:
 
     async def message_users(self, call: Call) -> dict[str, Any]:
         user_ids = call.field("userIds", list)
-        if not user_ids or not all(
-            isinstance(u, str) and u.strip() and len(u) <= 128 for u in user_ids
-        ):
+        if not user_ids or not all(_is_user_id(u) for u in user_ids):
             raise bad_request("'userIds' must be a non-empty list of user ids")
-        if len(user_ids) > 10000:
-            raise bad_request("'userIds' may hold at most 10000 user ids")
+        self.limits.check_recipients(len(user_ids))
         kind, data = self._type_and_data(call)
         unique = list(dict.fromkeys(user_ids))
         self.social.push_message(unique, kind, data)
@@ -105,7 +104,7 @@ class BackendApi:
 
     async def _status(self, user_id: str) -> dict[str, Any]:
         connections = (await self.presence.connection_counts([user_id])).get(user_id, 0)
-        last_seen = None if connections else await self.store.last_seen(user_id)
+        last_seen = None if connections else await self.social.last_seen(user_id)
         return {
             "userId": user_id,
             "online": connections > 0,
@@ -117,9 +116,9 @@ class BackendApi:
         return await self._status(call.params["user_id"])
 
     async def my_status(self, call: Call) -> dict[str, Any]:
-        if call.caller.user_id is None:
+        if call.requester.user_id is None:
             raise bad_request("the API key is not a user; use a user's token")
-        return await self._status(call.caller.user_id)
+        return await self._status(call.requester.user_id)
 
     async def disconnect(self, call: Call) -> dict[str, Any]:
         user_id = call.params["user_id"]
@@ -140,7 +139,6 @@ class NativeApi:
         self.chat = chat
         self.social = social
         self.live = live
-        self.store: Store = chat.store
 
     def endpoints(self) -> list[Endpoint]:
         return [
@@ -155,101 +153,73 @@ class NativeApi:
             endpoint("PUT", "/api/streams/{stream_id}", self.put_stream),
         ]
 
-    async def _room(self, room_id: str) -> Room:
-        room = await self.chat.guard(self.store.get_room(room_id))
-        if room is None:
-            raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id} does not exist")
-        return room
-
-    async def _room_for(self, call: Call) -> Room:
-        """The room, for an admin or a member of it."""
-        room = await self._room(call.params["room_id"])
-        if not call.caller.is_admin and not await self.chat.guard(
-            self.store.is_member(room.id, call.caller.user_id)
-        ):
-            raise ApiError(403, "NOT_A_MEMBER", f"you are not a member of room {room.id}")
-        return room
+    def _reader(self, call: Call) -> str | None:
+        """Whose membership a read needs: none for an admin, else the user's."""
+        return None if call.requester.is_admin else call.requester.user_id
 
     async def create_room(self, call: Call) -> dict[str, Any]:
         room_id = call.field("id", required=False)
-        if room_id is None:
-            room_id = new_id("r_")
-        elif not room_id.strip() or len(room_id) > 128 or "/" in room_id or is_direct_room(room_id):
+        if room_id is not None and (
+            not room_id.strip()
+            or len(room_id) > MAX_ID
+            or "/" in room_id
+            or is_direct_room(room_id)
+        ):
             raise bad_request(
-                "'id' must be 1 to 128 characters without '/' and must not start with 'dm_'"
+                f"'id' must be 1 to {MAX_ID} characters without '/' and must not start with 'dm_'"
             )
         name = call.field("name")
-        if not name.strip() or len(name) > 100:
-            raise bad_request("'name' must be 1 to 100 characters")
+        if not name.strip():
+            raise bad_request("'name' must not be empty")
         description = call.field("description", required=False) or ""
-        if len(description) > 1000:
-            raise bad_request("'description' is longer than 1000 characters")
         room_type = call.field("type")
         if room_type not in ROOM_TYPES:
             raise bad_request('\'type\' must be "public" or "private"')
         members = call.field("members", list, required=False) or []
-        if (
-            not all(isinstance(m, str) and m.strip() and len(m) <= 128 for m in members)
-            or len(members) > 10000
-        ):
+        if not all(_is_user_id(m) for m in members):
             raise bad_request("'members' must be a list of user ids")
-        draft = Room(room_id, name, description, room_type, 0, now_ms(), 0)
-        room = await self.chat.guard(self.store.create_room(draft, None, members))
+        room = await self.chat.create_room_for_backend(
+            room_id, name, description, room_type, members
+        )
         if room is None:
             raise ApiError(409, "CONFLICT", f"room {room_id} exists already")
         return {"room": room.to_wire()}
 
     async def get_room(self, call: Call) -> dict[str, Any]:
-        room = await self._room_for(call)
-        members = await self.chat.guard(self.store.members(room.id))
+        room = await self.chat.room(call.params["room_id"], self._reader(call))
+        members = await self.chat.members(room.id)
         return {"room": room.to_wire(), "members": members}
 
     async def add_member(self, call: Call) -> dict[str, Any]:
-        room = await self._room(call.params["room_id"])
-        added = await self.chat.guard(
-            self.store.add_member(room.id, call.params["user_id"], now_ms())
-        )
+        added = await self.chat.add_member(call.params["room_id"], call.params["user_id"])
         return {"added": added}
 
     async def remove_member(self, call: Call) -> dict[str, Any]:
-        room = await self._room(call.params["room_id"])
-        user_id = call.params["user_id"]
-        removed = await self.chat.guard(self.store.remove_member(room.id, user_id))
-        left = self.chat.remove_from_room(room.id, user_id)
+        removed, left = await self.chat.remove_member(
+            call.params["room_id"], call.params["user_id"]
+        )
         return {"removed": removed, "connectionsLeft": left}
 
     async def history(self, call: Call) -> dict[str, Any]:
-        room = await self._room_for(call)
+        room = await self.chat.room(call.params["room_id"], self._reader(call))
         before = _query_seq(call, "before")
         after = _query_seq(call, "after")
         limit = _query_seq(call, "limit") or 50
-        page = await self.chat.guard(
-            self.store.history(room.id, before, after, min(max(limit, 1), 100))
-        )
+        page = await self.chat.page(room.id, before, after, limit)
         return {"messages": [m.to_wire() for m in page.messages], "hasMore": page.has_more}
 
     async def post_message(self, call: Call) -> dict[str, Any]:
-        room = await self._room(call.params["room_id"])
         user_id = call.user_id_field("userId")
         content = call.field("content")
-        self.chat.check_content(content)
-        message = await self.chat.guard(
-            self.store.append_message(
-                NewMessage(new_id("m_"), room.id, user_id, content, None, now_ms())
-            )
-        )
-        return {"message": self.chat.message_stored(message)}
+        message = await self.chat.post_for_backend(user_id, call.params["room_id"], content)
+        return {"message": message}
 
     async def befriend(self, call: Call) -> dict[str, Any]:
-        a, b = _pair(call)
-        created = await self.chat.guard(self.store.set_friendship(a, b, True, now_ms()))
-        if created:
-            self.social.became_friends(a, b)
+        created = await self.social.set_friendship(*_pair(call), True)
         return {"friends": True, "created": created}
 
     async def unfriend(self, call: Call) -> dict[str, Any]:
-        a, b = _pair(call)
-        removed = await self.chat.guard(self.store.set_friendship(a, b, False, now_ms()))
+        removed = await self.social.set_friendship(*_pair(call), False)
         return {"friends": False, "removed": removed}
 
     async def put_stream(self, call: Call) -> dict[str, Any]:
@@ -258,10 +228,12 @@ class NativeApi:
         title = call.field("title", required=False)
         if title is not None and len(title) > 200:
             raise bad_request("'title' is longer than 200 characters")
-        await self.chat.guard(self.store.put_stream(stream_id, host, title, now_ms()))
-        self.live.forget(stream_id)
-        stream = await self.chat.guard(self.store.get_stream(stream_id))
-        return {"streamId": stream_id, "hostId": stream[0], "status": stream[1], "title": stream[2]}
+        host, status, title = await self.live.put_stream(stream_id, host, title)
+        return {"streamId": stream_id, "hostId": host, "status": status, "title": title}
+
+
+def _is_user_id(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip()) and len(value) <= MAX_ID
 
 
 def _query_seq(call: Call, name: str) -> int | None:
