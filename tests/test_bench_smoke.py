@@ -1,0 +1,91 @@
+"""Smoke test of bench/: a tiny fan-out through ``bench/run.py`` against a
+real chatd, so a change to chatd or to the bench that breaks the
+benchmark (or makes it count wrong) shows in the ordinary test run, not
+weeks later when someone wants figures.
+
+run.py starts ``twistd chatd`` on a free 127.0.0.1 port in a scratch
+directory and inherits our environment, so PYTHONPATH (``clean_env``)
+makes it run this checkout's chatd, not the copy ``pip install .`` put in
+the venv.  It stops the server itself, also when it is sent SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon import REPO, clean_env
+
+# The generator runs on the bench extra (pip install '.[bench]').
+pytest.importorskip("picows", reason="bench extra not installed: pip install '.[bench]'")
+pytest.importorskip("uvloop", reason="bench extra not installed: pip install '.[bench]'")
+
+RECEIVERS, MESSAGES = 5, 20
+RUN_TIMEOUT = 90.0  # the run takes a few seconds; this only bounds a hang
+
+
+def run_fanout(tmp_path: Path) -> tuple[int, str, dict[str, Any]]:
+    """bench/run.py's fan-out, one round, every receiver a probe (so each
+    also checks order and gaps): (exit status, output, its --json)."""
+    out_json = tmp_path / "fanout.json"
+    cmd = [
+        sys.executable,
+        str(REPO / "bench" / "run.py"),
+        "--scenario=fanout",
+        f"--receivers={RECEIVERS}",
+        f"--messages={MESSAGES}",
+        "--sample=1",
+        "--repeat=1",
+        "--stall=5",
+        "--no-ceiling",
+        "--no-pin",
+        f"--json={out_json}",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        # TMPDIR: run.py's scratch directories (kept when a run fails) go
+        # where pytest cleans up.
+        env=clean_env(TMPDIR=str(tmp_path)),
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        # SIGTERM, not SIGKILL: run.py then stops its server and generator.
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        pytest.fail(f"bench/run.py did not finish in {RUN_TIMEOUT:.0f}s:\n{out}")
+    report = json.loads(out_json.read_text()) if out_json.exists() else {}
+    return proc.returncode, out, report
+
+
+def test_fanout_delivers_every_message_to_every_receiver(tmp_path: Path) -> None:
+    status, out, report = run_fanout(tmp_path)
+    assert status == 0, f"bench/run.py exited with {status}:\n{out}"
+    (result,) = report["results"]
+    assert "failed" not in result, f"{result['failed']}\n{result.get('server_log_tail', '')}"
+    assert (result["receivers"], result["messages"]) == (RECEIVERS, MESSAGES)
+    assert result["expected"] == RECEIVERS * MESSAGES
+    assert result["delivered"] == RECEIVERS * MESSAGES, out
+    assert (result["shortfall"], result["short_receivers"], result["disconnected"]) == (0, 0, 0)
+    assert result["acked"] == MESSAGES and result["errors"] == 0, result["error_samples"]
+    assert result["probes"] == RECEIVERS and result["out_of_order"] == 0
+    assert result["worker_failures"] == [] and result["server_closes"] == {}
+    assert result["deliveries_per_s"] > 0
+    # The server was stopped (not left behind) and stopped cleanly.
+    assert result["server_exit_code"] in (0, -signal.SIGTERM), out
+    assert not result["server_killed"]
