@@ -152,3 +152,92 @@ async def test_streams_with_a_host_named_by_the_backend(server_factory):
     # the backend can hand the stream to another host
     await http(server, "PUT", "/api/streams/concert", API_KEY, {"hostId": "fan"})
     await fan.ok("live:status", {"streamId": "concert", "status": "ended"})
+
+
+async def _until(predicate, timeout: float = 5.0) -> None:
+    """Wait until the server has seen what the test did (a close, say)."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    waited = 0.0
+    while not predicate():
+        assert waited < timeout, "timed out"
+        await deferLater(reactor, 0.02, lambda: None)
+        waited += 0.02
+
+
+@pytest_twisted.ensureDeferred
+async def test_posting_into_a_dm_room_over_http_is_a_direct_message(server_factory):
+    """POST /api/rooms/{dm_…}/messages is exactly a message:send from that
+    user: message:receive for the recipient (and the sender's connections),
+    and a stored notification for a recipient with no connection."""
+    server = await native_server(server_factory)
+    alice = await server.connect("alice")
+    bob = await server.connect("bob")
+    first = (await alice.ok("message:send", {"recipientId": "bob", "content": "hi"}))["message"]
+    await bob.next("message:receive")
+    dm = first["chatId"]
+
+    status, posted = await http(
+        server, "POST", f"/api/rooms/{dm}/messages", API_KEY, {"userId": "alice", "content": "web"}
+    )
+    assert status == 200, posted
+    assert posted["message"]["senderId"] == "alice" and posted["message"]["recipientId"] == "bob"
+    for client in (bob, alice):
+        received = (await client.next("message:receive"))["data"]["message"]
+        assert received["content"] == "web" and received["id"] == posted["message"]["id"]
+        assert received["chatId"] == dm and received["seq"] == first["seq"] + 1
+
+    # only one of the pair can post into a DM room (there is no recipient else)
+    status, answer = await http(
+        server, "POST", f"/api/rooms/{dm}/messages", API_KEY, {"userId": "eve", "content": "x"}
+    )
+    assert status == 403 and answer["error"]["code"] == "NOT_A_MEMBER"
+
+    await bob.close()
+    await _until(lambda: server.service.presence.connections("bob") == 0)
+    status, posted = await http(
+        server,
+        "POST",
+        f"/api/rooms/{dm}/messages",
+        API_KEY,
+        {"userId": "alice", "content": "while you were away"},
+    )
+    assert status == 200
+    bob = await server.connect("bob")
+    note = (await bob.next("notification"))["data"]
+    assert note["type"] == "direct_message" and note["message"] == "while you were away"
+    assert note["data"] == {"chatId": dm, "messageId": posted["message"]["id"], "senderId": "alice"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_member_limits_at_creation_are_one_rule_for_both_entry_points(server_factory):
+    """One Limits object: a user may name 1,000 members in chat:create, the
+    backend 10,000 in POST /api/rooms; over it both refuse with
+    PAYLOAD_TOO_LARGE (413 over HTTP), before anything is stored."""
+    server = await native_server(server_factory)
+    alice = await server.connect("alice")
+    many = [f"u{n}" for n in range(1001)]
+    await alice.fails(
+        "chat:create", {"name": "big", "type": "private", "members": many}, "PAYLOAD_TOO_LARGE"
+    )
+    await alice.ok("chat:create", {"name": "ok", "type": "private", "members": many[:1000]})
+
+    status, answer = await http(
+        server, "POST", "/api/rooms", API_KEY, {"name": "big", "type": "private", "members": many}
+    )
+    assert status == 200 and answer["room"]["memberCount"] == 1001
+    too_many = [f"u{n}" for n in range(10001)]
+    body = {"id": "huge", "name": "huge", "type": "private", "members": too_many}
+    status, answer = await http(server, "POST", "/api/rooms", API_KEY, body)
+    assert status == 413 and answer["error"]["code"] == "PAYLOAD_TOO_LARGE", answer
+    assert (await http(server, "GET", "/api/rooms/huge", API_KEY))[0] == 404
+
+    body = {"userIds": too_many, "type": "chat", "data": {}}
+    status, answer = await http(server, "POST", "/websocket/message/users", API_KEY, body)
+    assert status == 413 and answer["error"]["code"] == "PAYLOAD_TOO_LARGE", answer
+    # names and descriptions: the same limits and the same refusal as chat:create
+    body = {"name": "n" * 101, "type": "public"}
+    status, answer = await http(server, "POST", "/api/rooms", API_KEY, body)
+    assert status == 413 and answer["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    await alice.fails("chat:create", {"name": "n" * 101, "type": "public"}, "PAYLOAD_TOO_LARGE")
