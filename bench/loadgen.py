@@ -48,6 +48,7 @@ import os
 import sys
 
 import uvloop
+
 from load import connect, fanout, ingest, live
 from load.workers import stop_workers
 
