@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NoReturn
 
 from twisted.application.internet import StreamServerEndpointService
@@ -29,19 +30,21 @@ from twisted.python.failure import Failure
 from chatd import __version__
 from chatd.auth import TokenVerifier, mint_token
 from chatd.bindings.websocket import ChatdWebSocketFactory, frame_event
-from chatd.broker.cluster import Cluster, ClusterPresence, ClusterViewers
+from chatd.broker.cluster import Cluster
 from chatd.broker.memory import InProcessBroker
 from chatd.broker.target import RedisTarget
 from chatd.clock import SystemWallClock
 from chatd.config import Config
 from chatd.domain.chat import ChatService, Limits
 from chatd.domain.direct import DirectMessages
-from chatd.domain.live import LiveService, ViewerCounter
+from chatd.domain.interfaces import PresenceTracker
+from chatd.domain.live import LiveService, LocalViewers, ViewerCounter
 from chatd.domain.notifications import Notifications
 from chatd.domain.ordering import RoomOrder
+from chatd.domain.presence import LocalPresence, PresenceAnnouncer
 from chatd.domain.publishing import Publisher
 from chatd.domain.registry import LocalRegistry
-from chatd.domain.social import Presence, SocialService
+from chatd.domain.social import SocialService
 from chatd.lifecycle import AsyncMultiService, ComponentService
 from chatd.metrics import Metrics
 from chatd.protocol.dispatch import Dispatcher, chat_routes, live_routes, social_routes
@@ -111,7 +114,7 @@ class ChatdService(AsyncMultiService):
         the database or the network yet)."""
         config = self.config
         self.store = SqlStore(self.engine)
-        viewers = self._build_fanout()
+        self._build_fanout()
         self.verifier = TokenVerifier.from_config(config)
         self.registry = LocalRegistry(self.broker, frame_event, self.reactor)
         wall_clock = SystemWallClock()
@@ -122,6 +125,7 @@ class ChatdService(AsyncMultiService):
             self.reactor,
             observe=lambda seconds: self.metrics.publish_latency.observe(seconds),
         )
+        viewers = self._build_presence(publisher)
         notifications = Notifications(self.store, publisher, wall_clock)
         direct = DirectMessages(
             self.store, publisher, self.presence, notifications, limits, wall_clock, config.dm_policy
@@ -138,7 +142,13 @@ class ChatdService(AsyncMultiService):
         )
         self.registry.order = RoomOrder(self.reactor, self.registry.accept, self.chat.read_back)
         self.social = SocialService(
-            self.chat, self.registry, self.presence, direct, notifications, wall_clock
+            self.chat,
+            self.registry,
+            self.presence,
+            self.announcer,
+            direct,
+            notifications,
+            wall_clock,
         )
         self.live = LiveService(
             self.chat,
@@ -181,26 +191,43 @@ class ChatdService(AsyncMultiService):
         )
         self._build_tree()
 
-    def _build_fanout(self) -> ViewerCounter | None:
-        """In-process broker and local presence, or Redis for a cluster."""
+    def _build_fanout(self) -> None:
+        """In-process broker, or Redis for a cluster (presence and viewer
+        counts over it follow in ``_build_presence``)."""
         config = self.config
         self.cluster: Cluster | None = None
-        self.presence: Presence | ClusterPresence
+        self.link: Any = None
         if not config.redis:
             self.broker: Any = InProcessBroker()
-            self.presence = Presence(self.reactor, config.presence_grace)
-            return None
+            return
         # txredisapi installs the default reactor on import: only import it
         # once a reactor runs (twistd and the tests have installed theirs).
         from chatd.broker.redis import RedisBroker, RedisLink
 
         target = RedisTarget.parse(config.redis)
-        link = RedisLink(target, config.redis_prefix, self.reactor, config.redis_ca)
-        self.broker = RedisBroker(link, self.reactor)
-        self.cluster = Cluster(link, self.reactor)
-        self.cluster.connection_count = lambda: len(self.factory.connections)
-        self.presence = ClusterPresence(self.cluster, self.reactor, config.presence_grace)
-        return ClusterViewers(self.cluster)
+        self.link = RedisLink(target, config.redis_prefix, self.reactor, config.redis_ca)
+        self.broker = RedisBroker(self.link, self.reactor)
+
+    def _build_presence(self, publisher: Publisher) -> ViewerCounter | None:
+        """One announcer, and the tracker reporting to it: this process's,
+        or the cluster's (whose membership also counts viewers)."""
+        config = self.config
+        self.announcer = PresenceAnnouncer(self.store, publisher)
+        local = partial(LocalPresence, clock=self.reactor, grace=config.presence_grace)
+        self.presence: PresenceTracker
+        if self.link is None:
+            self.presence = local(self.announcer)
+            return None
+        self.cluster = Cluster(
+            self.link,
+            self.reactor,
+            self.announcer,
+            local,
+            LocalViewers(),
+            connection_count=lambda: len(self.factory.connections),
+        )
+        self.presence = self.cluster.presence
+        return self.cluster.viewers
 
     def _demo_mint(self) -> Callable[[str], str]:
         config = self.config

@@ -27,31 +27,40 @@ replicas), not Redis Cluster.
 Reads that must be synchronous (``is_online``) use a mirror of the online
 set kept from the control channel (``on``/``off`` messages published by
 the announcing node) and reloaded on every (re)connection.
+
+This module is the Redis implementation only: the presence rules (who
+hears what, the grace period) are ``chatd.domain.presence``'s, handed in
+by the composition root as interfaces (a ``PresenceListener`` to announce
+through, a factory for the local tracker, a ``LocalViewerTable``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from chatd.clock import now_ms
-from chatd.domain.live import LocalViewers
-from chatd.domain.social import Presence
+from chatd.domain.interfaces import (
+    LocalPresenceTracker,
+    LocalViewerTable,
+    OnlineDirectory,
+    PresenceListener,
+)
 
 if TYPE_CHECKING:
-    from chatd.broker.redis import RedisLink
+    from chatd.broker.redis import LinkListener
 
 log = Logger()
 
 HEARTBEAT = 5.0
 NODE_TIMEOUT = 15.0
+START_TIMEOUT = 2.0
 
 REGISTERED = """
 local function registered(p, node)
@@ -190,64 +199,199 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class ClusterLink(Protocol):
+    """What the cluster needs of the Redis link (``chatd.broker.redis.RedisLink``)."""
+
+    prefix: str
+    node: str
+    control_channel: bytes
+
+    def eval(self, script: str, args: list[Any]) -> Deferred[Any]: ...
+
+    def command(self, name: str, *args: Any) -> Deferred[Any]: ...
+
+    def publish(self, channel: bytes, payload: bytes) -> Deferred[Any]: ...
+
+    def is_up(self) -> bool: ...
+
+    def add_listener(self, listener: LinkListener) -> None: ...
+
+
+LocalTrackerFactory = Callable[[PresenceListener], LocalPresenceTracker]
+"""Builds the local half of the cluster's tracker, reporting to the given
+listener (the cluster's own, which turns "gone here" into "gone everywhere?")."""
+
+
 class Cluster:
     """This node's membership: heartbeats, reaping dead nodes, the control
-    channel and re-registration after Redis comes back."""
+    channel and re-registration after Redis comes back.
+
+    It builds its two halves, ``presence`` (a ``PresenceTracker``) and
+    ``viewers`` (a viewer counter), because they and the membership need
+    each other: they run scripts under this node's name and ask for a
+    re-registration, and the membership re-registers them, feeds them the
+    control channel and hands them what it reaped.
+
+    ``connection_count`` is every open connection of this node (the
+    heartbeat reports it for the HTTP API's totals)."""
 
     def __init__(
         self,
-        link: RedisLink,
+        link: ClusterLink,
         clock: IReactorTime,
+        announcer: PresenceListener,
+        local_presence: LocalTrackerFactory,
+        local_viewers: LocalViewerTable,
+        connection_count: Callable[[], int],
         heartbeat: float = HEARTBEAT,
         node_timeout: float = NODE_TIMEOUT,
+        start_timeout: float = START_TIMEOUT,
     ) -> None:
         self.link = link
         self.clock = clock
         self.heartbeat_interval = heartbeat
         self.node_timeout = node_timeout
-        self.presence: ClusterPresence | None = None
-        self.viewers: ClusterViewers | None = None
-        self.connection_count: Callable[[], int] = lambda: 0
+        self.start_timeout = start_timeout
+        self._connection_count = connection_count
+        self.reaped_nodes = 0
         self._beat = LoopingCall(self._heartbeat)
         self._beat.clock = clock
         self._sweep = LoopingCall(self._reap)
         self._sweep.clock = clock
-        link.on_control = self._control
-        link.on_subscriber_up.append(lambda _conn: self._resync())
-        self.reaped_nodes = 0
-        self._reregistering = False
+        self._loops_done: list[Deferred[None]] = []
+        self._starting: Deferred[None] | None = None
+        self._start_timer: IDelayedCall | None = None
+        self._reregister_call: IDelayedCall | None = None
+        self._stopping = False
+        self.presence = ClusterPresence(self, announcer, local_presence)
+        self.viewers = ClusterViewers(self, local_viewers)
+        link.add_listener(self)
 
     def args(self, *rest: Any) -> list[Any]:
         return [self.link.prefix, self.link.node, *rest]
 
-    def start(self) -> None:
-        self._beat.start(self.heartbeat_interval, now=True)
-        self._sweep.start(self.heartbeat_interval, now=False)
+    # -- lifecycle ----------------------------------------------------------------------
 
-    # -- control messages -------------------------------------------------------------
+    def start(self) -> Deferred[None]:
+        """Heartbeat and sweep from now on.
 
-    def announce(self, kind: str, value: str) -> None:
-        payload = json.dumps({"t": kind, "v": value, "n": self.link.node}).encode()
-        self.link.publish(self.link.control_channel, payload).addErrback(lambda _: None)
+        Fires once this node is registered in Redis, or once Redis is known
+        to be out of reach (its connection failed, or no heartbeat got an
+        answer within ``start_timeout``).  Out of reach is logged, not a
+        failure: the node serves its own connections meanwhile and
+        registers as soon as Redis answers, as after any outage."""
+        if self._beat.running:
+            raise RuntimeError("the cluster membership is already started")
+        self._stopping = False
+        starting: Deferred[None] = Deferred()
+        self._starting = starting
+        self._start_timer = self.clock.callLater(
+            self.start_timeout, self._started, f"no answer within {self.start_timeout:g} s"
+        )
+        self._loops_done = [
+            self._keep(self._beat.start(self.heartbeat_interval, now=True), "heartbeat"),
+            self._keep(self._sweep.start(self.heartbeat_interval, now=False), "sweep"),
+        ]
+        return starting
 
-    def _control(self, payload: bytes) -> None:
+    def _keep(self, loop: Deferred[LoopingCall], what: str) -> Deferred[None]:
+        """A loop's Deferred fires when it stops; it errbacks only if a beat
+        raised (each beat handles Redis failures itself): log that."""
+
+        def failed(failure: Failure) -> None:
+            log.failure("the cluster {what} stopped", failure, what=what, event="cluster.error")
+
+        return loop.addCallbacks(lambda _: None, failed)
+
+    def _started(self, unreachable: str | None) -> None:
+        starting, self._starting = self._starting, None
+        if starting is None:
+            return
+        if self._start_timer is not None and self._start_timer.active():
+            self._start_timer.cancel()
+        self._start_timer = None
+        if unreachable is not None:
+            log.warn(
+                "not registered in the cluster yet (redis: {error}); serving this node's "
+                "connections, registering when redis answers",
+                event="cluster.unregistered",
+                error=unreachable,
+            )
+        starting.callback(None)
+
+    def stop(self) -> Deferred[None]:
+        """Leave cleanly: the loops stop (a beat or sweep still running is
+        waited for, so none runs after the leave), then this node's users
+        connected nowhere else go offline now (announced) and its viewers
+        leave the counts.  A Redis failure is logged, not raised."""
+        return Deferred.fromCoroutine(self._leave())
+
+    async def _leave(self) -> None:
+        self._stopping = True
+        self._started(None)
+        if self._reregister_call is not None and self._reregister_call.active():
+            self._reregister_call.cancel()
+        self._reregister_call = None
+        for loop in (self._beat, self._sweep):
+            if loop.running:
+                loop.stop()
+        await _settled(DeferredList(self._loops_done, consumeErrors=True))
+        try:
+            reaped = await self.link.eval(REAP, [self.link.prefix, 0, self.link.node])
+            await self._reaped(reaped)
+        except CancelledError:
+            raise
+        except Exception as e:
+            log.warn(
+                "leaving the cluster failed: {error}",
+                event="cluster.error",
+                error=_one_line(e),
+            )
+
+    # -- LinkListener (what the Redis link reports) --------------------------------------
+
+    def control_received(self, payload: bytes) -> None:
         try:
             message = json.loads(payload)
             kind, value = message["t"], message["v"]
         except (ValueError, KeyError, TypeError):
             log.warn("dropped a malformed cluster control message")
             return
-        if kind in ("on", "off") and self.presence is not None:
+        if kind in ("on", "off"):
             self.presence.mirror(kind == "on", value)
-        elif kind == "views" and self.viewers is not None and message.get("n") != self.link.node:
+        elif kind == "views" and message.get("n") != self.link.node:
             self.viewers.remote_changed(value)
+
+    def subscriber_connected(self) -> None:
+        """(Re)connected: register this node and its local state again and
+        reload the online mirror (control messages may have been missed)."""
+        if self._stopping:
+            return
+        d = self._heartbeat()
+        d.addCallback(lambda _: self._register_local())
+
+    def link_up(self) -> None:
+        """Both connections are up: if start-up still waits, register now
+        rather than at the next beat."""
+        if self._starting is not None:
+            self._heartbeat()
+
+    def link_down(self, why: str) -> None:
+        self._started(why)
+
+    # -- control messages -----------------------------------------------------------------
+
+    def announce(self, kind: str, value: str) -> None:
+        payload = json.dumps({"t": kind, "v": value, "n": self.link.node}).encode()
+        self.link.publish(self.link.control_channel, payload).addErrback(lambda _: None)
 
     # -- liveness ----------------------------------------------------------------------
 
     def _heartbeat(self) -> Deferred[None]:
-        d = self.link.eval(HEARTBEAT_SCRIPT, self.args(self.connection_count()))
+        d = self.link.eval(HEARTBEAT_SCRIPT, self.args(self._connection_count()))
 
         def beat(added: Any) -> None:
+            self._started(None)
             if added == 1:
                 # Reaped while we could not heartbeat (or never registered):
                 # put this node's users and viewers back.
@@ -258,39 +402,32 @@ class Cluster:
     def reregister(self) -> None:
         """This node was missing from the nodes set: register all of its
         local state again (at most once per reactor turn)."""
-        if self._reregistering:
+        if self._reregister_call is not None or self._stopping:
             return
-        self._reregistering = True
 
         def run() -> None:
-            self._reregistering = False
+            self._reregister_call = None
             self._register_local()
 
-        self.clock.callLater(0, run)
+        self._reregister_call = self.clock.callLater(0, run)
+
+    def _register_local(self) -> None:
+        self.presence.register_all()
+        self.viewers.register_all()
 
     def _reap(self) -> Deferred[None]:
         d = self.link.eval(REAP, [self.link.prefix, int(self.node_timeout * 1000), ""])
         d.addCallback(self._reaped)
         return d.addErrback(lambda _: None)
 
-    def _reaped(self, result: list[Any]) -> Deferred[Any]:
-        announcements = []
-        i = 0
-        streams = set()
-        while i < len(result):
-            kind = _text(result[i])
-            if kind == "o":
-                user, seen = _text(result[i + 1]), int(float(_text(result[i + 2])))
-                i += 3
-                if self.presence is not None:
-                    announcements.append(self.presence.cluster_offline(user, seen))
-            else:
-                streams.add(_text(result[i + 1]))
-                i += 2
+    def _reaped(self, result: list[Any]) -> Deferred[None]:
+        """Announce what a REAP took out: users now offline everywhere (last
+        seen at their node's last heartbeat), changed viewer counts."""
+        offline, streams = _parse_reaped(result)
+        announcements = [self.presence.cluster_offline(user, seen) for user, seen in offline]
         for stream in streams:
             self.announce("views", stream)
-            if self.viewers is not None:
-                self.viewers.remote_changed(stream)
+            self.viewers.remote_changed(stream)
         if announcements:
             log.info(
                 "reaped a silent node: {count} users offline",
@@ -298,56 +435,69 @@ class Cluster:
                 count=len(announcements),
             )
             self.reaped_nodes += 1
-        return DeferredList(announcements, consumeErrors=True)
+        return DeferredList(announcements, consumeErrors=True).addCallback(lambda _: None)
 
-    def _resync(self) -> None:
-        """(Re)connected: register this node and its local state again and
-        reload the online mirror."""
-        d = self._heartbeat()
-        d.addCallback(lambda _: self._register_local())
 
-    def _register_local(self) -> None:
-        if self.presence is not None:
-            self.presence.register_all()
-        if self.viewers is not None:
-            self.viewers.register_all()
+def _parse_reaped(result: list[Any]) -> tuple[list[tuple[str, int]], set[str]]:
+    """REAP's flat reply: ``'o', user, last-seen ms`` and ``'s', stream``."""
+    offline: list[tuple[str, int]] = []
+    streams: set[str] = set()
+    i = 0
+    while i < len(result):
+        if _text(result[i]) == "o":
+            offline.append((_text(result[i + 1]), int(float(_text(result[i + 2])))))
+            i += 3
+        else:
+            streams.add(_text(result[i + 1]))
+            i += 2
+    return offline, streams
 
-    def stop(self) -> Deferred[Any]:
-        """Leave cleanly: this node's users that are connected nowhere else
-        go offline now (announced), its viewers leave the counts."""
-        for loop in (self._beat, self._sweep):
-            if loop.running:
-                loop.stop()
-        d = self.link.eval(REAP, [self.link.prefix, 0, self.link.node])
-        d.addCallback(self._reaped)
-        return d.addErrback(
-            lambda f: log.warn(
-                "leaving the cluster failed: {error}",
-                event="cluster.error",
-                error=f.getErrorMessage(),
-            )
-        )
+
+def _settled(d: Deferred[Any]) -> Deferred[None]:
+    """Waits for ``d`` without passing a cancellation on to it (a loop's
+    Deferred belongs to the LoopingCall, which fires it itself)."""
+    waiter: Deferred[None] = Deferred()
+
+    def fire(_: object) -> None:
+        if not waiter.called:
+            waiter.callback(None)
+
+    d.addBoth(fire)
+    return waiter
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+class _GraceOver:
+    """The local tracker's listener inside ``ClusterPresence``: a user gone
+    from this node may still be online on another, so Redis decides."""
+
+    def __init__(self, presence: ClusterPresence) -> None:
+        self._presence = presence
+
+    def went_online(self, user_id: str, online: OnlineDirectory) -> Deferred[None]:
+        return succeed(None)  # the USER_SET script decides that, in ``opened``
+
+    def went_offline(self, user_id: str, at_ms: int, online: OnlineDirectory) -> Deferred[None]:
+        return self._presence.left_this_node(user_id, at_ms)
 
 
 class ClusterPresence:
     """``PresenceTracker`` for several nodes: local counts with the grace
-    period as in one process, and the cluster's view in Redis."""
+    period as in one process, and the cluster's view in Redis.  The
+    transitions it decides go to ``announcer``, with itself as the
+    directory of who is online (on any node)."""
 
     def __init__(
-        self,
-        cluster: Cluster,
-        clock: IReactorTime,
-        grace: float,
-        wall_clock: Callable[[], int] = now_ms,
+        self, cluster: Cluster, announcer: PresenceListener, local: LocalTrackerFactory
     ) -> None:
         self.cluster = cluster
         self.link = cluster.link
-        self.local = Presence(clock, grace, wall_clock)
-        self.local.on_offline = self._grace_over
-        self.on_online: Callable[[str], Any] | None = None
-        self.on_offline: Callable[[str, int], Any] | None = None
+        self._announcer = announcer
+        self.local = local(_GraceOver(self))
         self._online: set[str] = set()
-        cluster.presence = self
 
     # -- synchronous reads (local counts + the mirror) ------------------------------------
 
@@ -394,42 +544,37 @@ class ClusterPresence:
         if became_online == 1:
             self._online.add(user_id)
             self.cluster.announce("on", user_id)
-            if self.on_online is not None:
-                self.on_online(user_id)
+            self._announcer.went_online(user_id, self)
 
     def _set_failed(self, failure: Failure, user_id: str, delta: int) -> None:
         """Redis is down: behave as one process for this node's users (the
         state is registered again when Redis returns)."""
         if delta > 0 and self.local.connections(user_id) == 1 and user_id not in self._online:
-            if self.on_online is not None:
-                self.on_online(user_id)
+            self._announcer.went_online(user_id, self)
 
-    def _grace_over(self, user_id: str, at: int) -> Deferred[Any]:
+    def left_this_node(self, user_id: str, at_ms: int) -> Deferred[None]:
+        """The grace period ran out here: offline if no other node holds
+        the user (Redis down: if none did when it went down)."""
         d = self.link.eval(USER_LEAVE, self.cluster.args(user_id))
 
-        def left(went_offline: Any) -> Any:
+        def left(went_offline: Any) -> Deferred[None] | None:
             if went_offline == 1:
-                return self.cluster_offline(user_id, at)
+                return self.cluster_offline(user_id, at_ms)
             return None
 
-        def failed(_: Failure) -> Any:
+        def failed(_: Failure) -> Deferred[None] | None:
             if user_id in self._online:
                 return None
-            return self._offline(user_id, at)
+            return self._announcer.went_offline(user_id, at_ms, self)
 
         return d.addCallbacks(left, failed)
 
-    def cluster_offline(self, user_id: str, at: int) -> Deferred[Any]:
+    def cluster_offline(self, user_id: str, at_ms: int) -> Deferred[None]:
         """This node emptied the user's hash (or reaped the node that held
         them): tell everyone."""
         self._online.discard(user_id)
         self.cluster.announce("off", user_id)
-        return self._offline(user_id, at)
-
-    def _offline(self, user_id: str, at: int) -> Deferred[Any]:
-        if self.on_offline is None:
-            return succeed(None)
-        return maybeDeferred(self.on_offline, user_id, at)
+        return self._announcer.went_offline(user_id, at_ms, self)
 
     def register_all(self) -> None:
         """After (re)connecting: every local user again, and a fresh mirror."""
@@ -460,12 +605,17 @@ class ClusterPresence:
         d.addCallback(int)
         return d.addErrback(lambda _: sum(self.local.local_counts().values()))
 
-    def stop(self) -> None:
-        self.local.stop()
+    def stop(self) -> Deferred[None]:
+        """The local grace timers (leaving the cluster is ``Cluster.stop``)."""
+        return self.local.stop()
 
 
 def _pairs(flat: list[Any]) -> dict[str, int]:
     return {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+ViewersChanged = Callable[[str], None]
+"""Called with a stream whose cluster-wide viewer count changed."""
 
 
 class ClusterViewers:
@@ -473,13 +623,32 @@ class ClusterViewers:
     each counted once (a restarted node's old entries are reaped, and a user
     on two nodes is one hash field)."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, local: LocalViewerTable) -> None:
         self.cluster = cluster
         self.link = cluster.link
-        self.local = LocalViewers()
-        self.on_changed: Callable[[str], None] | None = None
+        self.local = local
+        self._listeners: list[ViewersChanged] = []
         self._counts: dict[str, int] = {}
-        cluster.viewers = self
+
+    def add_listener(self, listener: ViewersChanged) -> None:
+        """Hear about count changes (the live service pushes them, coalesced,
+        to this node's viewers)."""
+        self._listeners.append(listener)
+
+    @property
+    def on_changed(self) -> ViewersChanged | None:
+        """``ViewerCounter``'s slot, kept until ``LiveService`` calls
+        ``add_listener``: setting it adds a listener."""
+        return self._listeners[0] if self._listeners else None
+
+    @on_changed.setter
+    def on_changed(self, listener: ViewersChanged | None) -> None:
+        if listener is not None:
+            self.add_listener(listener)
+
+    def _changed(self, stream_id: str) -> None:
+        for listener in self._listeners:
+            listener(stream_id)
 
     def add(self, stream_id: str, user_id: str) -> Deferred[None] | None:
         self.local.add(stream_id, user_id)
@@ -503,8 +672,7 @@ class ClusterViewers:
                 self.cluster.reregister()
             self._remember(stream_id, int(count))
             self.cluster.announce("views", stream_id)
-            if self.on_changed is not None:
-                self.on_changed(stream_id)
+            self._changed(stream_id)
 
         return d.addCallbacks(counted, lambda _: None)
 
@@ -529,8 +697,7 @@ class ClusterViewers:
 
         def counted(count: Any) -> None:
             self._remember(stream_id, int(count))
-            if self.on_changed is not None:
-                self.on_changed(stream_id)
+            self._changed(stream_id)
 
         d.addCallbacks(counted, lambda _: None)
 

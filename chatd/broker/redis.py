@@ -28,7 +28,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import txredisapi
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
@@ -170,6 +170,23 @@ class _CommandFactory(txredisapi.RedisFactory):
             self.link._commands_up()
 
 
+class LinkListener(Protocol):
+    """What the cluster membership hears from the link (``add_listener``)."""
+
+    def control_received(self, payload: bytes) -> None:
+        """A message on the cluster control channel."""
+
+    def subscriber_connected(self) -> None:
+        """The subscriber (re)connected, after the broker re-subscribed:
+        control messages may have been missed meanwhile."""
+
+    def link_up(self) -> None:
+        """Both connections are up (the first time, or after an outage)."""
+
+    def link_down(self, why: str) -> None:
+        """A connection failed or was lost (``why`` is one line)."""
+
+
 class RedisLink:
     """The node's two Redis connections and its view of their health."""
 
@@ -196,13 +213,18 @@ class RedisLink:
         self._subscriptions.username = target.username
         self._subscriber: Any = None
         self.on_message: Callable[[bytes, bytes], None] | None = None
-        self.on_control: Callable[[bytes], None] | None = None
+        self._listeners: list[LinkListener] = []
         self.on_subscriber_up: list[Callable[[Any], None]] = []
         self.on_reconnect: list[Callable[[], None]] = []
         self._was_up = False
         self._stopping = False
         self._down_logged = False
         self.last_error = "not connected yet"
+
+    def add_listener(self, listener: LinkListener) -> None:
+        """Hear the control channel and the link's ups and downs (the
+        cluster membership subscribes once, when it is built)."""
+        self._listeners.append(listener)
 
     # -- connections --------------------------------------------------------------
 
@@ -239,6 +261,8 @@ class RedisLink:
         )
         for callback in self.on_subscriber_up:
             callback(conn)
+        for listener in self._listeners:
+            listener.subscriber_connected()
         self._maybe_up()
 
     def _subscriber_down(self, conn: Any) -> None:
@@ -266,9 +290,13 @@ class RedisLink:
         if reconnect:
             for callback in self.on_reconnect:
                 callback()
+        for listener in self._listeners:
+            listener.link_up()
 
     def _went_down(self, why: str) -> None:
         self.last_error = why
+        for listener in self._listeners:
+            listener.link_down(why)
         if not self._down_logged and not self._stopping:
             self._down_logged = True
             log.warn(
@@ -330,8 +358,8 @@ class RedisLink:
 
     def _message(self, channel: bytes, payload: bytes) -> None:
         if channel == self.control_channel:
-            if self.on_control is not None:
-                self.on_control(payload)
+            for listener in self._listeners:
+                listener.control_received(payload)
         elif self.on_message is not None:
             self.on_message(channel, payload)
 

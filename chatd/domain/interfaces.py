@@ -195,17 +195,52 @@ class OnlineDirectory(Protocol):
     def online_among(self, user_ids: list[str]) -> list[str]: ...
 
 
+# -- presence (chatd.domain.presence; the cluster's in chatd.broker.cluster) --
+
+
+class PresenceStore(Protocol):
+    """The storage presence needs (``Store`` has it)."""
+
+    def presence_audience(self, user_id: str) -> Deferred[list[str]]: ...
+
+    def close_session(self, user_id: str, at_ms: int) -> Deferred[list[str]]:
+        """Record ``lastSeen`` and return the presence audience."""
+
+
+class EventPublisher(Protocol):
+    """Publishing after a state change, failures logged by the publisher
+    (``chatd.domain.publishing.Publisher``)."""
+
+    def publish(self, channel: str, event: Published) -> None: ...
+
+    def publish_many(self, channels: list[str], event: Published) -> None:
+        """One encoding on many channels, as one message between nodes."""
+
+
+class PresenceListener(Protocol):
+    """Told of the presence transitions a tracker decides (the announcer).
+
+    ``online`` is the deciding tracker's view of who is online, so the
+    listener tells only the online part of the audience without holding a
+    tracker of its own.  The Deferreds fire once the transition has been
+    handled and never errback (failures are logged where they happen)."""
+
+    def went_online(self, user_id: str, online: OnlineDirectory) -> Deferred[None]: ...
+
+    def went_offline(self, user_id: str, at_ms: int, online: OnlineDirectory) -> Deferred[None]: ...
+
+
 class PresenceTracker(OnlineDirectory, Protocol):
-    """Counts connections per user and reports the transitions.  The local
-    one counts this process's connections; a cluster-wide one (Redis) keeps
-    the same interface, so the social service does not change."""
+    """Counts connections per user and reports the transitions to the
+    ``PresenceListener`` it was built with.  The local one counts this
+    process's connections; a cluster-wide one (Redis) keeps the same
+    interface, so the social service does not change."""
 
-    on_online: Callable[[str], None] | None
-    on_offline: Callable[[str], None] | None
+    def is_online(self, user_id: str) -> bool:
+        """Connected somewhere, or within the grace period after the last close."""
 
-    def is_online(self, user_id: str) -> bool: ...
-
-    def connections(self, user_id: str) -> int: ...
+    def connections(self, user_id: str) -> int:
+        """Open connections that can receive a push now (0 in the grace period)."""
 
     def opened(self, user_id: str) -> None: ...
 
@@ -219,4 +254,28 @@ class PresenceTracker(OnlineDirectory, Protocol):
 
     def total_connections(self) -> Deferred[int]: ...
 
-    def stop(self) -> Deferred[None] | None: ...
+    def stop(self) -> Deferred[None]:
+        """Cancel the grace timers; fires once running announcements are done."""
+
+
+class LocalPresenceTracker(PresenceTracker, Protocol):
+    """A tracker of this process's connections only: the local half of a
+    cluster-wide tracker, which reads the counts synchronously."""
+
+    def local_counts(self) -> dict[str, int]: ...
+
+
+class LocalViewerTable(Protocol):
+    """This process's viewers per stream and user, connections counted (the
+    local half of a cluster-wide viewer count)."""
+
+    def add(self, stream_id: str, user_id: str) -> None: ...
+
+    def remove(self, stream_id: str, user_id: str) -> None: ...
+
+    def local_users(self, stream_id: str) -> int: ...
+
+    def is_first(self, stream_id: str, user_id: str) -> bool:
+        """Whether the user's only local viewing connection is the last added."""
+
+    def streams(self) -> dict[str, dict[str, int]]: ...

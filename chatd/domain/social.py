@@ -7,22 +7,18 @@ fanned out by the same broker and registry; presence and notifications go
 to ``user:<id>`` channels, so the Redis broker will carry them between
 nodes unchanged.
 
-Presence: ``user:online`` goes out when a user's first connection opens,
-``user:offline {userId, lastSeen}`` when the last one has been closed for
-``grace`` seconds (a page reload does not flap).  Both go only to the
-user's audience — friends and members of the user's rooms — and only to
-those of them who are online; ``status:request`` answers only about that
-audience.  Who is online is asked of an ``OnlineDirectory`` so a cluster-wide
-one can replace the local counts.
+Presence (counting, the grace period, who hears ``user:online`` and
+``user:offline``) is ``chatd.domain.presence``'s: this service counts its
+connections in the ``PresenceTracker`` it is given and asks the
+``PresenceAnnouncer`` for the presence pushes of a new friendship and the
+answer to ``status:request``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from chatd.clock import WallClock, iso_from_ms, now_ms
@@ -31,6 +27,7 @@ from chatd.domain.direct import DM_POLICIES, DirectMessages, dm_room_id
 from chatd.domain.interfaces import Caller, Connection, PresenceTracker, Store
 from chatd.domain.models import Notification, Published
 from chatd.domain.notifications import Notifications
+from chatd.domain.presence import PresenceAnnouncer
 from chatd.domain.publishing import encode, guard
 from chatd.domain.registry import BROADCAST_CHANNEL, LocalRegistry, user_channel
 from chatd.errors import ChatError, ErrorCode
@@ -39,86 +36,7 @@ __all__ = ["DM_POLICIES", "SocialService", "dm_room_id"]
 
 log = Logger()
 
-PRESENCE_GRACE = 3.0
 NOTIFICATIONS_ON_CONNECT = 100
-
-
-class Presence:
-    """Counts each user's local connections and announces the transitions
-    (through ``SocialService``) with a grace period before offline."""
-
-    def __init__(
-        self,
-        clock: IReactorTime,
-        grace: float = PRESENCE_GRACE,
-        wall_clock: Callable[[], int] = now_ms,
-    ) -> None:
-        self._clock = clock
-        self._grace = grace
-        self._wall_clock = wall_clock
-        self._counts: dict[str, int] = {}
-        self._going: dict[str, IDelayedCall] = {}
-        self._closed_at: dict[str, int] = {}
-        self.on_online: Callable[[str], None] | None = None
-        self.on_offline: Callable[[str, int], None] | None = None
-
-    def is_online(self, user_id: str) -> bool:
-        return user_id in self._counts or user_id in self._going
-
-    def online_among(self, user_ids: list[str]) -> list[str]:
-        return [u for u in user_ids if self.is_online(u)]
-
-    def connections(self, user_id: str) -> int:
-        return self._counts.get(user_id, 0)
-
-    def opened(self, user_id: str) -> None:
-        count = self._counts.get(user_id, 0) + 1
-        self._counts[user_id] = count
-        if count > 1:
-            return
-        going = self._going.pop(user_id, None)
-        if going is not None:
-            going.cancel()  # back within the grace period: never went offline
-            self._closed_at.pop(user_id, None)
-            return
-        if self.on_online is not None:
-            self.on_online(user_id)
-
-    def closed(self, user_id: str) -> None:
-        count = self._counts.get(user_id, 0) - 1
-        if count > 0:
-            self._counts[user_id] = count
-            return
-        self._counts.pop(user_id, None)
-        if user_id not in self._going:
-            self._closed_at[user_id] = self._wall_clock()
-            self._going[user_id] = self._clock.callLater(self._grace, self._gone, user_id)
-
-    def _gone(self, user_id: str) -> None:
-        """The grace period ran out: offline, last seen when the last
-        connection closed (not now)."""
-        self._going.pop(user_id, None)
-        closed_at = self._closed_at.pop(user_id, self._wall_clock())
-        if self.on_offline is not None:
-            self.on_offline(user_id, closed_at)
-
-    def connection_counts(self, user_ids: list[str]) -> Deferred[dict[str, int]]:
-        return succeed({u: self._counts.get(u, 0) for u in user_ids})
-
-    def connected_users(self) -> Deferred[dict[str, int]]:
-        return succeed(dict(self._counts))
-
-    def total_connections(self) -> Deferred[int]:
-        return succeed(sum(self._counts.values()))
-
-    def local_counts(self) -> dict[str, int]:
-        return self._counts
-
-    def stop(self) -> None:
-        for call in self._going.values():
-            if call.active():
-                call.cancel()
-        self._going.clear()
 
 
 class SocialService:
@@ -127,6 +45,7 @@ class SocialService:
         chat: ChatService,
         registry: LocalRegistry,
         presence: PresenceTracker,
+        announcer: PresenceAnnouncer,
         direct: DirectMessages,
         notifications: Notifications,
         wall_clock: WallClock,
@@ -138,8 +57,7 @@ class SocialService:
         self.direct = direct
         self.notifications = notifications
         self.wall_clock = wall_clock
-        presence.on_online = self._announce_online
-        presence.on_offline = self._went_offline
+        self.announcer = announcer
 
     # -- connections ---------------------------------------------------------------
 
@@ -168,34 +86,9 @@ class SocialService:
 
     # -- presence --------------------------------------------------------------------
 
-    @inlineCallbacks
-    def _audience_online(self, user_id: str):
-        audience = yield self.store.presence_audience(user_id)
-        return self.presence.online_among(audience)
-
-    def _announce_online(self, user_id: str) -> None:
-        d = self._audience_online(user_id)
-        d.addCallback(self._tell, "user:online", {"userId": user_id})
-        d.addErrback(lambda f: log.failure("announcing {user} online failed", f, user=user_id))
-
-    def _went_offline(self, user_id: str, at: int) -> Deferred[None]:
-        d = self.store.close_session(user_id, at)
-        d.addCallback(self.presence.online_among)
-        d.addCallback(self._tell, "user:offline", {"userId": user_id, "lastSeen": iso_from_ms(at)})
-        d.addErrback(lambda f: log.failure("announcing {user} offline failed", f, user=user_id))
-        return d
-
-    def _tell(self, audience: list[str], event_type: str, data: dict[str, Any]) -> None:
-        """One encoding, one publish for every online member of the audience."""
-        self.chat.publish_many(
-            [user_channel(u) for u in audience], Published(event_type, encode(data))
-        )
-
-    @inlineCallbacks
-    def online_status(self, conn: Connection):
+    def online_status(self, caller: Caller) -> Deferred[dict[str, Any]]:
         """``status:request``: who of this user's audience is online."""
-        online = yield self._guarded(self._audience_online(_user(conn)))
-        return {"userIds": online}
+        return guard(self.announcer.status(_user(caller), self.presence))
 
     # -- direct messages ---------------------------------------------------------------
 
