@@ -23,7 +23,6 @@ Two parts, so one process and a cluster share the rules:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -31,7 +30,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from chatd.clock import iso_from_ms, now_ms
+from chatd.clock import SYSTEM_CLOCK, WallClock, iso_from_ms
 from chatd.domain.chat import encode
 from chatd.domain.interfaces import (
     EventPublisher,
@@ -120,7 +119,7 @@ class LocalPresence:
         listener: PresenceListener,
         clock: IReactorTime,
         grace: float = PRESENCE_GRACE,
-        wall_clock: Callable[[], int] = now_ms,
+        wall_clock: WallClock = SYSTEM_CLOCK,
     ) -> None:
         self._listener = listener
         self._clock = clock
@@ -168,14 +167,16 @@ class LocalPresence:
             return
         self._counts.pop(user_id, None)
         if user_id not in self._going:
-            self._closed_at[user_id] = self._wall_clock()
+            self._closed_at[user_id] = self._wall_clock.now_ms()
             self._going[user_id] = self._clock.callLater(self._grace, self._gone, user_id)
 
     def _gone(self, user_id: str) -> None:
         """The grace period ran out: offline, last seen when the last
         connection closed (not now)."""
         self._going.pop(user_id, None)
-        closed_at = self._closed_at.pop(user_id, self._wall_clock())
+        closed_at = self._closed_at.pop(user_id, None)
+        if closed_at is None:
+            closed_at = self._wall_clock.now_ms()
         d = self._listener.went_offline(user_id, closed_at, self)
         if not d.called:
             self._leaving.add(d)

@@ -24,6 +24,7 @@ from chatd.domain.interfaces import OnlineDirectory
 from chatd.domain.live import LocalViewers
 from chatd.domain.presence import LocalPresence
 from chatd.errors import BrokerUnavailable
+from tests.unit.clock_time import ClockTime
 
 SCRIPTS = {
     HEARTBEAT_SCRIPT: "heartbeat",
@@ -100,9 +101,7 @@ def cluster(connections: Callable[[], int] = lambda: 3, grace: float = 1.0):
     clock = Clock()
     link = FakeLink()
     announcer = Announcer()
-    local = partial(
-        LocalPresence, clock=clock, grace=grace, wall_clock=lambda: int(clock.seconds() * 1000)
-    )
+    local = partial(LocalPresence, clock=clock, grace=grace, wall_clock=ClockTime(clock))
     membership = Cluster(link, clock, announcer, local, LocalViewers(), connections)
     return clock, link, announcer, membership
 

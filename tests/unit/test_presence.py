@@ -8,6 +8,7 @@ from twisted.internet.task import Clock
 from chatd.domain.interfaces import OnlineDirectory
 from chatd.domain.presence import LocalPresence
 from chatd.domain.social import dm_room_id
+from tests.unit.clock_time import ClockTime
 
 
 class Transitions:
@@ -31,7 +32,7 @@ class Transitions:
 def tracker(grace: float = 3.0):
     clock = Clock()
     listener = Transitions()
-    presence = LocalPresence(listener, clock, grace, wall_clock=lambda: int(clock.seconds() * 1000))
+    presence = LocalPresence(listener, clock, grace, wall_clock=ClockTime(clock))
     return clock, presence, listener
 
 

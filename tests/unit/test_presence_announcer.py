@@ -13,6 +13,7 @@ from chatd.clock import iso_from_ms
 from chatd.domain.models import Published
 from chatd.domain.presence import LocalPresence, PresenceAnnouncer
 from chatd.errors import StoreUnavailable
+from tests.unit.clock_time import ClockTime
 
 
 class FakeStore:
@@ -49,9 +50,7 @@ def setup(audiences: dict[str, list[str]], grace: float = 3.0):
     store = FakeStore(audiences)
     publisher = FakePublisher()
     announcer = PresenceAnnouncer(store, publisher)
-    presence = LocalPresence(
-        announcer, clock, grace, wall_clock=lambda: int(clock.seconds() * 1000)
-    )
+    presence = LocalPresence(announcer, clock, grace, wall_clock=ClockTime(clock))
     return clock, store, publisher, announcer, presence
 
 
