@@ -39,7 +39,11 @@ from chatd.session.rate import TokenBucket
 if TYPE_CHECKING:
     from chatd.session.hub import SessionHub
 
-log = Logger()
+# The connection events (connection.open/close, auth.*, error.sent, ...)
+# keep the namespace they were logged under before the session layer
+# existed: log pipelines and docs/operations.md select on it.  Rename it
+# together with those, not by accident.
+log = Logger(namespace="chatd.protocol.websocket")
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNAUTHENTICATED = 4001

@@ -46,6 +46,7 @@ def test_token_with_the_upgrade_authenticates_at_open_with_one_log_line() -> Non
     assert h.lifecycle.opened_sessions == [session]
     opens = [e for e in events if e.get("event") == "connection.open"]
     assert [e["user"] for e in opens] == ["alice"]
+    assert opens[0]["log_namespace"] == "chatd.protocol.websocket", "log filters select on it"
     assert not [e for e in events if e.get("event") == "auth.ok"]
     assert session in h.hub.open and len(h.hub) == 1
 
