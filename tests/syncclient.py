@@ -42,8 +42,46 @@ class Client:
                 return frame["data"]
             self.inbox.append(frame)
 
+    def none_before(
+        self, event: str, until: Any = None, where: Any = None, timeout: float = 5
+    ) -> dict[str, Any]:
+        """Assert that no push of this type (whose data matches ``where``,
+        when given) came before a barrier; return the barrier frame.
+
+        The barrier is the reply to a ``ping`` sent now, or, with ``until``,
+        the first frame for which ``until(frame)`` is true.  Across nodes the
+        barrier must be published after the action, by the node that would
+        have sent the unwanted push or by another one: Redis hands a node what
+        it subscribed to in the order of the PUBLISH commands.  No fixed wait,
+        so a slow machine cannot make it pass."""
+        if until is None:
+            frame = self.request("ping", {}, timeout)
+            assert frame["type"] == "ack", frame
+            before = self.inbox
+        else:
+            index = next((i for i, f in enumerate(self.inbox) if until(f)), None)
+            if index is not None:
+                before, frame = self.inbox[:index], self.inbox.pop(index)
+            else:
+                deadline = time.monotonic() + timeout
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(f"no barrier within {timeout} s")
+                    frame = json.loads(self.ws.recv(timeout=remaining))
+                    if until(frame):
+                        break
+                    self.inbox.append(frame)
+                before = self.inbox
+        unexpected = [
+            f for f in before if f["type"] == event and (where is None or where(f.get("data")))
+        ]
+        assert not unexpected, f"unexpected {event} before the barrier: {unexpected}"
+        return frame
+
     def nothing(self, event: str, wait: float = 0.5) -> None:
-        """Assert no push of this type arrives within ``wait`` seconds."""
+        """Assert no push of this type arrives within ``wait`` seconds.
+        Only for what no later frame can bound; otherwise ``none_before``."""
         try:
             data = self.next(event, timeout=wait)
         except TimeoutError:

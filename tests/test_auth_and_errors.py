@@ -252,6 +252,49 @@ async def test_sustained_flooding_is_closed_even_when_some_requests_pass(server_
 
 
 @pytest_twisted.ensureDeferred
+async def test_flooding_in_bursts_below_the_limit_is_closed_though_requests_pass(server_factory):
+    """Bursts smaller than rate_burst, a token's refill apart: a request
+    passes in each, the rest are refused, and the refusals never pause for a
+    second, so the refusals must add up to a 4008 (a count that started over
+    whenever a request passed never would).  Every reset the server's clock
+    could allow is allowed for, from the client's own timings, so a slow
+    machine can only make the test flood longer."""
+    rate, burst, size = 5.0, 4, 3
+    server = await server_factory(rate_limit=rate, rate_burst=burst)
+    alice = await server.connect("alice")
+    loop = asyncio.get_event_loop()
+    refusals = 0  # since the server last may have started counting over
+    last_refusal_sent: float | None = None
+    passed_after_refusals = 0
+    try:
+        for round_ in range(40):
+            await deferred(asyncio.sleep(1 / rate))  # refills at least one token
+            sent = {}
+            for i in range(size):
+                sent[f"b{round_}.{i}"] = loop.time()
+                await alice.send("ping", None, f"b{round_}.{i}")
+            for request_id, sent_at in sent.items():
+                frame = await alice.reply(request_id)
+                if frame["type"] == "ack":
+                    if last_refusal_sent is not None and loop.time() - last_refusal_sent >= 1.0:
+                        refusals = 0  # a refusal-free second may have passed on the server
+                    passed_after_refusals += refusals > 0
+                    continue
+                assert frame["data"]["code"] == "RATE_LIMIT_EXCEEDED", frame
+                refusals += 1
+                last_refusal_sent = sent_at
+                assert refusals <= burst, (
+                    f"still open after {refusals} refusals (rate_burst {burst}) with no "
+                    f"refusal-free second and {passed_after_refusals} requests passing between"
+                )
+    except websockets.ConnectionClosed:
+        pass
+    assert not alice.is_open, "never closed: the machine kept pausing for a second"
+    assert await alice.closed() == 4008
+    assert passed_after_refusals >= 1  # requests did squeeze through the flood
+
+
+@pytest_twisted.ensureDeferred
 async def test_http_root_and_health(server):
     from twisted.internet import reactor
     from twisted.web.client import Agent, readBody

@@ -47,7 +47,18 @@ def test_room_events_cross_nodes_exactly_once(cluster):
         got = [client.next("chat:message") for _ in range(3)]
         assert [m["content"] for m in got] == ["from a", "from b", "from c"]
         assert [m["seq"] for m in got] == [1, 2, 3]
-        client.nothing("chat:message", 0.3)  # exactly once: no echo from Redis
+    # Exactly once, no echo from Redis: a message published by another node
+    # after these is a barrier (an echo or a second copy would come first).
+    for client, text in ((alice, "barrier a"), (bob, "barrier b")):
+        client.ok("chat:message", {"chatId": room, "content": text})
+    for client, barrier in ((alice, "barrier b"), (bob, "barrier a"), (carol, "barrier a")):
+        client.none_before(
+            "chat:message",
+            until=lambda f, barrier=barrier: (
+                f["type"] == "chat:message" and f["data"]["content"] == barrier
+            ),
+            where=lambda m: m["content"].startswith("from "),
+        )
     bob.ok("chat:typing", {"chatId": room, "isTyping": True})
     for client in (alice, carol):
         assert client.next("chat:typing") == {"chatId": room, "userId": "bob", "isTyping": True}
@@ -92,7 +103,14 @@ def test_presence_friends_and_direct_messages_cross_nodes(cluster):
     ]
     received = bob.next("message:receive")["message"]
     assert received["id"] == sent["id"] and received["content"] == "psst"
-    bob.nothing("message:receive", 0.3)
+    # once: a second copy would come before the next DM from node A
+    alice.ok("message:send", {"recipientId": "bob", "content": "barrier"})
+    bob.none_before(
+        "message:receive",
+        until=lambda f: (
+            f["type"] == "message:receive" and f["data"]["message"]["content"] == "barrier"
+        ),
+    )
     # bob leaves node B: alice hears user:offline after the grace period;
     # bob comes back on node A: user:online again.
     bob.close()
@@ -104,6 +122,7 @@ def test_presence_friends_and_direct_messages_cross_nodes(cluster):
     # bob on both nodes, one tab closes: still online, no flapping.
     bob_on_b = cluster.client(b, "bob")
     bob_again.close()
+    # Timed, past the grace period: no event marks a timer that did not start.
     alice.nothing("user:offline", cluster.grace + 1.0)
     assert alice.ok("status:request", {}) == {"userIds": ["bob"]}
     bob_on_b.ok("ping", {})
@@ -205,7 +224,14 @@ def test_http_api_on_any_node_reaches_every_node(cluster):
     assert status == 200
     assert bob.next("chat:left") == {"chatId": room, "removed": True}
     alice.ok("chat:message", {"chatId": room, "content": "after removal"})
-    bob.nothing("chat:message", 0.5)
+    # A push to bob through node A is published after that message.
+    status, _ = cluster.http(
+        a, "POST", "/websocket/message/user", {"userId": "bob", "type": "barrier", "data": {}}
+    )
+    assert status == 200
+    bob.none_before(
+        "chat:message", until=lambda f: f["type"] == "message" and f["data"]["type"] == "barrier"
+    )
     # Posting as a user and making friends through the API cross nodes too.
     status, _ = cluster.http(
         b, "POST", f"/api/rooms/{room}/messages", {"userId": "alice", "content": "via api"}
@@ -255,7 +281,18 @@ def test_per_room_order_is_the_same_on_every_node(cluster):
     for receiver in receivers:
         got = [receiver.next("chat:message", timeout=20) for _ in range(total)]
         sequences.append([(m["seq"], m["content"]) for m in got])
-        receiver.nothing("chat:message", 0.2)
+    # Nothing more: a message from another node than the receiver's comes
+    # after any extra copy of these.
+    senders[0].ok("chat:message", {"chatId": room, "content": "barrier 0"})
+    senders[1].ok("chat:message", {"chatId": room, "content": "barrier 1"})
+    for receiver, barrier in zip(receivers, ("barrier 1", "barrier 0", "barrier 0"), strict=True):
+        receiver.none_before(
+            "chat:message",
+            until=lambda f, barrier=barrier: (
+                f["type"] == "chat:message" and f["data"]["content"] == barrier
+            ),
+            where=lambda m: not m["content"].startswith("barrier"),
+        )
     assert [seq for seq, _ in sequences[0]] == list(range(1, total + 1))
     assert sequences[0] == sequences[1] == sequences[2]
     # each sender's own messages keep their order

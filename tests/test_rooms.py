@@ -46,7 +46,7 @@ async def test_create_join_message_typing_read_reaction(server):
     await bob.ok("chat:typing", {"chatId": room["id"], "isTyping": True})
     typing = (await alice.next("chat:typing"))["data"]
     assert typing == {"chatId": room["id"], "userId": "bob", "isTyping": True}
-    await bob.nothing("chat:typing")
+    await bob.none_before("chat:typing")  # no echo to the typist (alice's push was the fan-out)
     await bob.ok("chat:typing", {"chatId": room["id"], "isTyping": False})
     assert (await alice.next("chat:typing"))["data"]["isTyping"] is False
 
@@ -72,7 +72,7 @@ async def test_create_join_message_typing_read_reaction(server):
     await bob.ok("chat:leave", {"chatId": room["id"]})
     await alice.ok("chat:message", {"chatId": room["id"], "content": "after leave"})
     await alice.next("chat:message")
-    await bob.nothing("chat:message")
+    await bob.none_before("chat:message")
 
 
 @pytest_twisted.ensureDeferred
@@ -113,7 +113,7 @@ async def test_private_room_membership(server):
     ack = await alice.ok("chat:message", {"chatId": room["id"], "content": "secret"})
     await mallory.fails("chat:reaction", {"messageId": ack["id"], "reaction": "x"}, "NOT_A_MEMBER")
     await mallory.fails("chat:read", {"chatId": room["id"], "messageId": ack["id"]}, "NOT_A_MEMBER")
-    await mallory.nothing("chat:message")
+    await mallory.none_before("chat:message")  # published before alice's ack
     # a member may send without having joined on this connection
     bob2 = await server.connect("bob")
     await bob2.ok("chat:message", {"chatId": room["id"], "content": "from a second tab"})

@@ -140,8 +140,48 @@ class WsClient:
         except TimeoutError:
             pass
 
+    async def none_before(
+        self,
+        event: str,
+        barrier: str = "ping",
+        data: Any = None,
+        *,
+        until: Any = None,
+        where: Any = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> dict[str, Any]:
+        """Assert that no ``event`` frame (whose data matches ``where``, when
+        given) came before a barrier; return the barrier frame.
+
+        The barrier is the reply to a ``barrier`` request sent now, or, with
+        ``until``, the first frame matching that predicate.  Call it once the
+        action under test has shown its effect elsewhere (the actor's ack, a
+        witness's push of the same fan-out): the server writes a connection's
+        frames in order, so anything the action sent here is ahead of the
+        barrier.  Unlike ``nothing`` this waits for no fixed time, so a slow
+        machine cannot make it pass."""
+        if until is None:
+            frame = await self.request(barrier, data, timeout)
+            assert frame["type"] == "ack", f"barrier {barrier} failed: {frame}"
+            before = self.inbox
+        else:
+            index = next((i for i, f in enumerate(self.inbox) if until(f)), None)
+            if index is None:
+                frame = await self.next_matching(until, timeout)
+                before = self.inbox
+            else:
+                before = self.inbox[:index]
+                frame = self.inbox.pop(index)
+        unexpected = [
+            f for f in before if f.get("type") == event and (where is None or where(f.get("data")))
+        ]
+        assert not unexpected, f"unexpected {event} before the barrier: {unexpected}"
+        return frame
+
     async def nothing(self, event: str, within: float = 0.3) -> None:
-        """Assert that no ``event`` frame arrives within ``within`` seconds."""
+        """Assert that no ``event`` frame arrives within ``within`` seconds.
+        Only for what no later frame can bound (a timer that must not fire,
+        work behind an asynchronous store read); otherwise ``none_before``."""
         try:
             frame = await self.next(event, within)
         except TimeoutError:
