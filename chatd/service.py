@@ -40,7 +40,7 @@ from chatd.domain.direct import DirectMessages
 from chatd.domain.interfaces import PresenceTracker
 from chatd.domain.live import LiveService, LocalViewers, ViewerCounter
 from chatd.domain.notifications import Notifications
-from chatd.domain.ordering import RoomOrder
+from chatd.domain.ordering import read_back_from
 from chatd.domain.presence import LocalPresence, PresenceAnnouncer
 from chatd.domain.publishing import Publisher
 from chatd.domain.registry import LocalRegistry
@@ -52,7 +52,7 @@ from chatd.session.hub import SessionHub
 from chatd.session.lifecycle import Sessions
 from chatd.storage.engines import engine_for
 from chatd.storage.schema import migrate
-from chatd.storage.store import SqlStore
+from chatd.storage.store import SqlStore, WriteObserver
 from chatd.web.api import HttpApi
 from chatd.web.endpoints import BackendApi, NativeApi
 from chatd.web.site import MetricsPage, build_site
@@ -113,22 +113,39 @@ class ChatdService(AsyncMultiService):
         """The object graph, then the service tree over it (nothing touches
         the database or the network yet)."""
         config = self.config
-        self.store = SqlStore(self.engine)
+        self.metrics = metrics = Metrics()
+        self.store = SqlStore(
+            self.engine,
+            observer=WriteObserver(metrics.batch_size.observe, metrics.store_latency.observe),
+            clock=self.reactor,
+        )
         self._build_fanout()
         self.verifier = TokenVerifier.from_config(config)
-        self.registry = LocalRegistry(self.broker, frame_event, self.reactor)
+        self.registry = LocalRegistry(
+            self.broker,
+            frame_event,
+            self.reactor,
+            fetch_missing=read_back_from(self.store),
+            on_delivered=metrics.delivered,
+        )
         wall_clock = SystemWallClock()
         limits = Limits(max_content_length=config.max_content_length)
         publisher = Publisher(
             self.broker,
             self.registry,
             self.reactor,
-            observe=lambda seconds: self.metrics.publish_latency.observe(seconds),
+            observe=metrics.publish_latency.observe,
         )
         viewers = self._build_presence(publisher)
         notifications = Notifications(self.store, publisher, wall_clock)
         direct = DirectMessages(
-            self.store, publisher, self.presence, notifications, limits, wall_clock, config.dm_policy
+            self.store,
+            publisher,
+            self.presence,
+            notifications,
+            limits,
+            wall_clock,
+            config.dm_policy,
         )
         self.chat = ChatService(
             self.store,
@@ -140,7 +157,6 @@ class ChatdService(AsyncMultiService):
             direct,
             online=self.presence,
         )
-        self.registry.order = RoomOrder(self.reactor, self.registry.accept, self.chat.read_back)
         self.social = SocialService(
             self.chat,
             self.registry,
@@ -160,7 +176,6 @@ class ChatdService(AsyncMultiService):
             reaction_rate=config.reaction_rate,
         )
         self.sessions = Sessions(self.registry, self.chat, self.social, self.live)
-        self.metrics = Metrics()
         self.dispatcher = Dispatcher(
             {**chat_routes(self.chat), **social_routes(self.social), **live_routes(self.live)},
             self.metrics,
@@ -244,10 +259,7 @@ class ChatdService(AsyncMultiService):
             lambda: len(self.registry.online_users()),
             self.registry.joined_room_count,
         )
-        self.registry.on_delivered = metrics.delivered
         metrics.bind_counts(self._counts)
-        self.store.writer.observe_batch = metrics.batch_size.observe
-        self.store.writer.observe_commit = metrics.store_latency.observe
 
     def _counts(self) -> dict[str, float]:
         order = self.registry.order

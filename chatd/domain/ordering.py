@@ -31,7 +31,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from chatd.domain.models import Published
+from chatd.domain.interfaces import Store
+from chatd.domain.models import Published, encode_body
 
 log = Logger()
 
@@ -45,6 +46,25 @@ MAX_FILL = 1000
 
 Deliver = Callable[[str, Published], None]
 FetchMissing = Callable[[str, int, int], "Deferred[list[Published]]"]
+"""``(channel, after_seq, count)``: the room's messages ``after_seq+1 ..
+after_seq+count`` as the events their publish carried."""
+
+
+def read_back_from(store: Store) -> FetchMissing:
+    """Fill gaps from storage: the stored messages, published again in the
+    form ``chat:message`` carries them."""
+
+    def fetch(channel: str, after_seq: int, count: int) -> Deferred[list[Published]]:
+        room_id = channel[len("room:") :]
+        d = store.history(room_id, None, after_seq, count)
+        return d.addCallback(
+            lambda page: [
+                Published("chat:message", encode_body(m.to_wire()), seq=m.seq)
+                for m in page.messages
+            ]
+        )
+
+    return fetch
 
 
 class _Room:

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 
 from chatd.domain.interfaces import Broker, Connection
 from chatd.domain.models import Published
-from chatd.domain.ordering import RoomOrder
+from chatd.domain.ordering import FetchMissing, RoomOrder
 
 log = Logger()
 
@@ -59,14 +59,30 @@ class _Joining:
         self.events: list[tuple[int | None, Any]] = []
 
 
+Delivered = Callable[[int, int], None]
+"""Told after each flush: how many events, and how many writes they took."""
+
+
 class LocalRegistry:
-    def __init__(self, broker: Broker, framer: Framer, clock: IReactorTime | None = None) -> None:
+    """``fetch_missing`` (reading room messages back from storage) turns on
+    per-room ordering across nodes (``RoomOrder``, which this registry owns
+    and feeds); without it, events are delivered as they arrive (the unit
+    tests of the synchronous path)."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        framer: Framer,
+        clock: IReactorTime | None = None,
+        fetch_missing: FetchMissing | None = None,
+        on_delivered: Delivered | None = None,
+    ) -> None:
         self._broker = broker
         self._framer = framer
         self._clock = clock
         self._queue: dict[str, list[tuple[Published, Any]]] = {}
         self._flush_call: IDelayedCall | None = None
-        self.on_delivered: Callable[[int, int], None] | None = None
+        self.on_delivered = on_delivered
         self._listeners: dict[str, dict[Connection, None]] = {}
         self._joining: dict[str, dict[Connection, _Joining]] = {}
         self._channels_of: dict[Connection, set[str]] = {}
@@ -78,6 +94,10 @@ class LocalRegistry:
         # channels as pushes but are acted on, never framed.
         self._controls: dict[str, Control] = {}
         self.order: RoomOrder | None = None
+        if fetch_missing is not None and clock is not None:
+            self.order = RoomOrder(clock, self.accept, fetch_missing)
+        # The one subscription to the broker's events: everything this node
+        # receives arrives here.
         broker.set_receiver(self.receive)
 
     def on_control(self, event_type: str, handler: Control) -> None:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -72,15 +73,38 @@ class _CommitStarted(Exception):
     transaction's outcome is unknown and it must not be retried."""
 
 
+class Seconds(Protocol):
+    """A monotonic clock (the reactor's ``seconds``)."""
+
+    def seconds(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WriteObserver:
+    """What the group-commit writer reports (for the metrics): the size of
+    each batch, and how long each commit took in seconds."""
+
+    batch: Callable[[int], None] | None = None
+    commit: Callable[[float], None] | None = None
+
+
 class SqlStore(SocialQueries, StreamQueries):
-    """``Store`` on an adbapi pool."""
+    """``Store`` on an adbapi pool.  ``clock`` times the commits (the
+    reactor; a monotonic clock by default)."""
 
     def __init__(
-        self, engine: Engine, pool: adbapi.ConnectionPool | None = None, max_batch: int = 500
+        self,
+        engine: Engine,
+        pool: adbapi.ConnectionPool | None = None,
+        max_batch: int = 500,
+        observer: WriteObserver | None = None,
+        clock: Seconds | None = None,
     ) -> None:
         self.engine = engine
         self.pool = pool if pool is not None else engine.pool()
-        self.writer = GroupCommitWriter(self, max_batch)
+        self.writer = GroupCommitWriter(
+            self, max_batch, observer or WriteObserver(), clock or _MonotonicClock()
+        )
         self._outage = False
 
     # -- running transactions ------------------------------------------------
@@ -505,14 +529,17 @@ class GroupCommitWriter:
     Results fire in arrival order, so callbacks that publish a message run
     in seq order for each room."""
 
-    def __init__(self, store: SqlStore, max_batch: int) -> None:
+    def __init__(
+        self, store: SqlStore, max_batch: int, observer: WriteObserver, clock: Seconds
+    ) -> None:
         self._store = store
         self._max_batch = max_batch
         self._pending: list[tuple[NewMessage, Deferred[Message]]] = []
         self._in_flight = False
         self._drained: list[Deferred[None]] = []
-        self.observe_batch: Callable[[int], None] | None = None
-        self.observe_commit: Callable[[float], None] | None = None
+        self._clock = clock
+        self.observe_batch = observer.batch
+        self.observe_commit = observer.commit
 
     @property
     def queued(self) -> int:
@@ -539,11 +566,11 @@ class GroupCommitWriter:
         self._in_flight = True
         if self.observe_batch is not None:
             self.observe_batch(len(batch))
-        started = time.monotonic()
         d = self._store.run(self._store._write_batch, [m for m, _ in batch])
         if self.observe_commit is not None:
-            observe = self.observe_commit
-            d.addBoth(lambda result: (observe(time.monotonic() - started), result)[1])
+            observe, seconds = self.observe_commit, self._clock.seconds
+            started = seconds()
+            d.addBoth(lambda result: (observe(seconds() - started), result)[1])
         # Start the next transaction before this batch's callbacks (fan-out,
         # acks) run, so the database works while the reactor delivers.
         d.addBoth(self._next)
@@ -604,3 +631,10 @@ class GroupCommitWriter:
             waiting, self._drained = self._drained, []
             for d in waiting:
                 d.callback(None)
+
+
+class _MonotonicClock:
+    """``seconds()`` for a store built without the reactor (scripts)."""
+
+    def seconds(self) -> float:
+        return time.monotonic()
