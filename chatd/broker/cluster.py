@@ -350,6 +350,10 @@ class Cluster:
 
     # -- LinkListener (what the Redis link reports) --------------------------------------
 
+    def message_received(self, channel: bytes, payload: bytes) -> None:
+        """Channel traffic is the broker's; the cluster hears the control
+        channel only."""
+
     def control_received(self, payload: bytes) -> None:
         try:
             message = json.loads(payload)

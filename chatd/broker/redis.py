@@ -15,8 +15,8 @@ them back: every node delivers each event exactly once.
 
 When Redis goes away both connections reconnect by themselves (txredisapi
 backs off up to 10 s); on return the subscriber subscribes again to every
-channel still wanted and the cluster state is re-registered
-(``on_reconnect``).  Meanwhile publishing is local only; room messages
+channel still wanted and the cluster state is re-registered (both hear
+``subscriber_connected``, in the order they were built: broker first).  Meanwhile publishing is local only; room messages
 missed by other nodes are read back from storage by ``RoomOrder`` when the
 next message of the room arrives, and clients recover with ``since``.
 """
@@ -27,7 +27,6 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import txredisapi
@@ -171,7 +170,11 @@ class _CommandFactory(txredisapi.RedisFactory):
 
 
 class LinkListener(Protocol):
-    """What the cluster membership hears from the link (``add_listener``)."""
+    """What the link reports to the broker and to the cluster membership,
+    each of which subscribes once, when it is built (``add_listener``)."""
+
+    def message_received(self, channel: bytes, payload: bytes) -> None:
+        """A message on any channel but the control channel."""
 
     def control_received(self, payload: bytes) -> None:
         """A message on the cluster control channel."""
@@ -212,18 +215,15 @@ class RedisLink:
         self._subscriptions.password = target.password
         self._subscriptions.username = target.username
         self._subscriber: Any = None
-        self.on_message: Callable[[bytes, bytes], None] | None = None
         self._listeners: list[LinkListener] = []
-        self.on_subscriber_up: list[Callable[[Any], None]] = []
-        self.on_reconnect: list[Callable[[], None]] = []
         self._was_up = False
         self._stopping = False
         self._down_logged = False
         self.last_error = "not connected yet"
 
     def add_listener(self, listener: LinkListener) -> None:
-        """Hear the control channel and the link's ups and downs (the
-        cluster membership subscribes once, when it is built)."""
+        """Hear the link's messages and its ups and downs, after the
+        listeners added before."""
         self._listeners.append(listener)
 
     # -- connections --------------------------------------------------------------
@@ -259,8 +259,6 @@ class RedisLink:
         conn.subscribe([self.control_channel, self.many_channel]).addErrback(
             self._log_failure, "subscribing to the control channels"
         )
-        for callback in self.on_subscriber_up:
-            callback(conn)
         for listener in self._listeners:
             listener.subscriber_connected()
         self._maybe_up()
@@ -283,13 +281,9 @@ class RedisLink:
                 target=self.target.safe(),
                 node=self.node,
             )
-        reconnect = self._was_up
         self._was_up = True
         self._down_logged = False
         self.last_error = ""
-        if reconnect:
-            for callback in self.on_reconnect:
-                callback()
         for listener in self._listeners:
             listener.link_up()
 
@@ -360,8 +354,9 @@ class RedisLink:
         if channel == self.control_channel:
             for listener in self._listeners:
                 listener.control_received(payload)
-        elif self.on_message is not None:
-            self.on_message(channel, payload)
+        else:
+            for listener in self._listeners:
+                listener.message_received(channel, payload)
 
 
 class RedisBroker:
@@ -380,8 +375,7 @@ class RedisBroker:
         self._ready_waiters: dict[str, list[Deferred[None]]] = {}
         self.published = 0
         self.publish_failures = 0
-        link.on_message = self._message
-        link.on_subscriber_up.append(self._resubscribe)
+        link.add_listener(self)
 
     def set_receiver(self, receiver: Receiver) -> None:
         self._receiver = receiver
@@ -446,7 +440,9 @@ class RedisBroker:
         self._sent.discard(channel)
         self._wake(channel)
 
-    def _resubscribe(self, conn: Any) -> None:
+    # -- LinkListener ------------------------------------------------------------------
+
+    def subscriber_connected(self) -> None:
         """A (new) subscriber connection: everything wanted is sent again."""
         self._sent.clear()
         self._active.clear()
@@ -510,7 +506,16 @@ class RedisBroker:
         if not failure.check(BrokerUnavailable):
             log.failure("redis publish failed", failure)
 
-    def _message(self, channel: bytes, payload: bytes) -> None:
+    def control_received(self, payload: bytes) -> None:
+        """The cluster membership's business."""
+
+    def link_up(self) -> None:
+        """Nothing to do: the subscriber's (re)connection re-subscribes."""
+
+    def link_down(self, why: str) -> None:
+        """Nothing to do: publishing stays local until the link is back."""
+
+    def message_received(self, channel: bytes, payload: bytes) -> None:
         many = channel == self.link.many_channel
         if self._receiver is None or not (many or channel.startswith(self._channel_prefix)):
             return

@@ -214,13 +214,24 @@ class FakeLink:
         self.node = node
         self.many_channel = (prefix + "many").encode()
         self.subscriber: FakeSubscriber | None = FakeSubscriber()
-        self.on_message: Any = None
-        self.on_subscriber_up: list[Any] = []
+        self.listeners: list[Any] = []
         self.published: list[tuple[bytes, bytes]] = []
         self.publish_result: Any = None
         self.started = 0
         self.stopped = 0
         self.pings = 0
+
+    def add_listener(self, listener: Any) -> None:
+        self.listeners.append(listener)
+
+    def on_message(self, channel: bytes, payload: bytes) -> None:
+        """What the real link does with a message off the control channel."""
+        for listener in self.listeners:
+            listener.message_received(channel, payload)
+
+    def subscriber_connected(self) -> None:
+        for listener in self.listeners:
+            listener.subscriber_connected()
 
     def publish(self, channel: bytes, payload: bytes) -> Deferred[Any]:
         self.published.append((channel, payload))
@@ -266,8 +277,7 @@ def s() -> Setup:
 
 
 def test_the_broker_registers_with_the_link(s):
-    assert s.link.on_message is not None
-    assert len(s.link.on_subscriber_up) == 1
+    assert s.link.listeners == [s.broker]
 
 
 def test_subscribe_is_sent_on_the_next_turn_with_the_prefix(s):
@@ -504,7 +514,7 @@ def test_a_failed_subscribe_wakes_ready_and_is_retried_later(s):
     # a new subscriber connection sends it again
     new = FakeSubscriber()
     s.link.subscriber = new
-    s.link.on_subscriber_up[0](new)
+    s.link.subscriber_connected()
     assert new.calls == [("subscribe", [b"chatd:ch:room:1"])]
 
 
@@ -518,7 +528,7 @@ def test_a_new_subscriber_gets_every_wanted_channel_again(s):
     s.turn()
     new = FakeSubscriber()
     s.link.subscriber = new
-    s.link.on_subscriber_up[0](new)
+    s.link.subscriber_connected()
     assert sorted(new.calls) == [
         ("subscribe", [b"chatd:ch:room:1"]),
         ("subscribe", [b"chatd:ch:room:2"]),
@@ -537,7 +547,7 @@ def test_subscriptions_made_while_down_are_sent_when_the_subscriber_returns(s):
     s.turn()
     new = FakeSubscriber()
     s.link.subscriber = new
-    s.link.on_subscriber_up[0](new)
+    s.link.subscriber_connected()
     assert new.calls == [("subscribe", [b"chatd:ch:room:1"])]
     s.turn()
     assert len(new.calls) == 1  # not twice
@@ -549,7 +559,7 @@ def test_a_late_reply_from_the_old_subscriber_does_not_mark_the_new_one_active(s
     old = s.sub
     new = FakeSubscriber()
     s.link.subscriber = new
-    s.link.on_subscriber_up[0](new)
+    s.link.subscriber_connected()
     old.reply("subscribe", b"chatd:ch:room:1")
     assert not s.broker.ready("room:1").called
 
