@@ -639,17 +639,6 @@ class ClusterViewers:
         to this node's viewers)."""
         self._listeners.append(listener)
 
-    @property
-    def on_changed(self) -> ViewersChanged | None:
-        """``ViewerCounter``'s slot, kept until ``LiveService`` calls
-        ``add_listener``: setting it adds a listener."""
-        return self._listeners[0] if self._listeners else None
-
-    @on_changed.setter
-    def on_changed(self, listener: ViewersChanged | None) -> None:
-        if listener is not None:
-            self.add_listener(listener)
-
     def _changed(self, stream_id: str) -> None:
         for listener in self._listeners:
             listener(stream_id)

@@ -41,10 +41,11 @@ def stream_channel(stream_id: str) -> str:
 class ViewerCounter(Protocol):
     """Viewers per stream, counted per user.  ``add`` may return a Deferred
     that fires once the count includes the new viewer (a cluster-wide
-    counter asks Redis); ``on_changed`` is called when the count changed
-    elsewhere (another node), so this node pushes it to its own viewers."""
+    counter asks Redis).  A listener added with ``add_listener`` hears of
+    counts that changed elsewhere (another node), so this node pushes them
+    to its own viewers."""
 
-    on_changed: Callable[[str], None] | None
+    def add_listener(self, listener: Callable[[str], None]) -> None: ...
 
     def add(self, stream_id: str, user_id: str) -> Deferred[None] | None: ...
 
@@ -58,7 +59,9 @@ class LocalViewers:
 
     def __init__(self) -> None:
         self._streams: dict[str, dict[str, int]] = {}
-        self.on_changed: Callable[[str], None] | None = None
+
+    def add_listener(self, listener: Callable[[str], None]) -> None:
+        """Nothing changes elsewhere: every change is this process's own."""
 
     def add(self, stream_id: str, user_id: str) -> None:
         users = self._streams.setdefault(stream_id, {})
@@ -160,7 +163,7 @@ class LiveService:
         self.wall_clock = wall_clock
         self.viewers: ViewerCounter = viewers if viewers is not None else LocalViewers()
         self.counts = CoalescedCounts(clock, count_interval, self.viewers.count, self._push_count)
-        self.viewers.on_changed = self.counts.changed
+        self.viewers.add_listener(self.counts.changed)
         self.reaction_rate = reaction_rate
         self._watching: dict[Connection, set[str]] = {}
         self._reaction_buckets: dict[str, _Bucket] = {}
