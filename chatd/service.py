@@ -33,7 +33,7 @@ from chatd.bindings.websocket import ChatdWebSocketFactory, frame_event
 from chatd.broker.cluster import Cluster
 from chatd.broker.memory import InProcessBroker
 from chatd.broker.target import RedisTarget
-from chatd.clock import SystemWallClock
+from chatd.clock import SystemWallClock, WallClock
 from chatd.config import Config
 from chatd.domain.chat import ChatService, Limits
 from chatd.domain.direct import DirectMessages
@@ -71,7 +71,13 @@ class ChatdService(AsyncMultiService):
 
     name = "chatd"  # type: ignore[assignment]  # Service declares it None
 
-    def __init__(self, config: Config, reactor: Any = None, exit_on_failure: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any = None,
+        exit_on_failure: bool = False,
+        wall_clock: WallClock | None = None,
+    ) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -81,6 +87,8 @@ class ChatdService(AsyncMultiService):
         self.reactor = reactor
         self.engine = engine_for(config.database)
         self.exit_on_failure = exit_on_failure
+        # Timers and durations use the reactor; timestamps use this.
+        self.wall_clock: WallClock = wall_clock or SystemWallClock()
         self.build()
 
     def setServiceParent(self, parent: Any) -> Any:
@@ -128,7 +136,7 @@ class ChatdService(AsyncMultiService):
             fetch_missing=read_back_from(self.store),
             on_delivered=metrics.delivered,
         )
-        wall_clock = SystemWallClock()
+        wall_clock = self.wall_clock
         limits = Limits(max_content_length=config.max_content_length)
         publisher = Publisher(
             self.broker,
@@ -228,7 +236,12 @@ class ChatdService(AsyncMultiService):
         or the cluster's (whose membership also counts viewers)."""
         config = self.config
         self.announcer = PresenceAnnouncer(self.store, publisher)
-        local = partial(LocalPresence, clock=self.reactor, grace=config.presence_grace)
+        local = partial(
+            LocalPresence,
+            clock=self.reactor,
+            grace=config.presence_grace,
+            wall_clock=self.wall_clock,
+        )
         self.presence: PresenceTracker
         if self.link is None:
             self.presence = local(self.announcer)
