@@ -21,7 +21,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from chatd.clock import WallClock, iso_from_ms, now_ms
+from chatd.clock import WallClock, iso_from_ms
 from chatd.domain.chat import ChatService
 from chatd.domain.direct import DM_POLICIES, DirectMessages, dm_room_id
 from chatd.domain.interfaces import Caller, Connection, PresenceTracker, Store
@@ -68,7 +68,7 @@ class SocialService:
         assert identity is not None
         self.presence.opened(identity.user_id)
         d = self.store.open_session(
-            identity.user_id, identity.name, now_ms(), NOTIFICATIONS_ON_CONNECT
+            identity.user_id, identity.name, self.wall_clock.now_ms(), NOTIFICATIONS_ON_CONNECT
         )
         d.addCallback(self._hand_over, conn)
         d.addErrback(

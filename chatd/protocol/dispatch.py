@@ -17,7 +17,6 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from chatd.clock import now_iso
 from chatd.domain.chat import ChatService, Outcome
 from chatd.domain.interfaces import Connection
 from chatd.domain.live import LiveService
@@ -112,7 +111,7 @@ def live_routes(live: LiveService) -> dict[str, Route]:
 
 def chat_routes(chat: ChatService) -> dict[str, Route]:
     return {
-        "ping": Route(rq.Ping.parse, lambda c, r: {"timestamp": now_iso()}, "pong"),
+        "ping": Route(rq.Ping.parse, lambda c, r: chat.pong(), "pong"),
         "chat:create": Route(
             rq.ChatCreate.parse,
             lambda c, r: chat.create_room(c, r.name, r.description, r.type, r.members),

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -608,11 +608,13 @@ class GroupCommitWriter:
         )
         return self._one_by_one(batch)
 
-    @inlineCallbacks
-    def _one_by_one(self, batch: list[tuple[NewMessage, Deferred[Message]]]):
+    def _one_by_one(self, batch: list[tuple[NewMessage, Deferred[Message]]]) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._write_one_by_one(batch))
+
+    async def _write_one_by_one(self, batch: list[tuple[NewMessage, Deferred[Message]]]) -> None:
         for item in batch:
             try:
-                results = yield self._store.run(self._store._write_batch, [item[0]])
+                results = await self._store.run(self._store._write_batch, [item[0]])
             except Exception:
                 self._failed(Failure(), [item])
             else:
