@@ -50,6 +50,7 @@ from chatd.metrics import Metrics
 from chatd.protocol.dispatch import Dispatcher, chat_routes, live_routes, social_routes
 from chatd.session.hub import SessionHub
 from chatd.session.lifecycle import Sessions
+from chatd.session.session import Session
 from chatd.storage.engines import engine_for
 from chatd.storage.schema import migrate
 from chatd.storage.store import SqlStore, WriteObserver
@@ -122,6 +123,9 @@ class ChatdService(AsyncMultiService):
         the database or the network yet)."""
         config = self.config
         self.metrics = metrics = Metrics()
+        # Every open session, whatever its binding (the hub keeps it; the
+        # cluster heartbeat and the metrics count it).
+        self.open_sessions: dict[Session, None] = {}
         self.store = SqlStore(
             self.engine,
             observer=WriteObserver(metrics.batch_size.observe, metrics.store_latency.observe),
@@ -189,7 +193,13 @@ class ChatdService(AsyncMultiService):
             self.metrics,
         )
         self.hub = SessionHub(
-            config, self.reactor, self.verifier, self.sessions, self.dispatcher, self.metrics
+            config,
+            self.reactor,
+            self.verifier,
+            self.sessions,
+            self.dispatcher,
+            self.metrics,
+            open_sessions=self.open_sessions,
         )
         self.factory = ChatdWebSocketFactory(config, self.hub)
         self.backend_api = BackendApi(self.registry, self.social, limits)
@@ -252,7 +262,7 @@ class ChatdService(AsyncMultiService):
             self.announcer,
             local,
             LocalViewers(),
-            connection_count=lambda: len(self.factory.connections),
+            connection_count=self.open_sessions.__len__,
         )
         self.presence = self.cluster.presence
         return self.cluster.viewers
@@ -268,7 +278,7 @@ class ChatdService(AsyncMultiService):
     def _wire_metrics(self) -> None:
         metrics = self.metrics
         metrics.bind_gauges(
-            lambda: len(self.factory.connections),
+            self.open_sessions.__len__,
             lambda: len(self.registry.online_users()),
             self.registry.joined_room_count,
         )

@@ -19,7 +19,9 @@ class SessionHub:
     connection count and the shutdown drain cover them all.
 
     ``open`` holds every session whose transport opened and has not closed
-    yet (authenticated or not); ``len(hub)`` counts them."""
+    yet (authenticated or not); ``len(hub)`` counts them.  The composition
+    root may hand the table in (``open_sessions``), so that what is built
+    before the hub (the cluster's heartbeat) can count the connections."""
 
     def __init__(
         self,
@@ -29,6 +31,7 @@ class SessionHub:
         lifecycle: Sessions,
         dispatcher: Dispatcher,
         metrics: Metrics | None = None,
+        open_sessions: dict[Session, None] | None = None,
     ) -> None:
         self.clock = clock
         self.verifier = verifier
@@ -39,7 +42,7 @@ class SessionHub:
         self.rate_burst = config.rate_burst
         self.auth_timeout = config.auth_timeout
         self.max_send_buffer = config.max_send_buffer
-        self.open: dict[Session, None] = {}
+        self.open: dict[Session, None] = open_sessions if open_sessions is not None else {}
         self._closed_waiters: dict[Session, Deferred[None]] = {}
 
     def __len__(self) -> int:
