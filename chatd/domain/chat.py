@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -326,7 +326,7 @@ class ChatService:
         # The registry is keyed by connection: a caller without one has
         # joined nothing and is checked against the store.
         stored: Deferred[Message]
-        if self.registry.is_joined(cast(Connection, caller), room_id):
+        if self.registry.is_joined(caller, room_id):
             stored = self.store.append_message(message)
         else:
             checked = Deferred.fromCoroutine(self._require_member(room_id, user))
@@ -387,7 +387,7 @@ class ChatService:
     async def _history(
         self, caller: Caller, room_id: str, before: int | None, after: int | None, limit: int
     ) -> dict[str, Any]:
-        if not self.registry.is_joined(cast(Connection, caller), room_id):
+        if not self.registry.is_joined(caller, room_id):
             room = await guard(self.store.get_room(room_id))
             if room is None:
                 raise ChatError(ErrorCode.ROOM_NOT_FOUND, f"room {room_id} does not exist")
@@ -474,7 +474,7 @@ class ChatService:
         message: Message | None = await guard(self.store.get_message(message_id))
         if message is None:
             raise ChatError(ErrorCode.INVALID_MESSAGE, f"message {message_id} does not exist")
-        if not self.registry.is_joined(cast(Connection, caller), message.chat_id):
+        if not self.registry.is_joined(caller, message.chat_id):
             if not await guard(self.store.is_member(message.chat_id, _user(caller))):
                 raise ChatError(
                     ErrorCode.NOT_A_MEMBER, f"you are not a member of room {message.chat_id}"

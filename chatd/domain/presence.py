@@ -31,7 +31,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatd.clock import SYSTEM_CLOCK, WallClock, iso_from_ms
-from chatd.domain.chat import encode
 from chatd.domain.interfaces import (
     EventPublisher,
     OnlineDirectory,
@@ -39,6 +38,7 @@ from chatd.domain.interfaces import (
     PresenceStore,
 )
 from chatd.domain.models import Published
+from chatd.domain.publishing import encode
 from chatd.domain.registry import user_channel
 
 log = Logger()

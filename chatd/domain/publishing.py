@@ -7,7 +7,6 @@ the change itself stands: clients recover what they missed with ``since``.
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatd.domain.interfaces import Broker
-from chatd.domain.models import Published
+from chatd.domain.models import Published, encode_body
 from chatd.domain.registry import LocalRegistry, room_channel, user_channel
 from chatd.errors import ChatError, ErrorCode, StoreUnavailable
 
@@ -28,9 +27,8 @@ PublishObserver = Callable[[float], None]
 """Called with the seconds a publish took to be accepted by the broker."""
 
 
-def encode(data: dict[str, Any]) -> bytes:
-    """The one JSON encoding of an event body (ASCII-safe, compact)."""
-    return json.dumps(data, separators=(",", ":")).encode()
+encode = encode_body
+"""The one JSON encoding of an event body (see ``models.encode_body``)."""
 
 
 def new_id(prefix: str) -> str:

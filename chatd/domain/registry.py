@@ -28,7 +28,7 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from chatd.domain.interfaces import Broker, Connection
+from chatd.domain.interfaces import Broker, Caller, Connection
 from chatd.domain.models import Published
 from chatd.domain.ordering import FetchMissing, RoomOrder
 
@@ -152,8 +152,12 @@ class LocalRegistry:
 
     # -- rooms ---------------------------------------------------------------
 
-    def is_joined(self, conn: Connection, room_id: str) -> bool:
-        channels = self._channels_of.get(conn)
+    def is_joined(self, caller: Caller, room_id: str) -> bool:
+        """Whether this caller is a connection that joined the room (a
+        caller without a connection, such as the HTTP API acting for a
+        user, has joined nothing)."""
+        # A Caller that is no Connection is simply not a key here.
+        channels = self._channels_of.get(caller)  # type: ignore[call-overload]
         return channels is not None and room_channel(room_id) in channels
 
     def begin_join(self, conn: Connection, room_id: str) -> bool:
