@@ -37,7 +37,7 @@ from chatd.clock import SystemWallClock, WallClock
 from chatd.config import Config
 from chatd.domain.chat import ChatService, Limits
 from chatd.domain.direct import DirectMessages
-from chatd.domain.interfaces import PresenceTracker
+from chatd.domain.interfaces import Broker, PresenceTracker
 from chatd.domain.live import LiveService, LocalViewers, ViewerCounter
 from chatd.domain.notifications import Notifications
 from chatd.domain.ordering import read_back_from
@@ -230,8 +230,10 @@ class ChatdService(AsyncMultiService):
         config = self.config
         self.cluster: Cluster | None = None
         self.link: Any = None
+        self.redis_broker: Any = None
         if not config.redis:
-            self.broker: Any = InProcessBroker()
+            # Typed by the interface, so mypy checks both brokers against it.
+            self.broker: Broker = InProcessBroker()
             return
         # txredisapi installs the default reactor on import: only import it
         # once a reactor runs (twistd and the tests have installed theirs).
@@ -239,7 +241,7 @@ class ChatdService(AsyncMultiService):
 
         target = RedisTarget.parse(config.redis)
         self.link = RedisLink(target, config.redis_prefix, self.reactor, config.redis_ca)
-        self.broker = RedisBroker(self.link, self.reactor)
+        self.broker = self.redis_broker = RedisBroker(self.link, self.reactor)
 
     def _build_presence(self, publisher: Publisher) -> ViewerCounter | None:
         """One announcer, and the tracker reporting to it: this process's,
@@ -291,8 +293,8 @@ class ChatdService(AsyncMultiService):
             "room_gap_skipped": order.skipped if order else 0,
         }
         if self.cluster is not None:
-            counts["redis_up"] = 1 if self.broker.link.is_up() else 0
-            counts["broker_publish_failures"] = self.broker.publish_failures
+            counts["redis_up"] = 1 if self.link.is_up() else 0
+            counts["broker_publish_failures"] = self.redis_broker.publish_failures
             counts["cluster_nodes_reaped"] = self.cluster.reaped_nodes
         return counts
 
@@ -446,7 +448,7 @@ class ChatdService(AsyncMultiService):
             ws=ws,
             where=where,
             database=self._safe_database(),
-            fanout=f"redis {self.broker.link.target.safe()} as node {self.broker.link.node}"
+            fanout=f"redis {self.link.target.safe()} as node {self.link.node}"
             if self.cluster is not None
             else "in-process",
         )
