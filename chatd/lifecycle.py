@@ -67,7 +67,13 @@ class ComponentService(Service):
 
     def startService(self) -> Deferred[None]:
         Service.startService(self)
-        return _run(self._start)
+        return _run(self._start).addErrback(self._not_started)
+
+    def _not_started(self, failure: Failure) -> Failure:
+        """A component that failed to start is not running (and so is not
+        stopped again)."""
+        self.running = False
+        return failure
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
