@@ -101,6 +101,24 @@ class Session:
     request (``received``) or unreadable frame (``malformed``), and calls
     ``closed`` when the transport is gone."""
 
+    # One per connection: slots keep an idle connection's memory down.
+    __slots__ = (
+        "connection_id",
+        "identity",
+        "send_frame",
+        "_hub",
+        "_binding",
+        "_peer",
+        "_opened_at",
+        "_bucket",
+        "_fast_send",
+        "_backlog",
+        "_auth_timer",
+        "_detached",
+        "_open_logged",
+        "__weakref__",
+    )
+
     def __init__(self, hub: SessionHub, binding: Binding, peer: str | None) -> None:
         self.connection_id = "c_" + secrets.token_hex(8)
         self.identity: Identity | None = None
