@@ -5,6 +5,11 @@ are accepted (``none`` can never be on it), ``sub`` (a string) and ``exp``
 are required, ``iss`` and ``aud`` are checked when configured.  HMAC
 algorithms verify with the shared secret and the others with the public
 key, so a public key can never be abused as an HMAC secret.
+
+With ``nextauth_secret`` configured, an encrypted NextAuth.js / Auth.js
+session token (a JWE: five dot-separated parts) is accepted too, wherever a
+JWT is (chatd/nextauth.py).  Only a five-part token takes that path, so
+plain JWT verification costs one ``count`` more than before.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ if TYPE_CHECKING:
 
 from chatd.config import Config
 from chatd.domain.models import Identity
+from chatd.nextauth import SessionTokenDecryptor, SessionTokenError
 
 MAX_USER_ID_LENGTH = 128
 MAX_TOKEN_LENGTH = 8192
@@ -38,16 +44,25 @@ class TokenVerifier:
     issuer: str | None
     audience: str | None
     leeway: float = 5.0
+    #: NextAuth session tokens, when a NextAuth secret is configured.  Its
+    #: keys are derived here, once, not per token.
+    nextauth: SessionTokenDecryptor | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> TokenVerifier:
         public_key = Path(config.jwt_public_key).read_text() if config.jwt_public_key else None
+        nextauth = None
+        if config.nextauth_secret:
+            nextauth = SessionTokenDecryptor.from_specs(
+                config.nextauth_secret, config.nextauth_formats
+            )
         return cls(
             algorithms=config.jwt_algorithms,
             secret=config.jwt_secret,
             public_key=public_key,
             issuer=config.jwt_issuer,
             audience=config.jwt_audience,
+            nextauth=nextauth,
         )
 
     def verify(self, token: Any) -> Identity:
@@ -55,6 +70,8 @@ class TokenVerifier:
             raise AuthError("token must be a non-empty string")
         if len(token) > MAX_TOKEN_LENGTH:
             raise AuthError("token is too long")
+        if token.count(".") == 4:
+            return self._verify_encrypted(token)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -90,6 +107,18 @@ class TokenVerifier:
             raise AuthError("token signature is invalid") from None
         except jwt.PyJWTError as e:
             raise AuthError(f"invalid token: {e}") from None
+        return identity_from_claims(claims)
+
+    def _verify_encrypted(self, token: str) -> Identity:
+        """A JWE: a NextAuth/Auth.js session token.  ``iss``/``aud`` are not
+        checked: NextAuth sets neither, and only holders of the NextAuth
+        secret can make one."""
+        if self.nextauth is None:
+            raise AuthError("encrypted tokens (JWE) are accepted only with nextauth_secret set")
+        try:
+            claims = self.nextauth.claims(token)
+        except SessionTokenError as e:
+            raise AuthError(str(e)) from None
         return identity_from_claims(claims)
 
 

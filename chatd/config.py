@@ -43,6 +43,10 @@ SUPPORTED_ALGORITHMS = frozenset(
     }
 )
 
+# What stock next-auth 4 and Auth.js (its http and https cookie names) send;
+# chatd/nextauth.py reads these.
+NEXTAUTH_DEFAULT_FORMATS = ("v4", "v5:authjs.session-token", "v5:__Secure-authjs.session-token")
+
 
 class ConfigError(ValueError):
     """A configuration value that chatd refuses to start with."""
@@ -139,6 +143,15 @@ def _algorithms(value: Any) -> tuple[str, ...]:
         if name not in SUPPORTED_ALGORITHMS:
             raise ValueError(f"unsupported algorithm {name!r}")
     return names
+
+
+def _nextauth_formats(value: Any) -> tuple[str, ...]:
+    from chatd.nextauth import parse_formats
+
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError("expected a comma-separated list or a list of strings")
+    return parse_formats(items)
 
 
 def _database(value: Any) -> str | None:
@@ -243,6 +256,18 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("jwt_issuer", _optional_text, None, "required `iss` claim, checked when set"),
     Setting("jwt_audience", _optional_text, None, "required `aud` claim, checked when set"),
+    Setting(
+        "nextauth_secret",
+        _optional_text,
+        None,
+        "the NextAuth.js/Auth.js app's NEXTAUTH_SECRET (AUTH_SECRET): accept its encrypted session tokens (JWE) wherever a JWT is",
+    ),
+    Setting(
+        "nextauth_formats",
+        _nextauth_formats,
+        NEXTAUTH_DEFAULT_FORMATS,
+        "session token formats accepted with nextauth_secret: v4 (next-auth 4, A256GCM) and v5:<cookie name> (Auth.js, A256CBC-HS512)",
+    ),
     Setting(
         "api_key",
         _optional_text,
@@ -375,6 +400,9 @@ class Config:
     jwt_algorithms: tuple[str, ...] = ("HS256",)
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    # repr=False: the secret never shows in a logged or printed Config.
+    nextauth_secret: str | None = field(default=None, repr=False)
+    nextauth_formats: tuple[str, ...] = NEXTAUTH_DEFAULT_FORMATS
     api_key: str | None = None
     auth_timeout: float = 10.0
     max_message_size: int = 65536
@@ -486,11 +514,14 @@ def _finish(values: dict[str, Any], create_secret: bool) -> Config:
         raise ConfigError("invalid jwt_algorithms: asymmetric algorithms need jwt_public_key")
     generated = False
     if uses_hmac and not values.get("jwt_secret"):
-        if not is_loopback_endpoint(listen):
+        loopback = is_loopback_endpoint(listen)
+        # With only a NextAuth secret, HS* JWTs are refused ("no key"): fine
+        # on any address, and nothing is generated that could leak.
+        if not loopback and not values.get("nextauth_secret"):
             raise ConfigError(
                 f"invalid listen ({listen}): refusing a non-loopback address without a configured jwt_secret"
             )
-        if create_secret:
+        if create_secret and loopback:
             values["jwt_secret"] = load_or_create_secret(data_dir)
             generated = True
     if bool(values.get("tls_cert")) != bool(values.get("tls_key")):
@@ -501,6 +532,8 @@ def _finish(values: dict[str, Any], create_secret: bool) -> Config:
         _check_tls(values["tls_cert"], values["tls_key"])
     if values.get("jwt_secret") and len(values["jwt_secret"]) < 16:
         raise ConfigError("invalid jwt_secret: use at least 16 characters")
+    if values.get("nextauth_secret") and len(values["nextauth_secret"]) < 16:
+        raise ConfigError("invalid nextauth_secret: use at least 16 characters")
     cfg = Config(
         **{k: v for k, v in values.items() if k in {f.name for f in fields(Config)}},
         secret_generated=generated,
