@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 
 from chatd import __version__
 from chatd.auth import TokenVerifier, mint_token
-from chatd.bindings.websocket import ChatdWebSocketFactory, frame_event
+from chatd.bindings.websocket import ChatdWebSocketFactory
 from chatd.broker.cluster import Cluster
 from chatd.broker.memory import InProcessBroker
 from chatd.broker.target import RedisTarget
@@ -135,7 +135,6 @@ class ChatdService(AsyncMultiService):
         self.verifier = TokenVerifier.from_config(config)
         self.registry = LocalRegistry(
             self.broker,
-            frame_event,
             self.reactor,
             fetch_missing=read_back_from(self.store),
             on_delivered=metrics.delivered,

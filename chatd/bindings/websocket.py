@@ -70,6 +70,8 @@ class ChatdServerProtocol(WebSocketServerProtocol):
     """One ``/ws`` connection: the ``Binding`` of its ``Session``."""
 
     factory: ChatdWebSocketFactory
+    # Fan-out frames for every /ws connection (one prepared frame per event).
+    framer = staticmethod(frame_event)
 
     def __init__(self) -> None:
         super().__init__()

@@ -37,12 +37,20 @@ class Caller(Protocol):
     def connection_id(self) -> str | None: ...
 
 
+Framer = Callable[[Published], bytes]
+"""Turns an event into its binding's frame: the bytes every connection of
+that binding gets, ready for the transport, and concatenable (consecutive
+frames of a channel go out as one write)."""
+
+
 class Connection(Caller, Protocol):
     """A client connection as the domain sees it: a caller that can also be
-    sent events (joins, typing and live streams need one)."""
+    sent events (joins, typing and live streams need one).  ``framer`` is its
+    binding's: fan-out frames each event once per framer."""
 
     connection_id: str
     identity: Identity | None
+    framer: Framer
 
     def send_frame(self, frame: Any) -> None:
         """Hand an already-framed event to this connection's transport."""

@@ -23,18 +23,18 @@ dropped and the rest follow the reply in order.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from chatd.domain.interfaces import Broker, Caller, Connection
+from chatd.domain.interfaces import Broker, Caller, Connection, Framer
 from chatd.domain.models import Published
 from chatd.domain.ordering import FetchMissing, RoomOrder
 
 log = Logger()
 
-Framer = Callable[[Published], Any]
+FrameCache = dict[Framer, bytes]
+"""One event's frames, one per binding that has a recipient of it."""
 Control = Callable[[str, Published], None]
 
 
@@ -51,12 +51,13 @@ def user_channel(user_id: str) -> str:
 
 
 class _Joining:
-    """Live events held back while a connection's join is in progress."""
+    """Live events held back while a connection's join is in progress
+    (framed when they are released, in the connection's own binding)."""
 
     __slots__ = ("events",)
 
     def __init__(self) -> None:
-        self.events: list[tuple[int | None, Any]] = []
+        self.events: list[tuple[Published, FrameCache]] = []
 
 
 Delivered = Callable[[int, int], None]
@@ -72,24 +73,25 @@ class LocalRegistry:
     def __init__(
         self,
         broker: Broker,
-        framer: Framer,
         clock: IReactorTime | None = None,
         fetch_missing: FetchMissing | None = None,
         on_delivered: Delivered | None = None,
     ) -> None:
         self._broker = broker
-        self._framer = framer
         self._clock = clock
-        self._queue: dict[str, list[tuple[Published, Any]]] = {}
+        self._queue: dict[str, list[tuple[Published, FrameCache]]] = {}
         self._flush_call: IDelayedCall | None = None
         self.on_delivered = on_delivered
         self._listeners: dict[str, dict[Connection, None]] = {}
+        # The same listeners grouped by their binding's framer, so that an
+        # event is framed once per binding and each group gets its bytes.
+        self._groups: dict[str, dict[Framer, dict[Connection, None]]] = {}
         self._joining: dict[str, dict[Connection, _Joining]] = {}
         self._channels_of: dict[Connection, set[str]] = {}
         self._users: dict[str, dict[Connection, None]] = {}
         self._retained: dict[str, int] = {}
-        self._framed_event: Published | None = None
-        self._framed: Any = None
+        self._cached_event: Published | None = None
+        self._cache: FrameCache = {}
         # Control events (disconnect a user, leave a room) travel the same
         # channels as pushes but are acted on, never framed.
         self._controls: dict[str, Control] = {}
@@ -190,11 +192,11 @@ class LocalRegistry:
         if conn not in self._channels_of:
             self._release(channel)
             return
-        self._listeners.setdefault(channel, {})[conn] = None
+        self._add_listener(channel, conn)
         self._channels_of[conn].add(channel)
-        for seq, frame in pending.events:
-            if seq is None or seq > last_seq:
-                conn.send_frame(frame)
+        for event, cache in pending.events:
+            if event.seq is None or event.seq > last_seq:
+                conn.send_frame(_frame(conn.framer, event, cache))
 
     def abort_join(self, conn: Connection, room_id: str) -> None:
         channel = room_channel(room_id)
@@ -240,10 +242,10 @@ class LocalRegistry:
     # -- channel bookkeeping -------------------------------------------------
 
     def _listen(self, channel: str, conn: Connection) -> None:
-        listeners = self._listeners.setdefault(channel, {})
-        if conn in listeners:
+        listeners = self._listeners.get(channel)
+        if listeners is not None and conn in listeners:
             return
-        listeners[conn] = None
+        self._add_listener(channel, conn)
         self._channels_of[conn].add(channel)
         self._retain(channel)
 
@@ -253,7 +255,34 @@ class LocalRegistry:
             return
         if not listeners:
             del self._listeners[channel]
+        self._ungroup(channel, conn, conn.framer)
         self._release(channel)
+
+    def _add_listener(self, channel: str, conn: Connection) -> None:
+        self._listeners.setdefault(channel, {})[conn] = None
+        self._groups.setdefault(channel, {}).setdefault(conn.framer, {})[conn] = None
+
+    def _ungroup(self, channel: str, conn: Connection, framer: Framer) -> None:
+        groups = self._groups.get(channel)
+        if groups is None:
+            return
+        group = groups.get(framer)
+        if group is not None:
+            group.pop(conn, None)
+            if not group:
+                del groups[framer]
+        if not groups:
+            del self._groups[channel]
+
+    def framer_switched(self, conn: Connection, previous: Framer) -> None:
+        """The connection's binding frames differently from now on (a
+        Socket.IO client upgraded from polling to WebSocket): move it to the
+        group of its new framer on every channel it listens on."""
+        for channel in self._channels_of.get(conn, ()):
+            listeners = self._listeners.get(channel)
+            if listeners is not None and conn in listeners:
+                self._ungroup(channel, conn, previous)
+                self._groups.setdefault(channel, {}).setdefault(conn.framer, {})[conn] = None
 
     def _retain(self, channel: str) -> None:
         count = self._retained.get(channel, 0)
@@ -291,17 +320,17 @@ class LocalRegistry:
         self.accept(channel, event)
 
     def accept(self, channel: str, event: Published) -> None:
-        """Frame the event once, then queue it for the end of this reactor
-        turn (see ``flush``).  Without a clock (unit tests of the
-        synchronous path) it is delivered at once."""
+        """Queue the event for the end of this reactor turn (see ``flush``),
+        where it is framed once per binding.  Without a clock (unit tests of
+        the synchronous path) it is delivered at once."""
         if channel not in self._listeners and channel not in self._joining:
             return
-        if event is not self._framed_event:
+        if event is not self._cached_event:
             # One event on many channels (publish_many: a presence change to
-            # every online member of an audience) is framed once, not once
-            # per channel.
-            self._framed_event, self._framed = event, self._framer(event)
-        item = (event, self._framed)
+            # every online member of an audience) shares one frame cache, so
+            # it is framed once per binding, not once per channel.
+            self._cached_event, self._cache = event, {}
+        item = (event, self._cache)
         if self._clock is None:
             self._deliver(channel, [item])
             return
@@ -329,51 +358,73 @@ class LocalRegistry:
         if self.on_delivered is not None:
             self.on_delivered(sum(len(items) for items in queue.values()), deliveries)
 
-    def _deliver(self, channel: str, items: list[tuple[Published, Any]]) -> int:
-        """Hand the channel's queued frames to its listeners; return how
-        many writes that took (for the metrics)."""
+    def _deliver(self, channel: str, items: list[tuple[Published, FrameCache]]) -> int:
+        """Hand the channel's queued events to its listeners, framed once per
+        binding; return how many writes that took (for the metrics)."""
         writes = 0
-        listeners = self._listeners.get(channel)
-        if listeners:
-            targets = tuple(listeners)
-            for frames, skip_user, skip_connection in _runs(items):
-                writes += len(targets)
-                payload = frames[0] if len(frames) == 1 else b"".join(frames)
-                if skip_user is None and skip_connection is None:
-                    for conn in targets:
-                        try:
-                            conn.send_frame(payload)
-                        except Exception:
-                            log.failure(
-                                "delivery to {connection} failed", connection=conn.connection_id
-                            )
-                else:
-                    for conn in targets:
-                        if _skipped(conn, skip_user, skip_connection):
-                            continue
-                        try:
-                            conn.send_frame(payload)
-                        except Exception:
-                            log.failure(
-                                "delivery to {connection} failed", connection=conn.connection_id
-                            )
+        groups = self._groups.get(channel)
+        if groups:
+            runs = _runs(items)
+            for framer, group in tuple(groups.items()):
+                writes += self._deliver_group(framer, tuple(group), runs)
         joining = self._joining.get(channel)
         if joining:
             for conn, pending in joining.items():
-                for event, frame in items:
+                for event, cache in items:
                     if not _skipped(conn, event.skip_user, event.skip_connection):
-                        pending.events.append((event.seq, frame))
+                        pending.events.append((event, cache))
+        return writes
+
+    @staticmethod
+    def _deliver_group(framer: Framer, targets: tuple[Connection, ...], runs: list[_Run]) -> int:
+        writes = 0
+        for run, skip_user, skip_connection in runs:
+            writes += len(targets)
+            if len(run) == 1:
+                payload = _frame(framer, *run[0])
+            else:
+                payload = b"".join([_frame(framer, event, cache) for event, cache in run])
+            if skip_user is None and skip_connection is None:
+                for conn in targets:
+                    try:
+                        conn.send_frame(payload)
+                    except Exception:
+                        log.failure(
+                            "delivery to {connection} failed", connection=conn.connection_id
+                        )
+            else:
+                for conn in targets:
+                    if _skipped(conn, skip_user, skip_connection):
+                        continue
+                    try:
+                        conn.send_frame(payload)
+                    except Exception:
+                        log.failure(
+                            "delivery to {connection} failed", connection=conn.connection_id
+                        )
         return writes
 
 
-def _runs(items: list[tuple[Published, Any]]) -> list[tuple[list[Any], str | None, str | None]]:
+_Run = tuple[list[tuple[Published, FrameCache]], str | None, str | None]
+
+
+def _frame(framer: Framer, event: Published, cache: FrameCache) -> bytes:
+    """The event in this binding's frame, made once per event and binding."""
+    frame = cache.get(framer)
+    if frame is None:
+        frame = cache[framer] = framer(event)
+    return frame
+
+
+def _runs(items: list[tuple[Published, FrameCache]]) -> list[_Run]:
     """Split a channel's queued events into runs of equal routing."""
-    runs: list[tuple[list[Any], str | None, str | None]] = []
-    for event, frame in items:
+    runs: list[_Run] = []
+    for item in items:
+        event = item[0]
         if runs and runs[-1][1] == event.skip_user and runs[-1][2] == event.skip_connection:
-            runs[-1][0].append(frame)
+            runs[-1][0].append(item)
         else:
-            runs.append(([frame], event.skip_user, event.skip_connection))
+            runs.append(([item], event.skip_user, event.skip_connection))
     return runs
 
 

@@ -5,7 +5,7 @@ closes sessions the same way."""
 from __future__ import annotations
 
 from chatd.domain.chat import ChatService
-from chatd.domain.interfaces import Connection
+from chatd.domain.interfaces import Connection, Framer
 from chatd.domain.live import LiveService
 from chatd.domain.registry import LocalRegistry
 from chatd.domain.social import SocialService
@@ -26,6 +26,11 @@ class Sessions:
         """The connection authenticated (its ``authenticated`` push is out)."""
         self.registry.add_connection(conn)
         self.social.connection_opened(conn)
+
+    def framer_switched(self, conn: Connection, previous: Framer) -> None:
+        """The connection's binding frames differently from now on (a
+        Socket.IO client upgraded from polling to WebSocket)."""
+        self.registry.framer_switched(conn, previous)
 
     def closed(self, conn: Connection) -> None:
         """An authenticated connection is gone or closing."""

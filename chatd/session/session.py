@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from chatd.auth import AuthError
+from chatd.domain.interfaces import Framer
 from chatd.domain.models import Identity
 from chatd.errors import ChatError, ErrorCode
 from chatd.protocol.requests import Auth
@@ -57,7 +58,12 @@ Write = Callable[[bytes], None]
 class Binding(Protocol):
     """What a wire binding supplies to its session: encoders for its frame
     format and its transport.  Every ``frame_*`` returns bytes ready for
-    the transport."""
+    the transport; ``framer`` frames fan-out events (once per event for
+    every connection of the binding)."""
+
+    @property
+    def framer(self) -> Framer:
+        """The binding's fan-out framer (read when the session is made)."""
 
     def frame_ack(self, request_id: str, data: Any) -> bytes:
         """The reply to a request that carried an id."""
@@ -106,6 +112,7 @@ class Session:
         "connection_id",
         "identity",
         "send_frame",
+        "framer",
         "_hub",
         "_binding",
         "_peer",
@@ -124,6 +131,7 @@ class Session:
         self.identity: Identity | None = None
         # The fan-out path: the registry calls this for every event.
         self.send_frame: Write = _discard
+        self.framer: Framer = binding.framer
         self._hub = hub
         self._binding = binding
         self._peer = peer
@@ -342,6 +350,13 @@ class Session:
 
     def disconnect(self, code: int, reason: str) -> None:
         self.close(code, reason)
+
+    def switch_framer(self, framer: Framer) -> None:
+        """The binding's transport changed (a Socket.IO upgrade from polling
+        to WebSocket): fan-out frames for this session the new way."""
+        previous, self.framer = self.framer, framer
+        if self.identity is not None and not self._detached and previous is not framer:
+            self._hub.lifecycle.framer_switched(self, previous)
 
     @property
     def transport(self) -> Any:

@@ -64,6 +64,7 @@ class FakeConnection:
     def __init__(self, user_id: str, name: str | None = None) -> None:
         self.connection_id = f"c{next(_ids)}"
         self.identity: Identity | None = Identity(user_id, name)
+        self.framer = framer
         self.sent: list[tuple[str, Any]] = []
         self.closed_with: tuple[int, str] | None = None
 
@@ -123,7 +124,7 @@ def build_world(path: str, limits: Limits | None = None, dm_policy: str = "anyon
     schema.migrate(engine)
     store = SqlStore(engine)
     broker = InProcessBroker()
-    registry = LocalRegistry(broker, framer)
+    registry = LocalRegistry(broker)
     presence = FakePresence()
     wall = FakeWallClock()
     clock = Clock()

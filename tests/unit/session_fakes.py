@@ -12,9 +12,10 @@ from twisted.internet.task import Clock
 
 from chatd.auth import TokenVerifier, mint_token
 from chatd.config import Config
+from chatd.domain.models import Published
 from chatd.metrics import Metrics
 from chatd.protocol.dispatch import Dispatcher, Route
-from chatd.protocol.envelope import encode_ack, encode_error, encode_push
+from chatd.protocol.envelope import encode_ack, encode_error, encode_push, wrap_push
 from chatd.session.hub import SessionHub
 from chatd.session.session import Session
 
@@ -37,12 +38,18 @@ def token(user: str, cfg: Config | None = None) -> str:
     return mint_token(cfg or config(), user, ttl=3600)
 
 
+def wrap_event(event: Published) -> bytes:
+    """Fan-out frames as the native envelope, unframed."""
+    return wrap_push(event.type, event.data)
+
+
 class RecordingBinding:
     """A binding whose frames are the native envelopes unframed, so tests
     read them as JSON.  ``buffered`` is what ``buffered_bytes`` answers
     (``None``: a transport that hides its write buffer)."""
 
     def __init__(self, buffered: int | None = 0) -> None:
+        self.framer = wrap_event
         self.fast: list[bytes] = []
         self.queued: list[bytes] = []
         self.buffered = buffered
@@ -88,12 +95,16 @@ class RecordingBinding:
 class RecordingLifecycle:
     opened_sessions: list[Any] = field(default_factory=list)
     closed_sessions: list[Any] = field(default_factory=list)
+    switched: list[tuple[Any, Any]] = field(default_factory=list)
 
     def opened(self, conn: Any) -> None:
         self.opened_sessions.append(conn)
 
     def closed(self, conn: Any) -> None:
         self.closed_sessions.append(conn)
+
+    def framer_switched(self, conn: Any, previous: Any) -> None:
+        self.switched.append((conn, previous))
 
 
 class Harness:

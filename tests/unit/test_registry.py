@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from chatd.protocol.envelope import wrap_push
 class FakeConnection:
     connection_id: str
     identity: Identity | None
+    framer: Any
     frames: list = field(default_factory=list)
     fail: bool = False
 
@@ -30,8 +32,12 @@ class FakeConnection:
         self.frames.append(("event", event_type, data))
 
 
-def conn(connection_id: str, user: str) -> FakeConnection:
-    return FakeConnection(connection_id, Identity(user))
+def conn(connection_id: str, user: str, framer: Any = None) -> FakeConnection:
+    """A connection of the test's binding (``framer`` fixture) by default."""
+    return FakeConnection(connection_id, Identity(user), framer or _BINDING[0])
+
+
+_BINDING: list[Any] = [None]
 
 
 class CountingFramer:
@@ -48,14 +54,16 @@ def broker():
     return InProcessBroker()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def framer():
-    return CountingFramer()
+    """The framer of the test's one binding; ``conn()`` uses it."""
+    _BINDING[0] = CountingFramer()
+    return _BINDING[0]
 
 
 @pytest.fixture
-def registry(broker, framer):
-    return LocalRegistry(broker, framer)
+def registry(broker):
+    return LocalRegistry(broker)
 
 
 def event(
@@ -172,14 +180,62 @@ def test_join_buffer_honours_skips(registry, broker):
 
 
 def test_join_buffer_alone_frames_once(registry, broker, framer):
-    a, b = online(registry, conn("c1", "a"), conn("c2", "b"))
-    registry.begin_join(a, "r1")
-    registry.begin_join(b, "r1")
+    a, b, c = online(registry, conn("c1", "a"), conn("c2", "b"), conn("c3", "c"))
+    for joiner in (a, b, c):
+        registry.begin_join(joiner, "r1")
     broker.publish(room_channel("r1"), event(1))
-    assert len(framer.calls) == 1
+    assert framer.calls == []  # held events are framed when released
     registry.complete_join(a, "r1", 0)
     registry.complete_join(b, "r1", 1)
-    assert ns(a) == [1] and b.frames == []
+    registry.complete_join(c, "r1", 0)
+    assert ns(a) == [1] and b.frames == [] and ns(c) == [1]
+    assert len(framer.calls) == 1 and a.frames[0] is c.frames[0]
+
+
+# -- one frame per binding ----------------------------------------------------------
+
+
+def test_each_binding_gets_its_own_frame_made_once_per_event(registry, broker, framer):
+    other = CountingFramer()
+    native = [conn(f"n{i}", f"u{i}") for i in range(3)]
+    foreign = [conn(f"f{i}", f"v{i}", framer=other) for i in range(2)]
+    online(registry, *native, *foreign)
+    for c in native + foreign:
+        join(registry, c, "r1")
+    broker.publish(room_channel("r1"), event(7))
+    assert len(framer.calls) == 1 and len(other.calls) == 1
+    assert all(ns(c) == [7] for c in native + foreign)
+    assert native[0].frames[0] is native[2].frames[0]
+    assert foreign[0].frames[0] is foreign[1].frames[0]
+
+
+def test_a_binding_without_recipients_frames_nothing(registry, broker, framer):
+    other = CountingFramer()
+    a, b = online(registry, conn("c1", "a"), conn("c2", "b", framer=other))
+    join(registry, a, "r1")
+    broker.publish(room_channel("r1"), event(1))
+    assert len(framer.calls) == 1 and other.calls == []
+
+
+def test_a_switched_framer_applies_to_every_channel_the_connection_listens_on(
+    registry, broker, framer
+):
+    upgraded = CountingFramer()
+    a, b = online(registry, conn("c1", "a"), conn("c2", "b"))
+    for c in (a, b):
+        join(registry, c, "r1")
+    broker.publish(room_channel("r1"), event(1))
+    previous, a.framer = a.framer, upgraded
+    registry.framer_switched(a, previous)
+    broker.publish(room_channel("r1"), event(2))
+    broker.publish(user_channel("a"), event(3))
+    assert ns(a) == [1, 2, 3] and ns(b) == [1, 2]
+    assert [e.seq for e in upgraded.calls] == [2, 3]
+    assert [e.seq for e in framer.calls] == [1, 2]
+    registry.remove_connection(a)  # leaves the new framer's groups, not a stale one
+    broker.publish(room_channel("r1"), event(4))
+    assert ns(a) == [1, 2, 3] and ns(b) == [1, 2, 4]
+    assert [e.seq for e in upgraded.calls] == [2, 3]
 
 
 def test_abort_join(registry, broker):
@@ -280,12 +336,12 @@ def test_subscription_counts_balance(registry, broker):
 # -- batching per reactor turn (the production path, with a clock) ---------------
 
 
-def test_a_burst_is_one_write_per_recipient_in_order():
+def test_a_burst_is_one_write_per_recipient_in_order(framer):
     from twisted.internet.task import Clock
 
     clock = Clock()
-    broker, framer = InProcessBroker(), CountingFramer()
-    registry = LocalRegistry(broker, framer, clock)
+    broker = InProcessBroker()
+    registry = LocalRegistry(broker, clock)
     a, b = conn("c1", "alice"), conn("c2", "bob")
     for c in (a, b):
         registry.add_connection(c)
@@ -306,7 +362,7 @@ def test_routing_changes_split_the_burst_but_keep_the_order():
 
     clock = Clock()
     broker = InProcessBroker()
-    registry = LocalRegistry(broker, CountingFramer(), clock)
+    registry = LocalRegistry(broker, clock)
     a, b = conn("c1", "alice"), conn("c2", "bob")
     for c in (a, b):
         registry.add_connection(c)
@@ -339,7 +395,7 @@ def test_join_completing_before_the_flush_still_filters_by_seq():
 
     clock = Clock()
     broker = InProcessBroker()
-    registry = LocalRegistry(broker, CountingFramer(), clock)
+    registry = LocalRegistry(broker, clock)
     c = conn("c1", "alice")
     registry.add_connection(c)
     assert registry.begin_join(c, "r")
@@ -365,13 +421,14 @@ def test_one_event_on_many_channels_is_framed_once():
         def __init__(self, user: str) -> None:
             self.connection_id = "c-" + user
             self.identity = Identity(user, None, None)
+            self.framer = framer
             self.frames: list[bytes] = []
 
         def send_frame(self, frame: bytes) -> None:
             self.frames.append(frame)
 
     broker = InProcessBroker()
-    registry = LocalRegistry(broker, framer)
+    registry = LocalRegistry(broker)
     conns = [Conn(f"u{i}") for i in range(5)]
     for conn in conns:
         registry.add_connection(conn)

@@ -387,3 +387,16 @@ def test_shutdown_with_nobody_connected_is_immediate() -> None:
     fired: list[object] = []
     h.hub.shutdown(5.0).addCallback(fired.append)
     assert fired == [None]
+
+
+def test_switching_the_framer_tells_the_domain_once_authenticated() -> None:
+    h = Harness()
+    anonymous, _ = h.open(user=None)
+    anonymous.switch_framer(len)  # any callable stands for another binding's framer
+    assert anonymous.framer is len and h.lifecycle.switched == []  # not in the registry yet
+    session, binding = h.open()
+    session.switch_framer(len)
+    assert session.framer is len
+    assert h.lifecycle.switched == [(session, binding.framer)]
+    session.switch_framer(len)  # the same framer again: nothing moves
+    assert len(h.lifecycle.switched) == 1
