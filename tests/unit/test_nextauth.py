@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -484,3 +485,19 @@ def test_every_one_character_change_is_refused_cleanly(fmt):
     for cut in range(1, len(token)):
         with pytest.raises(AuthError):
             v.verify(token[:cut])
+
+
+def test_documented_examples_are_valid(tmp_path):
+    """etc/chatd.toml's commented NextAuth lines, uncommented, load; the
+    README's table names both settings with the real default."""
+    root = Path(__file__).resolve().parents[2]
+    lines = (root / "etc" / "chatd.toml").read_text().splitlines()
+    chosen = [line[2:].split("#")[0] for line in lines if line.startswith("# nextauth_")]
+    assert len(chosen) == 2
+    path = tmp_path / "chatd.toml"
+    path.write_text("\n".join(chosen) + "\n")
+    config = load_config({"config": str(path), "data_dir": str(tmp_path)}, environ={})
+    assert config.nextauth_secret and config.nextauth_formats == NEXTAUTH_DEFAULT_FORMATS
+    readme = (root / "README.md").read_text()
+    assert "| `--nextauth-secret` | `CHATD_NEXTAUTH_SECRET` | `nextauth_secret` |" in readme
+    assert f"| `nextauth_formats` | `{','.join(NEXTAUTH_DEFAULT_FORMATS)}` |" in readme
