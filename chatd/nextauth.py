@@ -30,7 +30,6 @@ cryptography's: nothing here is hand-written cryptography.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,6 +147,7 @@ class SessionTokenDecryptor:
     leeway: float = 5.0
     _keys: dict[str, tuple[_Key, ...]] = field(init=False, repr=False, compare=False)
     _registries: dict[str, JWERegistry] = field(init=False, repr=False, compare=False)
+    _claims: JWTClaimsRegistry = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         keys: dict[str, list[_Key]] = {}
@@ -162,6 +162,11 @@ class SessionTokenDecryptor:
         object.__setattr__(
             self, "_registries", {enc: JWERegistry(algorithms=["dir", enc]) for enc in keys}
         )
+        # joserfc reads the clock itself at each validation, as PyJWT does.
+        claims = JWTClaimsRegistry(
+            leeway=int(self.leeway), exp={"essential": True}, sub={"essential": True}
+        )
+        object.__setattr__(self, "_claims", claims)
 
     @classmethod
     def from_specs(
@@ -176,10 +181,12 @@ class SessionTokenDecryptor:
         header = _protected_header(token)
         alg, enc = header.get("alg"), header.get("enc")
         if alg != "dir":
-            raise SessionTokenError(f"encrypted token: alg {alg!r} is not accepted (only 'dir')")
+            raise SessionTokenError(
+                f"encrypted token: alg {_shown(alg)} is not accepted (only 'dir')"
+            )
         if not isinstance(enc, str) or enc not in self._keys:
             raise SessionTokenError(
-                f"encrypted token: enc {enc!r} is not among the configured NextAuth formats"
+                f"encrypted token: enc {_shown(enc)} is not among the configured NextAuth formats"
             )
         candidates = self._keys[enc]
         kid = header.get("kid")
@@ -219,14 +226,8 @@ class SessionTokenDecryptor:
             raise SessionTokenError("encrypted token's payload is not JSON") from None
         if not isinstance(claims, dict):
             raise SessionTokenError("encrypted token's payload is not a JSON object")
-        registry = JWTClaimsRegistry(
-            now=int(time.time()),
-            leeway=int(self.leeway),
-            exp={"essential": True},
-            sub={"essential": True},
-        )
         try:
-            registry.validate(claims)
+            self._claims.validate(claims)
         except ExpiredTokenError:
             raise SessionTokenError("token has expired") from None
         except MissingClaimError as e:
@@ -237,6 +238,13 @@ class SessionTokenDecryptor:
         except JoseError as e:  # none is documented; refuse rather than crash
             raise SessionTokenError(f"invalid token: {e.error}") from None
         return claims
+
+
+def _shown(value: object) -> str:
+    """A header value for an error message, never a long one (the client
+    chose it, and the message may be logged)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _protected_header(token: str) -> dict[str, Any]:

@@ -501,3 +501,10 @@ def test_documented_examples_are_valid(tmp_path):
     readme = (root / "README.md").read_text()
     assert "| `--nextauth-secret` | `CHATD_NEXTAUTH_SECRET` | `nextauth_secret` |" in readme
     assert f"| `nextauth_formats` | `{','.join(NEXTAUTH_DEFAULT_FORMATS)}` |" in readme
+
+
+def test_long_header_values_are_not_echoed_whole():
+    header = base64.urlsafe_b64encode(json.dumps({"alg": "dir", "enc": "E" * 500}).encode())
+    token = header.rstrip(b"=").decode() + "..aaaa.bbbb.cccc"
+    message = refused(verifier(), token, "not among")
+    assert "E" * 50 not in message and len(message) < 200
