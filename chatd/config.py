@@ -176,6 +176,21 @@ def _redis(value: Any) -> str | None:
     return url
 
 
+def _origins(value: Any) -> tuple[str, ...]:
+    """Browser origins (``scheme://host[:port]``) or ``*``."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError("expected a comma-separated list or a list of strings")
+    origins = tuple(str(item).strip().rstrip("/") for item in items if str(item).strip())
+    for origin in origins:
+        if origin == "*":
+            continue
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+            raise ValueError(f"{origin!r} is not an origin like https://app.example.com or *")
+    return origins
+
+
 def _log_format(value: Any) -> str:
     text = _text(value)
     if text not in ("text", "json"):
@@ -320,6 +335,30 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds allowed for the closing handshake",
     ),
     Setting(
+        "socketio_ping_interval",
+        _positive_number,
+        25.0,
+        "seconds between Engine.IO pings on /socket.io/ (sent to clients in the handshake)",
+    ),
+    Setting(
+        "socketio_ping_timeout",
+        _positive_number,
+        20.0,
+        "seconds a Socket.IO client has to answer a ping before it is dropped",
+    ),
+    Setting(
+        "socketio_max_payload",
+        _positive_int,
+        100000,
+        "largest Engine.IO message or polling request body in bytes on /socket.io/",
+    ),
+    Setting(
+        "allowed_origins",
+        _origins,
+        (),
+        "browser origins allowed besides the server's own (comma-separated, or *); /socket.io/ checks it, CORS included",
+    ),
+    Setting(
         "rate_limit",
         _positive_number,
         200.0,
@@ -412,6 +451,10 @@ class Config:
     ping_timeout: float = 15.0
     open_handshake_timeout: float = 10.0
     close_handshake_timeout: float = 3.0
+    socketio_ping_interval: float = 25.0
+    socketio_ping_timeout: float = 20.0
+    socketio_max_payload: int = 100000
+    allowed_origins: tuple[str, ...] = ()
     rate_limit: float = 200.0
     rate_burst: int = 400
     shutdown_timeout: float = 10.0

@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 
 from chatd import __version__
 from chatd.auth import TokenVerifier, mint_token
+from chatd.bindings.socketio.server import SocketIOServer
 from chatd.bindings.websocket import ChatdWebSocketFactory
 from chatd.broker.cluster import Cluster
 from chatd.broker.memory import InProcessBroker
@@ -201,6 +202,7 @@ class ChatdService(AsyncMultiService):
             open_sessions=self.open_sessions,
         )
         self.factory = ChatdWebSocketFactory(config, self.hub)
+        self.socketio = SocketIOServer(config, self.hub)
         self.backend_api = BackendApi(self.registry, self.social, limits)
         self.native_api = NativeApi(self.chat, self.social, self.live)
         self.api = HttpApi(
@@ -220,6 +222,7 @@ class ChatdService(AsyncMultiService):
                 self.metrics, self.api.is_admin_request if config.metrics_require_auth else None
             ),
             demo_mint=self._demo_mint() if config.secret_generated else None,
+            socketio=self.socketio.resource,
         )
         self._build_tree()
 
@@ -381,6 +384,7 @@ class ChatdService(AsyncMultiService):
         self.factory.startFactory()
 
     async def _close_connections(self) -> None:
+        self.socketio.close_unconnected()
         await self.factory.shutdown(self.config.shutdown_timeout)
         self.factory.stopFactory()
 

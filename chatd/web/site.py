@@ -203,6 +203,7 @@ def build_site(
     ready_checks: dict[str, Callable[[], Deferred[Any]]],
     metrics_page: Resource | None = None,
     demo_mint: Callable[[str], str] | None = None,
+    socketio: Resource | None = None,
 ) -> Site:
     root = Resource()
     root.putChild(b"", Console())
@@ -210,6 +211,10 @@ def build_site(
     console.putChild(b"demo-token", DemoToken(demo_mint))
     root.putChild(b"console", console)
     root.putChild(b"ws", WebSocketResource(ws_factory))
+    if socketio is not None:
+        # Engine.IO's path is /socket.io/ (with the slash): a leaf resource
+        # here takes both and everything below.
+        root.putChild(b"socket.io", socketio)
     root.putChild(b"healthz", Health(ws_factory.connections))
     root.putChild(b"readyz", Ready(ready_checks))
     root.putChild(b"websocket", api)

@@ -1,0 +1,349 @@
+"""Engine.IO v4 sessions: the sid table, heartbeats, and the upgrade from
+HTTP long-polling to WebSocket.
+
+An ``EngineSocket`` is one Engine.IO session.  It owns its current
+transport (and, during an upgrade, the WebSocket being probed), sends the
+server's pings and drops a peer whose pong does not come in time, and
+hands each message to its ``SocketHandler`` (the Socket.IO layer, which is
+the chatd binding).  Every timer runs on the injected clock, so the state
+machine is driven by ``twisted.internet.task.Clock`` in the unit tests.
+
+The upgrade, as socket.io's engine does it: the client opens a WebSocket
+with the polling session's sid and sends ``2probe``; the server answers
+``3probe`` and releases the pending GET with a ``6`` noop, so the client
+can pause polling; the client sends ``5``; from then on the WebSocket is
+the transport, what the polling queue still held goes out on it first,
+and a polling request with that sid is a bad request.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from chatd.bindings.socketio import eio
+from chatd.bindings.socketio.transports import Transport
+
+log = Logger(namespace="chatd.bindings.socketio")
+
+CLOSE_NORMAL = 1000
+CLOSE_ABNORMAL = 1006
+CLOSE_PROTOCOL_ERROR = 1002
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """The Engine.IO options (config: ``socketio_*``), in seconds and bytes."""
+
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    max_payload: int = 100_000
+    upgrade_timeout: float = 10.0
+    close_timeout: float = 3.0
+    connect_timeout: float = 10.0
+
+
+class SocketHandler(Protocol):
+    """What the engine tells the layer above it (the Socket.IO binding)."""
+
+    def opened(self) -> None:
+        """The open packet went out."""
+
+    def message(self, data: str | bytes) -> None:
+        """One Engine.IO message (bytes: a binary one)."""
+
+    def transport_changed(self, previous: Transport) -> None:
+        """The upgrade completed: ``socket.transport`` is the WebSocket."""
+
+    def closing(self) -> None:
+        """A closing handshake started: nothing more may be sent."""
+
+    def closed(self, clean: bool, code: int, reason: str) -> None:
+        """The session is gone."""
+
+
+HandlerFactory = Callable[["EngineSocket"], SocketHandler]
+PollingFactory = Callable[["EngineSocket"], Transport]
+
+
+class EngineSocket:
+    """One Engine.IO session; see the module docstring."""
+
+    def __init__(
+        self,
+        server: EngineServer,
+        sid: str,
+        transport: Transport | None,
+        peer: str | None,
+        offered_token: str | None,
+    ) -> None:
+        """``transport`` is the WebSocket of a handshake over WebSocket;
+        ``None`` makes a polling transport for this session."""
+        self.sid = sid
+        self.server = server
+        self.transport: Transport = (
+            transport if transport is not None else server.polling_factory(self)
+        )
+        self.peer = peer
+        # The token of the handshake request (header or query), for the
+        # Socket.IO CONNECT that carries none in its auth payload.
+        self.offered_token = offered_token
+        self.open = True
+        self.upgraded = False
+        self._clock = server.clock
+        self._settings = server.settings
+        self._probing: Transport | None = None
+        self._upgrade_timer: IDelayedCall | None = None
+        self._ping_timer: IDelayedCall | None = None
+        self._pong_timer: IDelayedCall | None = None
+        self._closing = False
+        self.handler: SocketHandler = server.handler_factory(self)
+
+    # -- opening and heartbeats --------------------------------------------------
+
+    def start(self) -> None:
+        """Send the open packet and start the heartbeat."""
+        settings = self._settings
+        upgrades = ["websocket"] if self.transport.name == "polling" else []
+        self.send(
+            eio.open_packet(
+                self.sid,
+                upgrades,
+                settings.ping_interval,
+                settings.ping_timeout,
+                settings.max_payload,
+            )
+        )
+        self._schedule_ping()
+        self.handler.opened()
+
+    def _schedule_ping(self) -> None:
+        self._ping_timer = self._clock.callLater(self._settings.ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        self._ping_timer = None
+        self.send(eio.encode(eio.PING))
+        self._pong_timer = self._clock.callLater(self._settings.ping_timeout, self._pong_missed)
+
+    def _pong_missed(self) -> None:
+        self._pong_timer = None
+        log.info(
+            "Engine.IO session {sid} missed its pong; dropping it",
+            event="socketio.ping_timeout",
+            sid=self.sid,
+        )
+        self.fail(CLOSE_ABNORMAL, "ping timeout")
+
+    def _pong(self) -> None:
+        if self._pong_timer is None:
+            return  # an unsolicited pong: harmless
+        self._pong_timer.cancel()
+        self._pong_timer = None
+        self._schedule_ping()
+
+    # -- sending -------------------------------------------------------------------
+
+    def send(self, packet: bytes) -> None:
+        """One Engine.IO packet on the current transport."""
+        if self.open and not self._closing:
+            transport = self.transport
+            transport.write(transport.frame(packet))
+
+    # -- receiving -------------------------------------------------------------------
+
+    def received(self, packet: eio.Packet) -> None:
+        """A packet from the current transport."""
+        if not self.open:
+            return
+        kind = packet.type
+        if kind == eio.MESSAGE:
+            self.handler.message(packet.data)
+        elif kind == eio.PONG:
+            self._pong()
+        elif kind == eio.CLOSE:
+            self.close(CLOSE_NORMAL, "client closed the session")
+        elif kind == eio.NOOP:
+            pass
+        else:
+            # ping (the server pings in v4), open or upgrade out of place
+            self.protocol_error(f"unexpected packet type {kind!r}")
+
+    def protocol_error(self, reason: str) -> None:
+        """Input that breaks Engine.IO: the session cannot go on."""
+        log.info(
+            "closing Engine.IO session {sid}: {reason}",
+            event="socketio.protocol_error",
+            sid=self.sid,
+            reason=reason,
+        )
+        self.fail(CLOSE_PROTOCOL_ERROR, reason)
+
+    # -- the upgrade ------------------------------------------------------------------
+
+    def probe(self, websocket: Transport) -> bool:
+        """A WebSocket opened with this session's sid; whether it may try
+        to become the transport."""
+        if not self.open or self._closing or self.upgraded or self._probing is not None:
+            return False
+        if self.transport.name != "polling":
+            return False
+        self._probing = websocket
+        self._upgrade_timer = self._clock.callLater(
+            self._settings.upgrade_timeout, self._upgrade_timed_out
+        )
+        return True
+
+    def probe_received(self, websocket: Transport, packet: eio.Packet) -> None:
+        """A packet on the WebSocket being probed."""
+        if websocket is not self._probing:
+            return
+        if packet.type == eio.PING and packet.data == eio.PROBE:
+            websocket.write(websocket.frame(eio.encode(eio.PONG, eio.PROBE)))
+            release = getattr(self.transport, "release", None)
+            if release is not None:
+                release()
+        elif packet.type == eio.UPGRADE:
+            self._complete_upgrade(websocket)
+        else:
+            self._abandon_probe()
+            websocket.close(CLOSE_PROTOCOL_ERROR, "unexpected packet during the upgrade")
+
+    def probe_closed(self, websocket: Transport) -> None:
+        if websocket is self._probing:
+            self._abandon_probe()
+
+    def _upgrade_timed_out(self) -> None:
+        self._upgrade_timer = None
+        probing = self._probing
+        self._abandon_probe()
+        if probing is not None:
+            probing.close(CLOSE_NORMAL, "upgrade not completed in time")
+
+    def _abandon_probe(self) -> None:
+        self._probing = None
+        if self._upgrade_timer is not None and self._upgrade_timer.active():
+            self._upgrade_timer.cancel()
+        self._upgrade_timer = None
+
+    def _complete_upgrade(self, websocket: Transport) -> None:
+        self._abandon_probe()
+        previous = self.transport
+        discard = getattr(previous, "discard", None)
+        leftover: bytes = discard() if discard is not None else b""
+        self.transport = websocket
+        self.upgraded = True
+        # What the polling queue still held goes first, in order.
+        for record in leftover.split(eio.SEPARATOR):
+            if record:
+                websocket.write(websocket.frame(record))
+        self.handler.transport_changed(previous)
+
+    # -- closing -------------------------------------------------------------------------
+
+    def close(self, code: int, reason: str) -> None:
+        """An orderly close: what is queued goes out, then the transport
+        closes (``transport_closed`` finishes the session)."""
+        if not self.open or self._closing:
+            return
+        self._closing = True
+        self._stop_timers()
+        self.handler.closing()
+        self.transport.close(code, reason)
+
+    def fail(self, code: int, reason: str) -> None:
+        """Drop the session now."""
+        if not self.open:
+            return
+        self._closing = True
+        self._stop_timers()
+        self.handler.closing()
+        transport = self.transport
+        transport.abort()
+        self.transport_closed(transport, False, code, reason)
+
+    def transport_closing(self, transport: Transport) -> None:
+        """The transport started a closing handshake of its own."""
+        if transport is self.transport and self.open and not self._closing:
+            self._closing = True
+            self._stop_timers()
+            self.handler.closing()
+
+    def transport_closed(self, transport: Transport, clean: bool, code: int, reason: str) -> None:
+        """A transport is gone; if it was the current one, so is the session."""
+        if transport is self._probing:
+            self._abandon_probe()
+            return
+        if transport is not self.transport or not self.open:
+            return
+        self.open = False
+        self._stop_timers()
+        probing = self._probing
+        self._abandon_probe()
+        if probing is not None:
+            probing.abort()
+        self.server.forget(self)
+        self.handler.closed(clean, code, reason)
+
+    def _stop_timers(self) -> None:
+        for timer in (self._ping_timer, self._pong_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._ping_timer = self._pong_timer = None
+
+
+class EngineServer:
+    """The Engine.IO sessions of one chatd process, by sid."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        clock: IReactorTime,
+        handler_factory: HandlerFactory,
+        polling_factory: PollingFactory,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.handler_factory = handler_factory
+        self.polling_factory = polling_factory
+        self.sockets: dict[str, EngineSocket] = {}
+
+    def __len__(self) -> int:
+        return len(self.sockets)
+
+    def get(self, sid: str) -> EngineSocket | None:
+        return self.sockets.get(sid)
+
+    def open_polling(self, peer: str | None, offered_token: str | None) -> EngineSocket:
+        """A handshake over polling: the open packet is queued for the GET
+        that asked for it."""
+        return self._open(None, peer, offered_token)
+
+    def open_websocket(
+        self, transport: Transport, peer: str | None, offered_token: str | None
+    ) -> EngineSocket:
+        """A handshake over WebSocket (no polling first)."""
+        return self._open(transport, peer, offered_token)
+
+    def _open(
+        self, transport: Transport | None, peer: str | None, offered_token: str | None
+    ) -> EngineSocket:
+        sid = secrets.token_urlsafe(15)
+        socket = EngineSocket(self, sid, transport, peer, offered_token)
+        self.sockets[sid] = socket
+        socket.start()
+        return socket
+
+    def forget(self, socket: EngineSocket) -> None:
+        if self.sockets.get(socket.sid) is socket:
+            del self.sockets[socket.sid]
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Close every session (shutdown: the hub closes those with a chatd
+        session; this catches the ones that never connected)."""
+        for socket in list(self.sockets.values()):
+            socket.close(code, reason)

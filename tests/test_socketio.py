@@ -1,0 +1,290 @@
+"""The Socket.IO binding over real loopback sockets, with the independent
+``python-socketio`` client (on aiohttp, in the reactor's asyncio loop):
+polling then upgrade, WebSocket only, every way to authenticate, rooms
+with and without acks, a room shared with a ``/ws`` client, and a backend
+push.  Waits are for events with a deadline, never fixed sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import pytest_twisted
+import socketio
+
+from tests.test_http_api import API_KEY, http
+from tests.wsclient import deferred
+
+TIMEOUT = 5.0
+
+
+class SioClient:
+    """A python-socketio ``AsyncClient`` that keeps every event in order,
+    so a test can wait for one and still assert on the others."""
+
+    def __init__(self) -> None:
+        self.client = socketio.AsyncClient(reconnection=False)
+        self.inbox: list[tuple[str, Any]] = []
+        self._arrived = asyncio.Event()
+        self.connect_errors: list[Any] = []
+        self.disconnects: list[Any] = []
+        self.client.on("*", self._event)
+        self.client.on("connect_error", self._connect_error)
+        self.client.on("disconnect", self._disconnect)
+
+    async def _event(self, event: str, *args: Any) -> None:
+        self.inbox.append((event, args[0] if args else None))
+        self._arrived.set()
+
+    async def _connect_error(self, data: Any) -> None:
+        self.connect_errors.append(data)
+        self._arrived.set()
+
+    async def _disconnect(self, *reason: Any) -> None:
+        self.disconnects.append(reason)
+        self._arrived.set()
+
+    async def connect(self, url: str, **kwargs: Any) -> SioClient:
+        kwargs.setdefault("wait_timeout", TIMEOUT)
+        await deferred(self.client.connect(url, **kwargs))
+        return self
+
+    @property
+    def transport(self) -> str:
+        return self.client.transport()
+
+    async def emit(self, event: str, data: Any = None) -> None:
+        await deferred(self.client.emit(event, data))
+
+    async def call(self, event: str, data: Any = None) -> Any:
+        """Emit with an ack callback; the ack's argument."""
+        return await deferred(self.client.call(event, data, timeout=TIMEOUT))
+
+    async def ok(self, event: str, data: Any = None) -> Any:
+        result = await self.call(event, data)
+        assert isinstance(result, dict) and "error" not in result, f"{event}: {result}"
+        return result
+
+    async def next(self, event: str, where: Any = None) -> Any:
+        """The first ``event`` (whose data matches ``where``), taken out of
+        the inbox; waits for it at most ``TIMEOUT`` seconds."""
+        return await deferred(self._next(event, where))
+
+    async def _next(self, event: str, where: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while True:
+            for index, (name, data) in enumerate(self.inbox):
+                if name == event and (where is None or where(data)):
+                    del self.inbox[index]
+                    return data
+            self._arrived.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"no {event} within {TIMEOUT}s; inbox: {self.inbox[-5:]}")
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def wait_until(self, predicate: Any) -> None:
+        await deferred(self._wait_until(predicate))
+
+    async def _wait_until(self, predicate: Any) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while not predicate():
+            self._arrived.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError("condition not met in time")
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def close(self) -> None:
+        if self.client.connected:
+            await deferred(self.client.disconnect())
+        # Let aiohttp close its session whatever the state.
+        eio = self.client.eio
+        if getattr(eio, "http", None) is not None and not eio.http.closed:
+            await deferred(eio.http.close())
+
+
+@pytest.fixture
+def sio_clients():
+    made: list[SioClient] = []
+
+    def make() -> SioClient:
+        client = SioClient()
+        made.append(client)
+        return client
+
+    yield made, make
+
+
+async def _close_all(made: list[SioClient]) -> None:
+    for client in made:
+        await client.close()
+
+
+def _base(server: Any) -> str:
+    return server.http
+
+
+# -- connecting and authenticating ----------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_polling_then_upgrade_with_auth_payload(server, sio_clients):
+    made, make = sio_clients
+    try:
+        client = await make().connect(_base(server), auth={"token": server.token("alice")})
+        authenticated = await client.next("authenticated")
+        assert authenticated["userId"] == "alice"
+        assert authenticated["connectionId"] == client.client.get_sid()
+        await client.wait_until(lambda: client.transport == "websocket")
+        assert (await client.ok("ping"))["timestamp"].endswith("Z")
+    finally:
+        await _close_all(made)
+
+
+@pytest_twisted.ensureDeferred
+async def test_websocket_only_with_header_token(server, sio_clients):
+    made, make = sio_clients
+    try:
+        client = await make().connect(
+            _base(server),
+            headers={"Authorization": f"Bearer {server.token('bob')}"},
+            transports=["websocket"],
+        )
+        assert client.transport == "websocket"
+        assert (await client.next("authenticated"))["userId"] == "bob"
+    finally:
+        await _close_all(made)
+
+
+@pytest_twisted.ensureDeferred
+async def test_polling_only_with_query_token(server, sio_clients):
+    made, make = sio_clients
+    try:
+        client = await make().connect(
+            f"{_base(server)}?token={server.token('carol')}", transports=["polling"]
+        )
+        assert client.transport == "polling"
+        assert (await client.next("authenticated"))["userId"] == "carol"
+        assert "timestamp" in await client.ok("ping")
+    finally:
+        await _close_all(made)
+
+
+@pytest.mark.parametrize("transports", [["polling"], ["websocket"]])
+@pytest_twisted.ensureDeferred
+async def test_bad_or_missing_token_is_a_connect_error(server, sio_clients, transports):
+    made, make = sio_clients
+    try:
+        for auth in ({"token": "not-a-jwt"}, None):
+            client = make()
+            with pytest.raises(socketio.exceptions.ConnectionError):
+                await client.connect(_base(server), auth=auth, transports=transports)
+            await client.wait_until(lambda c=client: bool(c.connect_errors))
+            assert client.connect_errors[0]["data"]["code"] == "UNAUTHORIZED"
+            assert "authentication" in client.connect_errors[0]["message"]
+    finally:
+        await _close_all(made)
+
+
+# -- rooms and messages -----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_room_with_and_without_acks(server, sio_clients):
+    made, make = sio_clients
+    try:
+        alice = await make().connect(_base(server), auth={"token": server.token("alice")})
+        bob = await make().connect(
+            _base(server), auth={"token": server.token("bob")}, transports=["websocket"]
+        )
+        room = (await alice.ok("chat:create", {"name": "sio", "type": "public"}))["room"]
+        await alice.ok("chat:join", {"chatId": room["id"]})
+        # Without an ack callback the confirmation comes as its named event.
+        await bob.emit("chat:join", room["id"])
+        joined = await bob.next("chat:joined")
+        assert joined["room"]["id"] == room["id"]
+        sent = await alice.ok(
+            "chat:message", {"chatId": room["id"], "content": "hi", "tempId": "t"}
+        )
+        assert sent["seq"] == 1 and sent["tempId"] == "t"
+        pushed = await bob.next("chat:message")
+        assert pushed["content"] == "hi" and pushed["userId"] == "alice"
+        await bob.emit("chat:message", {"chatId": room["id"], "content": "hello"})
+        assert (await alice.next("chat:message", lambda m: m["seq"] == 2))["content"] == "hello"
+        # An error with an ack id comes back in the ack; without one, as `error`.
+        failed = await bob.call("chat:join", {"chatId": "r_missing"})
+        assert failed["error"]["code"] == "ROOM_NOT_FOUND"
+        await bob.emit("chat:nope", {})
+        error = await bob.next("error")
+        assert error["code"] == "UNKNOWN_EVENT" and error["event"] == "chat:nope"
+    finally:
+        await _close_all(made)
+
+
+@pytest_twisted.ensureDeferred
+async def test_mixed_room_sees_one_order(server, sio_clients):
+    made, make = sio_clients
+    try:
+        native = await server.connect("nat")
+        polling = await make().connect(
+            _base(server), auth={"token": server.token("pol")}, transports=["polling"]
+        )
+        upgraded = await make().connect(_base(server), auth={"token": server.token("upg")})
+        room = (await native.ok("chat:create", {"name": "mixed", "type": "public"}))["room"]
+        for client in (polling, upgraded):
+            await client.ok("chat:join", {"chatId": room["id"]})
+        await native.ok("chat:join", {"chatId": room["id"]})
+        for i in range(6):
+            sender = (native, polling, upgraded)[i % 3]
+            data = {"chatId": room["id"], "content": f"m{i}"}
+            if sender is native:
+                await native.send("chat:message", data)
+            else:
+                await sender.emit("chat:message", data)
+        seen_native = [
+            (f["data"]["seq"], f["data"]["content"])
+            for f in await native.collect("chat:message", 6)
+        ]
+        for client in (polling, upgraded):
+            seen = [
+                (m["seq"], m["content"])
+                for m in [await client.next("chat:message") for _ in range(6)]
+            ]
+            assert seen == seen_native
+        assert [seq for seq, _ in seen_native] == [1, 2, 3, 4, 5, 6]
+    finally:
+        await _close_all(made)
+
+
+@pytest_twisted.ensureDeferred
+async def test_backend_push_reaches_socketio(server_factory, sio_clients):
+    made, make = sio_clients
+    try:
+        server = await server_factory(api_key=API_KEY)
+        client = await make().connect(_base(server), auth={"token": server.token("dana")})
+        await client.next("authenticated")
+        status, answer = await http(
+            server,
+            "POST",
+            "/websocket/message/user",
+            API_KEY,
+            {"userId": "dana", "type": "chat", "data": {"x": 1}},
+        )
+        assert status == 200 and answer["delivered"] == 1
+        message = await client.next("message")
+        assert message["type"] == "chat" and message["data"] == {"x": 1}
+        status, answer = await http(server, "DELETE", "/websocket/users/dana/disconnect", API_KEY)
+        assert answer == {"disconnected": 1}
+        await client.wait_until(lambda: bool(client.disconnects))
+    finally:
+        await _close_all(made)
