@@ -288,3 +288,27 @@ async def test_backend_push_reaches_socketio(server_factory, sio_clients):
         await client.wait_until(lambda: bool(client.disconnects))
     finally:
         await _close_all(made)
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_drains_socketio_sessions_like_the_others(server, sio_clients):
+    made, make = sio_clients
+    try:
+        upgraded = await make().connect(_base(server), auth={"token": server.token("erin")})
+        polling = await make().connect(
+            _base(server), auth={"token": server.token("finn")}, transports=["polling"]
+        )
+        for client in (upgraded, polling):
+            await client.next("authenticated")
+        assert len(server.service.hub) == 2
+        from twisted.internet import reactor
+
+        started = reactor.seconds()
+        await server.service.stopService()
+        # Closed by the drain, not by its timeout.
+        assert reactor.seconds() - started < server.config.shutdown_timeout
+        assert len(server.service.hub) == 0
+        for client in (upgraded, polling):
+            await client.wait_until(lambda c=client: bool(c.disconnects))
+    finally:
+        await _close_all(made)
