@@ -1,6 +1,6 @@
-"""Load generator for chatd (and bench/ceiling.py) on picows + uvloop.
+"""Load generator for chatd (and bench/ceiling.py, bench/socketio-node) on picows + uvloop.
 
-Four scenarios, each printing one JSON object (its results) as the last line
+Five scenarios, each printing one JSON object (its results) as the last line
 of stdout; each is a module of bench/load/ whose docstring says what it
 does and counts:
 
@@ -12,6 +12,13 @@ does and counts:
   ``--reactions`` live:reactions at ``--reaction-rate`` per second.
 * ``connect``: ``--connects`` connections opened (token in the URL),
   authenticated and closed cleanly, ``--connect-window`` in flight.
+* ``idle``: ``--idle-connections`` connections opened and held idle;
+  the server's resident memory per connection.
+
+``--protocol socketio`` speaks Socket.IO v5 over Engine.IO v4's WebSocket
+transport instead of the native envelope (``load.sio``; ``--url`` is then
+``ws://host:port/socket.io/?EIO=4&transport=websocket``) for ``fanout``
+(``load.sio_fanout``), ``connect`` (``load.sio_connect``) and ``idle``.
 
 The content of every message starts with ``~T<20-digit monotonic_ns><8-digit
 index>`` (a reaction's ``emoji`` is exactly that, 30 of its 32 characters);
@@ -38,6 +45,8 @@ index.
 Used by bench/run.py; can be run by hand against a running server:
 
     python bench/loadgen.py fanout --url ws://127.0.0.1:8080/ws --secret-file DIR/jwt-secret
+    python bench/loadgen.py fanout --protocol socketio \
+        --url 'ws://127.0.0.1:8080/socket.io/?EIO=4&transport=websocket' --secret-file DIR/jwt-secret
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ import sys
 
 import uvloop
 
-from load import connect, fanout, ingest, live
+from load import connect, fanout, idle, ingest, live, sio_connect, sio_fanout
 from load.workers import stop_workers
 
 # -- command line --------------------------------------------------------------------
@@ -57,7 +66,14 @@ from load.workers import stop_workers
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("scenario", choices=["fanout", "ingest", "live", "connect"])
+    p.add_argument("scenario", choices=["fanout", "ingest", "live", "connect", "idle"])
+    p.add_argument(
+        "--protocol",
+        choices=["native", "socketio"],
+        default="native",
+        help="native: chatd's JSON envelope on /ws; socketio: Socket.IO v5 on /socket.io/ "
+        "(fanout, connect, idle) (default native)",
+    )
     p.add_argument(
         "--url",
         required=True,
@@ -142,7 +158,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="after the last close, wait this long (chatd's 3 s presence grace + 1) and then for the "
         "server to go idle, and report the server CPU used meanwhile",
     )
+    d = p.add_argument_group("idle")
+    d.add_argument(
+        "--idle-connections",
+        type=int,
+        default=2000,
+        help="idle connections whose memory is measured (default 2000)",
+    )
+    d.add_argument(
+        "--idle-warmup",
+        type=int,
+        default=100,
+        help="connections opened before the baseline is read, so one-time allocations are not "
+        "counted per connection (default 100)",
+    )
     args = p.parse_args(argv)
+    if args.protocol == "socketio" and args.scenario not in ("fanout", "connect", "idle"):
+        p.error("--protocol socketio has the scenarios fanout, connect and idle")
     if args.scenario == "live" and (
         args.reactions < 1 or args.reaction_rate <= 0 or args.viewers < 1
     ):
@@ -160,27 +192,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# scenario -> (fork its worker processes, run it in the main process)
+# (scenario, protocol) -> (fork its worker processes, run it in the main process)
 WORKER_SCENARIOS = {
-    "fanout": (fanout.start_workers, fanout.run),
-    "live": (live.start_workers, live.run),
-    "connect": (connect.start_workers, connect.run),
+    ("fanout", "native"): (fanout.start_workers, fanout.run),
+    ("live", "native"): (live.start_workers, live.run),
+    ("connect", "native"): (connect.start_workers, connect.run),
+    ("fanout", "socketio"): (sio_fanout.start_workers, sio_fanout.run),
+    # The main process only collects what the workers report, the same for both.
+    ("connect", "socketio"): (sio_connect.start_workers, connect.run),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.worker_pids = []
-    if args.scenario in WORKER_SCENARIOS:
-        start, run = WORKER_SCENARIOS[args.scenario]
+    if (args.scenario, args.protocol) in WORKER_SCENARIOS:
+        start, run = WORKER_SCENARIOS[args.scenario, args.protocol]
         pipes, procs = start(args)
         args.worker_pids = [proc.pid for proc in procs]
         try:
             result = uvloop.run(run(args, pipes, len(pipes)))
         finally:
             stop_workers(pipes, procs)
+    elif args.scenario == "idle":
+        result = uvloop.run(idle.run(args))
     else:
         result = uvloop.run(ingest.run(args))
+    result["protocol"] = args.protocol
     print(json.dumps(result), flush=True)
     return 0
 

@@ -26,6 +26,19 @@ Scenarios (each on a fresh server on a free loopback port):
   (connect phase, and with the tail until the server is idle again: chatd
   marks users offline 3 s after their last close), failed handshakes.
   Runs against chatd and bench/ceiling.py, and prints the ratio.
+* idle    — ``--idle-connections`` connections opened and held idle (after
+  ``--idle-warmup`` ones): the server's resident memory per connection.
+  Not part of ``all``; against chatd and bench/ceiling.py.
+
+``--protocol socketio`` runs fanout, connect and idle (``all``: the three)
+over Socket.IO (Engine.IO v4 WebSocket transport, ``/socket.io/``) against
+chatd's Socket.IO binding and/or bench/socketio-node, a Node socket.io 4
+server (``--against chatd|node|both``, default both; ``npm ci --prefix
+bench/socketio-node`` first), interleaved in every round, and prints
+chatd ÷ node for each scenario:
+
+    .venv/bin/python bench/run.py --protocol socketio --wait-quiet 60
+    .venv/bin/python bench/run.py --protocol socketio --scenario fanout --against node --repeat 1
 
 On a machine with two or more CPUs the server is pinned to CPU 0 and the
 generator to CPU 1 (``--no-pin`` to let the scheduler decide).
@@ -55,6 +68,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +79,9 @@ TWISTD = str(Path(PYTHON).parent / "twistd")
 STOP_WAIT = 15.0
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 REDIS_COMM = "redis-server"
+NODE_DIR = HERE / "socketio-node"
+NODE_LABEL = "node socket.io"
+SIO_PATH = "/socket.io/?EIO=4&transport=websocket"
 
 
 # -- processes ----------------------------------------------------------------------
@@ -132,9 +149,27 @@ class Server:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
+    @property
+    def secret_path(self) -> str:
+        return os.path.join(self.dir, "jwt-secret")
+
+    def url_for(self, protocol: str) -> str:
+        """Where the generator connects: /ws, or Socket.IO's WebSocket transport."""
+        if protocol == "socketio":
+            return f"ws://127.0.0.1:{self.port}{SIO_PATH}"
+        return self.url
+
     def command(self) -> list[str]:
         if self.kind == "ceiling":
             return [PYTHON, str(HERE / "ceiling.py"), str(self.port)]
+        if self.kind == "node":
+            # node itself, not npm start: the pid we sample is the server's.
+            return [
+                shutil.which("node") or "node",
+                str(NODE_DIR / "server.js"),
+                str(self.port),
+                self.secret_path,
+            ]
         cmd = [
             TWISTD,
             "-n",
@@ -162,7 +197,13 @@ class Server:
     def environment(self) -> dict[str, str] | None:
         """The shared JWT secret goes in CHATD_JWT_SECRET (the same as
         --jwt-secret, but not on a command line), and into DIR/jwt-secret
-        for the generator."""
+        for the generator.  The Node server reads a fresh secret from that
+        file, as the generator does."""
+        if self.kind == "node":
+            fd = os.open(self.secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+            return None
         if not self.shared:
             return None
         fd = os.open(
@@ -213,7 +254,21 @@ class Server:
         the secret is not on a command line)."""
         if self.kind == "ceiling":
             return ["--secret=ceiling-does-not-check-tokens-padding-to-32-bytes"]
-        return ["--secret-file", os.path.join(self.dir, "jwt-secret")]
+        return ["--secret-file", self.secret_path]
+
+    def check_socketio(self) -> None:
+        """Fail the round at once, and say why, if this server has no
+        Socket.IO endpoint (a chatd from before the binding)."""
+        url = f"http://127.0.0.1:{self.port}/socket.io/?EIO=4&transport=polling"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                r.read()
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(
+                f"{self.kind} answered {e.code} on /socket.io/: this chatd has no Socket.IO "
+                f"binding (run.py runs the installed chatd: pip install . the checkout, or set "
+                f"PYTHONPATH to it)"
+            ) from None
 
     def stop(self) -> None:
         proc = self.proc
@@ -285,13 +340,13 @@ class Servers:
                 if server.proc is not None:
                     kill_group(server.proc.pid)
 
-    def loadgen_args(self) -> list[str]:
+    def loadgen_args(self, protocol: str = "native") -> list[str]:
         """URLs (receivers are spread over them, the sender uses the first),
         the secret, and every process to sample CPU of."""
         pids = [arg for s in self.members for arg in ("--server-pid", str(s.proc.pid))]
         return [
             "--url",
-            ",".join(s.url for s in self.members),
+            ",".join(s.url_for(protocol) for s in self.members),
             *self.members[0].secret_args(),
             *pids,
         ]
@@ -412,6 +467,20 @@ def scenario_args(opts, scenario: str) -> list[str]:
     common = ["--size", str(opts.size), "--stall", str(opts.stall)]
     if opts.user_tag is not None:
         common.append(f"--user-tag={opts.user_tag}")
+    if opts.protocol != "native":
+        common += ["--protocol", opts.protocol]
+    if scenario == "idle":
+        return [
+            *common,
+            "--idle-connections",
+            str(opts.idle_connections),
+            "--idle-warmup",
+            str(opts.idle_warmup),
+            "--connect-window",
+            str(opts.connect_window),
+            "--settle",
+            str(opts.settle),
+        ]
     if scenario == "fanout":
         return [
             *common,
@@ -473,10 +542,17 @@ def one(opts, scenario: str, variant: Variant, rnd: int) -> dict:
     servers = variant.servers(opts.server_cpus)
     print(f"  round {rnd}  {scenario:7s} {variant.label:21s} ...", end="", flush=True)
     t = time.monotonic()
-    result: dict = {"scenario": scenario, "server": variant.label, "round": rnd}
+    result: dict = {
+        "scenario": scenario,
+        "server": variant.label,
+        "round": rnd,
+        "protocol": opts.protocol,
+    }
     try:
         servers.start()
-        args = [scenario, *servers.loadgen_args(), *scenario_args(opts, scenario)]
+        if opts.protocol == "socketio" and variant.kind == "chatd":
+            servers.members[0].check_socketio()
+        args = [scenario, *servers.loadgen_args(opts.protocol), *scenario_args(opts, scenario)]
         result.update(run_loadgen(args, opts.generator_cpus, opts.loadgen_timeout))
         result["server"], result["round"] = variant.label, rnd
     except Exception as e:
@@ -509,6 +585,12 @@ def round_note(scenario: str, result: dict) -> str:
         return (
             f"{result['connects_per_s']:>10,.0f} connects/s, {result['completed']:,}/{result['connects']:,}, "
             f"p50/p99 {fmt(result['p50_ms'], '.1f')}/{fmt(result['p99_ms'], '.1f')} ms"
+        )
+    if scenario == "idle":
+        return (
+            f"{fmt(result['kib_per_connection'], '>10,.1f')} KiB/connection, RSS "
+            f"{fmt(result['rss_warm_mb'], '.0f')} → {fmt(result['rss_end_mb'], '.0f')} MiB, "
+            f"{result['alive']:,}/{result['expected_alive']:,} open"
         )
     return f"{result['acked_per_s']:>10,.0f} acked msgs/s"
 
@@ -599,6 +681,22 @@ CONNECT_METRICS = (
     "steal_pct",
     "server_peak_rss_mb",
 )
+IDLE_METRICS = (
+    "kib_per_connection",
+    "rss_start_mb",
+    "rss_warm_mb",
+    "rss_end_mb",
+    "rss_growth_mb",
+    "connects_per_s",
+    "server_us_per_connect",
+    "server_cpu_pct",
+    "generator_cpu_pct",
+    "other_cpu_pct",
+    "kernel_threads_cpu_pct",
+    "machine_cpu_pct",
+    "steal_pct",
+    "server_peak_rss_mb",
+)
 # scenario -> (metrics whose median is reported, the headline, counts summed over the rounds)
 AGGREGATES = {
     "fanout": (
@@ -633,6 +731,13 @@ AGGREGATES = {
         "connects_per_s",
         ("completed", "connects", "errors", "unclean_closes"),
     ),
+    "idle": (IDLE_METRICS, "kib_per_connection", ("alive", "expected_alive")),
+}
+# Socket.IO: what the issue asks of chatd ÷ node (at least, or at most for memory).
+AIMS = {
+    "deliveries_per_s": (">=", 3.0),
+    "connects_per_s": (">=", 1.5),
+    "kib_per_connection": ("<=", 0.7),
 }
 
 
@@ -670,6 +775,11 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
         f"Linux {platform.release()}",
         f"{pin_note}; each figure is the median of {opts.repeat} round(s), [min–max] of the headline",
     ]
+    if opts.protocol == "socketio":
+        lines.append(
+            "protocol: Socket.IO v5 over Engine.IO v4's WebSocket transport (/socket.io/), token in "
+            "the URL and in CONNECT; chatd stores every message, the Node server does not"
+        )
     fan = [r for r in rows if r["scenario"] == "fanout"]
     ing = [r for r in rows if r["scenario"] == "ingest"]
     live = [r for r in rows if r["scenario"] == "live"]
@@ -698,6 +808,7 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
             )
         lines.append(rss_line(fan))
         lines += ceiling_lines(results, fan, "deliveries_per_s", "deliveries/s")
+        lines += node_lines(results, fan, "deliveries_per_s", "deliveries/s")
         lines += process_lines(opts, results, fan)
 
     if ing:
@@ -760,6 +871,9 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
         )
     if conn:
         lines += connect_lines(opts, results, conn, w)
+    idle = [r for r in rows if r["scenario"] == "idle"]
+    if idle:
+        lines += idle_lines(opts, results, idle, w)
     lines.append("")
     lines.append(
         "CPU columns: % of one CPU, averaged over the measured window. server = the server process (all "
@@ -787,10 +901,12 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
 
 
 def connect_lines(opts, results: list[dict], rows: list[dict], w: int) -> list[str]:
+    sio = opts.protocol == "socketio"
+    done_what = "CONNECT reply (40{sid}; then 41 and CLOSE)" if sio else "authenticated push"
     lines = [
         "",
         f"connect: {opts.connects:,} connections (token in the URL), {opts.connect_window} attempts in "
-        f"flight, each closed cleanly after its authenticated push, {opts.workers} generator process(es)",
+        f"flight, each closed cleanly after its {done_what}, {opts.workers} generator process(es)",
         f"  {'server':{w}s} {'connects/s':>10s} {'[min–max]':>15s} {'p50 ms':>7s} {'p99 ms':>7s} {'server':>7s} "
         f"{'µs/conn':>7s} {'+tail':>7s} {'gen':>5s} {'other':>6s}  completed/attempted  errors",
     ]
@@ -808,12 +924,66 @@ def connect_lines(opts, results: list[dict], rows: list[dict], w: int) -> list[s
         )
     lines.append(rss_line(rows))
     lines += ceiling_lines(results, rows, "connects_per_s", "connects/s")
+    lines += node_lines(results, rows, "connects_per_s", "connects/s")
+    lines += node_lines(results, rows, "server_us_per_connect", "server µs/connection")
     lines.append(
-        "  latency = TCP connect start → authenticated push; µs/conn = server CPU per connection over the "
+        f"  latency = TCP connect start → {'CONNECT reply' if sio else 'authenticated push'}; µs/conn = server CPU per connection over the "
         "connect phase; +tail = the same including the wait for an idle server after the last close "
         f"(≥ {opts.settle:g} s: chatd's presence grace, then the users' offline processing)"
     )
     return lines
+
+
+def idle_lines(opts, results: list[dict], rows: list[dict], w: int) -> list[str]:
+    """The idle scenario's table and the ratios of KiB per connection."""
+    lines = [
+        "",
+        f"idle: {opts.idle_connections:,} idle authenticated connections ({opts.protocol}) after "
+        f"{opts.idle_warmup} warm-up ones, {opts.connect_window} opening at a time; server RSS growth",
+        f"  {'server':{w}s} {'KiB/conn':>9s} {'[min–max]':>15s} {'RSS MiB start→warm→end':>24s} "
+        f"{'connects/s':>10s} {'µs/conn':>7s}  open/expected",
+    ]
+    for r in rows:
+        if r["kib_per_connection"] is None:
+            lines.append(f"  {r['server']:{w}s} FAILED")
+            continue
+        lo, hi = r["kib_per_connection_range"]
+        rss = (
+            f"{fmt(r['rss_start_mb'])}→{fmt(r['rss_warm_mb'])}→{fmt(r['rss_end_mb'])}"
+            if r["rss_end_mb"]
+            else "-"
+        )
+        lines.append(
+            f"  {r['server']:{w}s} {fmt(r['kib_per_connection'], '.1f'):>9s} "
+            f"{f'[{lo:.1f}–{hi:.1f}]':>15s} {rss:>24s} {fmt(r['connects_per_s']):>10s} "
+            f"{fmt(r['server_us_per_connect']):>7s}  {r['alive']:,}/{r['expected_alive']:,}"
+        )
+    lines += ceiling_lines(results, rows, "kib_per_connection", "KiB per idle connection")
+    lines += node_lines(results, rows, "kib_per_connection", "KiB per idle connection")
+    lines.append(
+        "  KiB/conn = (server VmRSS after the idle connections and a quiet server − VmRSS after "
+        "the warm-up) ÷ connections; µs/conn = server CPU per connection while they opened"
+    )
+    return lines
+
+
+def node_lines(results: list[dict], rows: list[dict], key: str, what: str) -> list[str]:
+    """'chatd (sqlite) ÷ node socket.io, deliveries/s: 3.10 (…) — aim ≥ 3: met'."""
+    node = next((r for r in rows if r["server"] == NODE_LABEL and r.get(key)), None)
+    if not node:
+        return []
+    out = []
+    for r in rows:
+        if r is node or not r.get(key):
+            continue
+        text = f"  {r['server']} ÷ {NODE_LABEL}, {what}: {ratio_text(results, r, node, key)}"
+        if key in AIMS:
+            op, aim = AIMS[key]
+            value = r[key] / node[key]
+            met = value >= aim if op == ">=" else value <= aim
+            text += f" — aim {op.replace('>=', '≥').replace('<=', '≤')} {aim:g}: {'met' if met else 'NOT met'}"
+        out.append(text)
+    return out
 
 
 def ceiling_lines(results: list[dict], rows: list[dict], key: str, what: str) -> list[str]:
@@ -842,7 +1012,7 @@ def paired_ratios(
     to back in it)."""
     by_round: dict[int, dict[str, float]] = {}
     for r in results:
-        if r["scenario"] == scenario and "failed" not in r and r[key]:
+        if r["scenario"] == scenario and "failed" not in r and r.get(key):
             by_round.setdefault(r["round"], {})[r["server"]] = r[key]
     return [v[server] / v[base] for _, v in sorted(by_round.items()) if server in v and base in v]
 
@@ -960,6 +1130,14 @@ def find_problems(opts, results: list[dict]) -> list[str]:
                     f"{name}: reactions went out at {r['send_rate']:,.0f}/s, below the "
                     f"{r['reaction_rate']:g}/s asked for"
                 )
+        elif r["scenario"] == "idle":
+            if r["alive"] != r["expected_alive"]:
+                problems.append(
+                    f"{name}: only {r['alive']:,} of {r['expected_alive']:,} idle connections were "
+                    f"still open when memory was read"
+                )
+            if r["kib_per_connection"] is None:
+                problems.append(f"{name}: no RSS reading of the server")
         elif r["scenario"] == "connect":
             if r["errors"] or r["completed"] != r["connects"]:
                 problems.append(
@@ -1051,7 +1229,33 @@ def parse_args(argv=None):
         epilog=__doc__.split("\n\n", 1)[1],
     )
     p.add_argument(
-        "--scenario", choices=["fanout", "ingest", "live", "connect", "all"], default="all"
+        "--scenario", choices=["fanout", "ingest", "live", "connect", "idle", "all"], default="all"
+    )
+    p.add_argument(
+        "--protocol",
+        choices=["native", "socketio"],
+        default="native",
+        help="native: chatd's JSON envelope on /ws (every scenario); socketio: Socket.IO v5 on "
+        "/socket.io/ (fanout, connect, idle; 'all' is those three) (default native)",
+    )
+    p.add_argument(
+        "--against",
+        choices=["chatd", "node", "both"],
+        default=None,
+        help="--protocol socketio: chatd's binding, bench/socketio-node (Node socket.io 4), or both, "
+        "interleaved in every round with chatd ÷ node printed (default both)",
+    )
+    p.add_argument(
+        "--idle-connections",
+        type=int,
+        default=2000,
+        help="idle: connections held open whose memory is measured (default 2000)",
+    )
+    p.add_argument(
+        "--idle-warmup",
+        type=int,
+        default=100,
+        help="idle: connections opened before the baseline RSS is read (default 100)",
     )
     p.add_argument(
         "--database",
@@ -1193,6 +1397,12 @@ def parse_args(argv=None):
     )
     opts = p.parse_args(argv)
     opts.repeat = max(1, opts.repeat)
+    if opts.protocol == "socketio":
+        if opts.scenario in ("ingest", "live"):
+            p.error("--protocol socketio has the scenarios fanout, connect and idle")
+        opts.against = opts.against or "both"
+    elif opts.against not in (None, "chatd"):
+        p.error("--against node needs --protocol socketio (the Node server speaks only Socket.IO)")
     opts.database = [
         None if d in ("sqlite", "", None) else d for d in (opts.database or ["sqlite"])
     ]
@@ -1208,6 +1418,18 @@ def parse_args(argv=None):
     else:
         opts.server_cpus = opts.generator_cpus = None
     return opts
+
+
+def check_node() -> None:
+    """Exit with what to do when the Node reference server cannot run."""
+    if not shutil.which("node"):
+        sys.exit("run.py: --against node/both needs Node.js (node on PATH), or use --against chatd")
+    if not (NODE_DIR / "node_modules" / "socket.io").is_dir():
+        sys.exit(
+            f"run.py: {NODE_DIR.relative_to(HERE.parent)}/node_modules is missing; install the "
+            f"Node server's pinned packages first:\n\n    npm ci --prefix bench/socketio-node\n\n"
+            f"(or run with --against chatd)"
+        )
 
 
 def main(argv=None) -> int:
@@ -1238,21 +1460,41 @@ def main(argv=None) -> int:
     print(f"chatd bench: {pin_note}", flush=True)
     started = time.monotonic()
     results: list[dict] = []
-    scenarios = (
-        ["fanout", "ingest", "live", "connect"] if opts.scenario == "all" else [opts.scenario]
-    )
+    if opts.scenario != "all":
+        scenarios = [opts.scenario]
+    elif opts.protocol == "socketio":
+        scenarios = ["fanout", "connect", "idle"]
+    else:
+        scenarios = ["fanout", "ingest", "live", "connect"]
     chatd = [
         Variant.chatd(db, n, redis_for(opts, n)) for db in opts.database for n in opts.processes
     ]
+    node: list[Variant] = []
+    if opts.protocol == "socketio":
+        print(
+            f"  over Socket.IO (Engine.IO v4 WebSocket transport), against {opts.against}",
+            flush=True,
+        )
+        if opts.against == "node":
+            chatd = []
+        if opts.against in ("node", "both"):
+            check_node()
+            node = [Variant(NODE_LABEL, "node")]
     interrupted = None
     try:
         for scenario in scenarios:
-            with_ceiling = scenario in ("fanout", "connect") and not opts.no_ceiling
+            # The ceiling speaks only the native protocol; over Socket.IO
+            # the Node server is the reference.
+            with_ceiling = (
+                scenario in ("fanout", "connect", "idle")
+                and not opts.no_ceiling
+                and opts.protocol == "native"
+            )
             ceiling = [Variant("ceiling", "ceiling")] if with_ceiling else []
             # Rounds interleave the servers so slow drift of the machine
             # hits them alike.
             for rnd in range(1, opts.repeat + 1):
-                for variant in chatd + ceiling:
+                for variant in chatd + node + ceiling:
                     results.append(one(opts, scenario, variant, rnd))
     except (KeyboardInterrupt, SystemExit) as e:
         interrupted = e

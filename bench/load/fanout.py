@@ -135,6 +135,12 @@ async def wait_deliveries(
             break
 
 
+def is_probe(listener: Any) -> bool:
+    """A probe records its arrivals (native ``Probe``, or the Socket.IO
+    generator's in ``load.sio_fanout``, which shares this report)."""
+    return hasattr(listener, "arrivals")
+
+
 def receiver_report(tally: Tally, listeners: list, messages: int, cpu_s: float) -> dict:
     """What a receiver worker sends back with ``done``."""
     return {
@@ -149,8 +155,8 @@ def receiver_report(tally: Tally, listeners: list, messages: int, cpu_s: float) 
         "server_closes": close_codes(listeners),
         "short_receivers": sum(1 for ln in listeners if ln.got != messages),
         **by_server(listeners, messages),
-        "probes": sum(1 for ln in listeners if isinstance(ln, Probe)),
-        "arrivals": list(listeners[0].arrivals) if isinstance(listeners[0], Probe) else [],
+        "probes": sum(1 for ln in listeners if is_probe(ln)),
+        "arrivals": list(listeners[0].arrivals) if is_probe(listeners[0]) else [],
     }
 
 

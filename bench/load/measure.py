@@ -53,6 +53,27 @@ def peak_rss_mb(pid: int | None) -> float | None:
     return None
 
 
+def rss_mb(pid: int | None) -> float | None:
+    """VmRSS (resident memory now, not the peak) of a process, in MiB: the
+    idle scenario's before/after figure."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def servers_rss_now(pids: list[int]) -> float | None:
+    """Sum of the server processes' resident memory now, in MiB."""
+    now = [rss_mb(pid) for pid in pids]
+    return None if not now or None in now else sum(n for n in now if n is not None)
+
+
 def machine_ticks() -> tuple[int, int, int]:
     """(busy, steal, irq+softirq) clock ticks of the whole machine, all
     CPUs, from /proc/stat."""
