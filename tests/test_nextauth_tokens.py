@@ -1,7 +1,8 @@
 """Session tokens made by the real npm encoders (next-auth 4's
 ``next-auth/jwt`` and Auth.js's ``@auth/core/jwt``, pinned by
 tests/js/nextauth/package-lock.json) are accepted by chatd: in-process
-through ``TokenVerifier`` and end to end over ``/ws`` and the HTTP API.
+through ``TokenVerifier`` and end to end over ``/ws``, Socket.IO and the
+HTTP API.
 
 Needs ``node`` and ``npm ci --prefix tests/js/nextauth`` (.ci/run does
 it).  Without them these tests skip, unless CHATD_TEST_REQUIRE_SERVICES is
@@ -21,11 +22,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+import socketio
 
 from chatd.auth import AuthError, TokenVerifier
 from chatd.config import load_config
 from chatd.domain.models import Identity
 from tests.test_http_api import http
+from tests.test_socketio import SioClient
 from tests.wsclient import WsClient
 
 HELPER = Path(__file__).resolve().parent / "js" / "nextauth"
@@ -219,3 +222,30 @@ async def test_real_bad_tokens_over_ws_get_unauthorized_and_4001(server_factory,
         error = await client.next("error")
         assert error["data"]["code"] == "UNAUTHORIZED", (name, error)
         assert await client.closed() == 4001, name
+
+
+@pytest_twisted.ensureDeferred
+async def test_real_tokens_over_socketio(server_factory, tokens):
+    """Seed 003's client: ``io(url, {auth: {token}})`` with the app's
+    NextAuth session token, unchanged."""
+    server = await server_factory(nextauth_secret=SECRET)
+    made: list[SioClient] = []
+    try:
+        v4 = SioClient()
+        made.append(v4)
+        await v4.connect(server.http, auth={"token": tokens["v4"]})
+        assert (await v4.next("authenticated"))["userId"] == "u-v4"
+        v5 = SioClient()
+        made.append(v5)
+        await v5.connect(server.http, auth={"token": tokens["v5"]}, transports=["websocket"])
+        assert (await v5.next("authenticated"))["userId"] == "u-v5"
+        for name in ("v4_expired", "v5_wrong_secret"):
+            bad = SioClient()
+            made.append(bad)
+            with pytest.raises(socketio.exceptions.ConnectionError):
+                await bad.connect(server.http, auth={"token": tokens[name]})
+            await bad.wait_until(lambda c=bad: bool(c.connect_errors))
+            assert bad.connect_errors[0]["data"]["code"] == "UNAUTHORIZED", name
+    finally:
+        for client in made:
+            await client.close()
