@@ -312,3 +312,52 @@ async def test_shutdown_drains_socketio_sessions_like_the_others(server, sio_cli
             await client.wait_until(lambda c=client: bool(c.disconnects))
     finally:
         await _close_all(made)
+
+
+# -- the raw protocol on a real socket ----------------------------------------------------
+
+
+async def _raw(server: Any, query: str = "") -> Any:
+    import websockets
+
+    url = f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket{query}"
+    return await deferred(websockets.connect(url, open_timeout=TIMEOUT))
+
+
+async def _recv(ws: Any) -> Any:
+    return await deferred(asyncio.wait_for(ws.recv(), TIMEOUT))
+
+
+@pytest_twisted.ensureDeferred
+async def test_raw_websocket_handshake_errors_and_limits(server_factory):
+    import json
+
+    import websockets
+
+    server = await server_factory(socketio_max_payload=1000)
+    status, body = await http(server, "GET", "/socket.io/?EIO=3&transport=polling")
+    assert status == 400 and body["code"] == 5 and "Socket.IO v2" in body["message"]
+    status, body = await http(server, "GET", "/socket.io/?EIO=4&transport=websocket&sid=x")
+    assert (status, body) == (400, {"code": 1, "message": "Session ID unknown"})
+    ws = await _raw(server)
+    opened = json.loads((await _recv(ws))[1:])
+    assert opened["upgrades"] == [] and opened["maxPayload"] == 1000
+    await deferred(ws.send('40{"token":"bad"}'))
+    refused = await _recv(ws)
+    assert refused.startswith("44") and json.loads(refused[2:])["data"]["code"] == "UNAUTHORIZED"
+    await deferred(ws.send("40" + json.dumps({"token": server.token("gus")})))
+    assert (await _recv(ws)).startswith("40{")
+    assert json.loads((await _recv(ws))[2:])[0] == "authenticated"
+    await deferred(ws.send('42["ping","' + "x" * 1000 + '"]'))
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await _recv(ws)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    # A packet that is not Engine.IO ends that session only.
+    other = await _raw(server)
+    await _recv(other)
+    await deferred(other.send("abc"))
+    with pytest.raises(websockets.ConnectionClosed):
+        await _recv(other)
+    third = await _raw(server)  # the server goes on
+    assert (await _recv(third)).startswith("0{")
+    await deferred(third.close())
