@@ -7,12 +7,18 @@ run.py starts ``twistd chatd`` on a free 127.0.0.1 port in a scratch
 directory and inherits our environment, so PYTHONPATH (``clean_env``)
 makes it run this checkout's chatd, not the copy ``pip install .`` put in
 the venv.  It stops the server itself, also when it is sent SIGTERM.
+
+The same tiny fan-out runs over Socket.IO (``--protocol socketio``) against
+the Node reference server (bench/socketio-node, which needs ``npm ci
+--prefix bench/socketio-node``) and against chatd's Socket.IO binding, so
+the Socket.IO generator and the Node server cannot rot either.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,11 +38,13 @@ if not os.environ.get("CHATD_TEST_REQUIRE_SERVICES"):
 
 RECEIVERS, MESSAGES = 5, 20
 RUN_TIMEOUT = 90.0  # the run takes a few seconds; this only bounds a hang
+NODE_SERVER = REPO / "bench" / "socketio-node"
 
 
-def run_fanout(tmp_path: Path) -> tuple[int, str, dict[str, Any]]:
+def run_fanout(tmp_path: Path, *extra: str) -> tuple[int, str, dict[str, Any]]:
     """bench/run.py's fan-out, one round, every receiver a probe (so each
-    also checks order and gaps): (exit status, output, its --json)."""
+    also checks order and gaps), plus ``extra`` options: (exit status,
+    output, its --json)."""
     out_json = tmp_path / "fanout.json"
     cmd = [
         sys.executable,
@@ -50,6 +58,7 @@ def run_fanout(tmp_path: Path) -> tuple[int, str, dict[str, Any]]:
         "--no-ceiling",
         "--no-pin",
         f"--json={out_json}",
+        *extra,
     ]
     proc = subprocess.Popen(
         cmd,
@@ -78,7 +87,40 @@ def run_fanout(tmp_path: Path) -> tuple[int, str, dict[str, Any]]:
 
 
 def test_fanout_delivers_every_message_to_every_receiver(tmp_path: Path) -> None:
-    status, out, report = run_fanout(tmp_path)
+    check_fanout(*run_fanout(tmp_path))
+
+
+def require_node_server() -> None:
+    """Skip without Node or bench/socketio-node's packages, unless CI
+    requires every service (then it fails: .ci/run installs them)."""
+    missing = None
+    if not shutil.which("node"):
+        missing = "node is not on PATH"
+    elif not (NODE_SERVER / "node_modules" / "socket.io").is_dir():
+        missing = "bench/socketio-node/node_modules is missing: npm ci --prefix bench/socketio-node"
+    if missing and os.environ.get("CHATD_TEST_REQUIRE_SERVICES"):
+        pytest.fail(f"the Node reference server cannot run: {missing}")
+    if missing:
+        pytest.skip(missing)
+
+
+@pytest.mark.parametrize("against", ["node", "chatd"])
+def test_socketio_fanout_delivers_every_message_to_every_receiver(
+    tmp_path: Path, against: str
+) -> None:
+    """The Socket.IO generator against the Node reference server and
+    against chatd's binding: every push counted, in order, every ack back."""
+    if against == "node":
+        require_node_server()
+    status, out, report = run_fanout(tmp_path, "--protocol=socketio", f"--against={against}")
+    check_fanout(status, out, report)
+    (result,) = report["results"]
+    assert result["protocol"] == "socketio"
+    assert result["server"] == ("node socket.io" if against == "node" else "chatd (sqlite)")
+
+
+def check_fanout(status: int, out: str, report: dict[str, Any]) -> None:
+    """One round that ran, counted exactly, and stopped its server cleanly."""
     assert status == 0, f"bench/run.py exited with {status}:\n{out}"
     (result,) = report["results"]
     assert "failed" not in result, f"{result['failed']}\n{result.get('server_log_tail', '')}"
