@@ -353,9 +353,15 @@ class Session:
 
     def switch_framer(self, framer: Framer) -> None:
         """The binding's transport changed (a Socket.IO upgrade from polling
-        to WebSocket): fan-out frames for this session the new way."""
+        to WebSocket): fan-out frames for this session the new way, and
+        goes through the new transport's fast writer (asked for again)."""
         previous, self.framer = self.framer, framer
-        if self.identity is not None and not self._detached and previous is not framer:
+        if self._detached:
+            return
+        self._fast_send = self._binding.fast_writer()
+        if self._backlog is None:
+            self.send_frame = self._fast_send
+        if self.identity is not None and previous is not framer:
             self._hub.lifecycle.framer_switched(self, previous)
 
     @property

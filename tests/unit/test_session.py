@@ -395,8 +395,12 @@ def test_switching_the_framer_tells_the_domain_once_authenticated() -> None:
     anonymous.switch_framer(len)  # any callable stands for another binding's framer
     assert anonymous.framer is len and h.lifecycle.switched == []  # not in the registry yet
     session, binding = h.open()
+    new_writer: list[bytes] = []
+    binding.fast_writer = lambda: new_writer.append  # type: ignore[method-assign]
     session.switch_framer(len)
     assert session.framer is len
     assert h.lifecycle.switched == [(session, binding.framer)]
+    session.send_frame(b"x")  # the new transport's fast writer, asked for again
+    assert new_writer == [b"x"]
     session.switch_framer(len)  # the same framer again: nothing moves
     assert len(h.lifecycle.switched) == 1
