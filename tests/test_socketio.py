@@ -291,6 +291,57 @@ async def test_backend_push_reaches_socketio(server_factory, sio_clients):
 
 
 @pytest_twisted.ensureDeferred
+async def test_seed_004_reads_notifications_from_the_message_event(server_factory, sio_clients):
+    """Seed 004's clients read everything from socket.on('message'): a
+    notification is {type: "notification", data: {title, body, ...}} there,
+    live and when handed over on the next connect; chatd's own
+    ``notification`` event comes too."""
+    server = await server_factory(api_key=API_KEY)
+    made, make = sio_clients
+    body = {"category": "message", "priority": "normal"}
+    try:
+        live = await make().connect(_base(server), auth={"token": server.token("gail")})
+        await live.next("authenticated")
+        status, answer = await http(
+            server,
+            "POST",
+            "/websocket/notification",
+            API_KEY,
+            {"userId": "gail", "title": "New Message", "body": "You have mail", "data": body},
+        )
+        assert status == 200 and answer["delivered"] == 1
+        message = await live.next("message")
+        native = await live.next("notification")
+        assert message["type"] == "notification"
+        assert message["data"] == {
+            **body,
+            "id": answer["id"],
+            "kind": "notification",
+            "title": "New Message",
+            "body": "You have mail",
+        }
+        assert message["timestamp"] == native["createdAt"] and native["id"] == answer["id"]
+        # Kept for an offline user, and then handed over in both forms.
+        status, answer = await http(
+            server,
+            "POST",
+            "/websocket/notification",
+            API_KEY,
+            {"userId": "hank", "title": "Later", "body": "while you were away"},
+        )
+        assert status == 200 and answer["delivered"] == 0
+        later = await make().connect(
+            _base(server), auth={"token": server.token("hank")}, transports=["websocket"]
+        )
+        message = await later.next("message")
+        assert message["type"] == "notification" and message["data"]["title"] == "Later"
+        assert message["data"]["body"] == "while you were away"
+        assert (await later.next("notification"))["id"] == answer["id"]
+    finally:
+        await _close_all(made)
+
+
+@pytest_twisted.ensureDeferred
 async def test_shutdown_drains_socketio_sessions_like_the_others(server, sio_clients):
     made, make = sio_clients
     try:

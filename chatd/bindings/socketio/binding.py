@@ -262,6 +262,11 @@ class SocketIOConnection:
 
     def frame_push(self, event_type: str, data: Any) -> bytes:
         event = self._frame(sio.encode_event(event_type, data))
+        if event_type == "notification":
+            # The notifications handed over on connect, in seed 004's form too.
+            extra = sio.notification_message(data)
+            if extra is not None:
+                event += self._frame(extra)
         if self._connecting and event_type == "authenticated":
             # The token was good: the CONNECT reply goes first.
             self._connecting, self._connected = False, True

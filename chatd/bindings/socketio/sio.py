@@ -182,6 +182,28 @@ def wrap_event(name: str, data_json: bytes) -> bytes:
     return b"2[" + _dumps(name) + b"," + data_json + b"]"
 
 
+def notification_message(notification: Any) -> bytes | None:
+    """Seed 004's clients read everything from ``socket.on('message')``:
+    a notification is ``{type: "notification", data: {title, body, …},
+    timestamp}`` there.  The same notification as that EVENT (beside the
+    native ``notification`` EVENT, which chatd's own clients read), or None
+    for a body that is not a notification."""
+    if not isinstance(notification, dict):
+        return None
+    extra = notification.get("data")
+    data: dict[str, Any] = dict(extra) if isinstance(extra, dict) else {}
+    if extra is not None and not isinstance(extra, dict):
+        data["data"] = extra
+    data.update(
+        id=notification.get("id"),
+        kind=notification.get("type"),
+        title=notification.get("title"),
+        body=notification.get("message"),
+    )
+    message = {"type": "notification", "data": data, "timestamp": notification.get("createdAt")}
+    return encode_event("message", message)
+
+
 def encode_ack(ack_id: int, data: Any) -> bytes:
     return b"3" + str(ack_id).encode() + _dumps([data])
 

@@ -10,13 +10,14 @@ which is what lets the registry hand a connection one write per channel.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Protocol
 
 from twisted.internet.interfaces import IPushProducer
 
 from chatd.bindings.socketio.eio import SEPARATOR
-from chatd.bindings.socketio.sio import wrap_event
+from chatd.bindings.socketio.sio import notification_message, wrap_event
 from chatd.bindings.websocket import frame_text
 from chatd.domain.models import Published
 
@@ -27,13 +28,24 @@ def frame_event_websocket(event: Published) -> bytes:
     """The registry's framer for WebSocket-transport connections: the
     Engine.IO message ``42["<type>",<data>]`` in one WebSocket text frame,
     which the fast writer puts straight on the socket."""
-    return frame_text(b"4" + wrap_event(event.type, event.data))
+    return b"".join(frame_text(b"4" + packet) for packet in event_packets(event))
 
 
 def frame_event_polling(event: Published) -> bytes:
     """The registry's framer for polling connections: the same message as
     a polling record, ``42["<type>",<data>]\\x1e``."""
-    return b"4" + wrap_event(event.type, event.data) + SEPARATOR
+    return b"".join(b"4" + packet + SEPARATOR for packet in event_packets(event))
+
+
+def event_packets(event: Published) -> list[bytes]:
+    """The Socket.IO EVENTs one pushed event becomes: its own, and for a
+    ``notification`` also seed 004's ``message`` form of it."""
+    packets = [wrap_event(event.type, event.data)]
+    if event.type == "notification":
+        extra = notification_message(json.loads(event.data))
+        if extra is not None:
+            packets.append(extra)
+    return packets
 
 
 class Transport(Protocol):
