@@ -5,7 +5,8 @@ are added per event or per batch, never per recipient."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import collections
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -78,6 +79,11 @@ class Metrics:
         self.pushes.inc(events)
         self.deliveries.inc(deliveries)
 
+    def bind_transports(self, transports: Callable[[], Iterable[str]]) -> None:
+        """Open connections by what carries them (one name per open
+        session), counted when /metrics is scraped."""
+        self.registry.register(_Transports(transports))
+
     def bind_counts(self, counts: Callable[[], dict[str, float]]) -> None:
         """Values other objects keep (the broker, room ordering, the
         cluster), read when /metrics is scraped: ``redis_up`` is a gauge,
@@ -95,6 +101,21 @@ _HELP = {
     "room_gap_skipped": "Room messages skipped in live delivery (left to chat:history)",
     "cluster_nodes_reaped": "Silent nodes this node removed from the cluster",
 }
+
+
+class _Transports:
+    def __init__(self, transports: Callable[[], Iterable[str]]) -> None:
+        self._transports = transports
+
+    def collect(self) -> Any:
+        family = GaugeMetricFamily(
+            "chatd_connections_by_transport",
+            "Open connections by transport (ws, socketio-polling, socketio-websocket)",
+            labels=["transport"],
+        )
+        for name, count in sorted(collections.Counter(self._transports()).items()):
+            family.add_metric([name], count)
+        yield family
 
 
 class _Counts:

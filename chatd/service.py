@@ -286,6 +286,7 @@ class ChatdService(AsyncMultiService):
             lambda: len(self.registry.online_users()),
             self.registry.joined_room_count,
         )
+        metrics.bind_transports(lambda: [session.transport_name for session in self.open_sessions])
         metrics.bind_counts(self._counts)
 
     def _counts(self) -> dict[str, float]:

@@ -265,6 +265,7 @@ async def test_metrics_count_what_happens(api_server):
     status, text, content_type = await _metrics_text(server)
     assert status == 200 and content_type.startswith(b"text/plain")
     assert _metric(text, "chatd_connections") == 2
+    assert 'chatd_connections_by_transport{transport="ws"} 2.0' in text
     assert _metric(text, "chatd_authenticated_users") == 2
     assert _metric(text, "chatd_rooms_joined") == 1
     assert 'chatd_events_in_total{type="chat:message"} 3.0' in text

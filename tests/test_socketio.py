@@ -291,6 +291,30 @@ async def test_backend_push_reaches_socketio(server_factory, sio_clients):
 
 
 @pytest_twisted.ensureDeferred
+async def test_metrics_count_connections_per_transport(server, sio_clients):
+    from tests.test_http_api import _metrics_text
+
+    made, make = sio_clients
+    try:
+        polling = await make().connect(
+            _base(server), auth={"token": server.token("ivy")}, transports=["polling"]
+        )
+        websocket = await make().connect(
+            _base(server), auth={"token": server.token("jon")}, transports=["websocket"]
+        )
+        native = await server.connect("kim")
+        for client in (polling, websocket):
+            await client.next("authenticated")
+        status, text, _ = await _metrics_text(server)
+        assert status == 200
+        for transport in ("ws", "socketio-polling", "socketio-websocket"):
+            assert f'chatd_connections_by_transport{{transport="{transport}"}} 1.0' in text
+        assert native.is_open
+    finally:
+        await _close_all(made)
+
+
+@pytest_twisted.ensureDeferred
 async def test_seed_004_reads_notifications_from_the_message_event(server_factory, sio_clients):
     """Seed 004's clients read everything from socket.on('message'): a
     notification is {type: "notification", data: {title, body, ...}} there,

@@ -72,6 +72,7 @@ class ChatdServerProtocol(WebSocketServerProtocol):
     factory: ChatdWebSocketFactory
     # Fan-out frames for every /ws connection (one prepared frame per event).
     framer = staticmethod(frame_event)
+    transport_name = "ws"
 
     def __init__(self) -> None:
         super().__init__()

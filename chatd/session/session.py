@@ -65,6 +65,11 @@ class Binding(Protocol):
     def framer(self) -> Framer:
         """The binding's fan-out framer (read when the session is made)."""
 
+    @property
+    def transport_name(self) -> str:
+        """What carries the session, for the metrics (``ws``,
+        ``socketio-polling``, ``socketio-websocket``, …)."""
+
     def frame_ack(self, request_id: str, data: Any) -> bytes:
         """The reply to a request that carried an id."""
 
@@ -350,6 +355,10 @@ class Session:
 
     def disconnect(self, code: int, reason: str) -> None:
         self.close(code, reason)
+
+    @property
+    def transport_name(self) -> str:
+        return self._binding.transport_name
 
     def switch_framer(self, framer: Framer) -> None:
         """The binding's transport changed (a Socket.IO upgrade from polling

@@ -246,6 +246,11 @@ class SocketIOConnection:
         return self._engine.transport.framer
 
     @property
+    def transport_name(self) -> str:
+        """For the metrics: ``socketio-polling`` or ``socketio-websocket``."""
+        return "socketio-" + self._engine.transport.name
+
+    @property
     def transport(self) -> Any:
         """For diagnostics, like ``/ws``'s protocol attribute."""
         return self._engine.transport
