@@ -223,6 +223,18 @@ def default_data_dir() -> str:
     return os.path.join(xdg, "chatd")
 
 
+def default_runtime_dir(data_dir: str) -> str:
+    """systemd's RuntimeDirectory when run as a unit (shared by the
+    instances, see systemd/chatd@.service), else ``chatd-run`` next to the
+    data directory: instances whose data directories are siblings
+    (``/var/lib/chatd/1``, ``/var/lib/chatd/2``) share it."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY")
+    if runtime:
+        return runtime.split(":")[0]
+    parent = os.path.dirname(os.path.abspath(data_dir.rstrip(os.sep) or os.sep))
+    return os.path.join(parent, "chatd-run")
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "listen", _text, "tcp:8080:interface=127.0.0.1", "Twisted endpoint description to listen on"
@@ -353,6 +365,12 @@ SETTINGS: tuple[Setting, ...] = (
         "largest Engine.IO message or polling request body in bytes on /socket.io/",
     ),
     Setting(
+        "runtime_dir",
+        _text,
+        None,
+        "directory shared by the chatd processes of one host for their local sockets (0700; default: $RUNTIME_DIRECTORY, else chatd-run next to data_dir); a polling request for another process's Socket.IO session is handed to it there",
+    ),
+    Setting(
         "allowed_origins",
         _origins,
         (),
@@ -455,6 +473,7 @@ class Config:
     socketio_ping_timeout: float = 20.0
     socketio_max_payload: int = 100000
     allowed_origins: tuple[str, ...] = ()
+    runtime_dir: str = ""
     rate_limit: float = 200.0
     rate_burst: int = 400
     shutdown_timeout: float = 10.0
@@ -546,6 +565,7 @@ def load_config(
 def _finish(values: dict[str, Any], create_secret: bool) -> Config:
     data_dir = values.get("data_dir") or default_data_dir()
     values["data_dir"] = data_dir
+    values["runtime_dir"] = values.get("runtime_dir") or default_runtime_dir(data_dir)
     if not values.get("database"):
         values["database"] = "sqlite:///" + os.path.join(data_dir, "chatd.sqlite3")
     listen = values.get("listen", SETTINGS_BY_NAME["listen"].default)

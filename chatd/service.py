@@ -202,7 +202,7 @@ class ChatdService(AsyncMultiService):
             open_sessions=self.open_sessions,
         )
         self.factory = ChatdWebSocketFactory(config, self.hub)
-        self.socketio = SocketIOServer(config, self.hub)
+        self.socketio = SocketIOServer(config, self.hub, self.reactor)
         self.backend_api = BackendApi(self.registry, self.social, limits)
         self.native_api = NativeApi(self.chat, self.social, self.live)
         self.api = HttpApi(
@@ -299,6 +299,7 @@ class ChatdService(AsyncMultiService):
             counts["redis_up"] = 1 if self.link.is_up() else 0
             counts["broker_publish_failures"] = self.redis_broker.publish_failures
             counts["cluster_nodes_reaped"] = self.cluster.reaped_nodes
+        counts.update(self.socketio.handoff_counts())
         return counts
 
     # -- the service tree -----------------------------------------------------------
@@ -322,6 +323,11 @@ class ChatdService(AsyncMultiService):
             stages.append(ComponentService("cluster", self._join_cluster, self._leave_cluster))
         stages += [
             ComponentService("domain timers", stop=self._stop_timers),
+            # Stops after the connections: draining polling sessions whose
+            # requests now reach the other processes only are reached here.
+            ComponentService(
+                "socket.io handoff", self.socketio.start_handoff, self.socketio.stop_handoff
+            ),
             ComponentService("connections", self._open_connections, self._close_connections),
             ComponentService("pending writes", stop=self._commit_pending_writes),
             self.listener,

@@ -43,6 +43,7 @@ def test_the_children_in_start_order(tmp_path: Any) -> None:
         "storage",
         "broker",
         "domain timers",
+        "socket.io handoff",
         "connections",
         "pending writes",
         "listener",

@@ -18,6 +18,7 @@ and a polling request with that sid is a bad request.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,34 @@ log = Logger(namespace="chatd.bindings.socketio")
 CLOSE_NORMAL = 1000
 CLOSE_ABNORMAL = 1006
 CLOSE_PROTOCOL_ERROR = 1002
+
+SID_RANDOM_BYTES = 18
+"""The unguessable part of a sid: 144 bits (``token_urlsafe``: 24 characters)."""
+
+_NODE = re.compile(r"[0-9a-f]{8}")
+_RANDOM = re.compile(r"[A-Za-z0-9_-]{24}")
+
+
+def new_node_id() -> str:
+    """A short id of this process (8 hex digits), the first part of every
+    sid it makes: another process sharing the listening socket reads it to
+    know where the session lives (chatd/bindings/socketio/handoff.py)."""
+    return secrets.token_hex(4)
+
+
+def make_sid(node: str) -> str:
+    """``<node>.<24 url-safe characters>``: the node names the owner, the
+    random part (``SID_RANDOM_BYTES``) keeps the sid unguessable."""
+    return f"{node}.{secrets.token_urlsafe(SID_RANDOM_BYTES)}"
+
+
+def sid_node(sid: str) -> str | None:
+    """The process id in a well-formed sid, else ``None``.  Strict on
+    purpose: the id becomes a file name, so nothing but 8 hex digits passes."""
+    node, dot, rest = sid.partition(".")
+    if dot and _NODE.fullmatch(node) and _RANDOM.fullmatch(rest):
+        return node
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +127,8 @@ class EngineSocket:
         self._clock = server.clock
         self._settings = server.settings
         self._probing: Transport | None = None
+        # The probe was answered (3probe): a GET now gets a noop at once.
+        self.upgrading = False
         self._upgrade_timer: IDelayedCall | None = None
         self._ping_timer: IDelayedCall | None = None
         self._pong_timer: IDelayedCall | None = None
@@ -166,12 +197,28 @@ class EngineSocket:
         elif kind == eio.PONG:
             self._pong()
         elif kind == eio.CLOSE:
-            self.close(CLOSE_NORMAL, "client closed the session")
+            self._closed_by_client()
         elif kind == eio.NOOP:
             pass
         else:
             # ping (the server pings in v4), open or upgrade out of place
             self.protocol_error(f"unexpected packet type {kind!r}")
+
+    def _closed_by_client(self) -> None:
+        """The client's close packet.  Over polling it expects no close
+        packet back: like socket.io's engine, a pending GET gets a noop and
+        the session ends now (the Engine.IO test suite checks for the
+        ``6``).  Over WebSocket, the orderly close."""
+        discard = getattr(self.transport, "discard", None)
+        if discard is None:
+            self.close(CLOSE_NORMAL, "client closed the session")
+            return
+        self._closing = True
+        self._stop_timers()
+        self.handler.closing()
+        transport = self.transport
+        discard()
+        self.transport_closed(transport, True, CLOSE_NORMAL, "client closed the session")
 
     def protocol_error(self, reason: str) -> None:
         """Input that breaks Engine.IO: the session cannot go on."""
@@ -204,6 +251,7 @@ class EngineSocket:
             return
         if packet.type == eio.PING and packet.data == eio.PROBE:
             websocket.write(websocket.frame(eio.encode(eio.PONG, eio.PROBE)))
+            self.upgrading = True
             release = getattr(self.transport, "release", None)
             if release is not None:
                 release()
@@ -226,6 +274,7 @@ class EngineSocket:
 
     def _abandon_probe(self) -> None:
         self._probing = None
+        self.upgrading = False
         if self._upgrade_timer is not None and self._upgrade_timer.active():
             self._upgrade_timer.cancel()
         self._upgrade_timer = None
@@ -305,7 +354,10 @@ class EngineServer:
         clock: IReactorTime,
         handler_factory: HandlerFactory,
         polling_factory: PollingFactory,
+        node: str | None = None,
     ) -> None:
+        """``node`` is this process's id in every sid (random by default)."""
+        self.node = node if node is not None else new_node_id()
         self.settings = settings
         self.clock = clock
         self.handler_factory = handler_factory
@@ -332,7 +384,7 @@ class EngineServer:
     def _open(
         self, transport: Transport | None, peer: str | None, offered_token: str | None
     ) -> EngineSocket:
-        sid = secrets.token_urlsafe(15)
+        sid = make_sid(self.node)
         socket = EngineSocket(self, sid, transport, peer, offered_token)
         self.sockets[sid] = socket
         socket.start()

@@ -5,6 +5,10 @@ then handshake method, then protocol version; the origin before all),
 answers errors with Engine.IO's JSON bodies (``{"code":N,"message":"…"}``,
 403 for a forbidden origin, else 400; 413 for a POST over ``max_payload``),
 serves long-polling itself and hands WebSocket upgrades to Autobahn.
+
+A polling request for a sid of another chatd process on this host is
+forwarded to it (``handoff.py``); what arrives that way is served by
+``render_handoff``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from chatd.bindings.socketio import eio
 from chatd.bindings.socketio.engine import EngineServer, EngineSocket
+from chatd.bindings.socketio.handoff import HEADER, PAYLOAD_TOO_LARGE, RELEASE, Handoff
 from chatd.bindings.socketio.origins import OriginPolicy
 from chatd.bindings.socketio.polling import PollingTransport
 from chatd.bindings.socketio.websocket import EngineWebSocketFactory
@@ -65,10 +70,15 @@ class SocketIOResource(Resource):
     isLeaf = True
 
     def __init__(
-        self, engine: EngineServer, ws_factory: EngineWebSocketFactory, origins: OriginPolicy
+        self,
+        engine: EngineServer,
+        ws_factory: EngineWebSocketFactory,
+        origins: OriginPolicy,
+        handoff: Handoff | None = None,
     ) -> None:
         super().__init__()
         self._engine = engine
+        self._handoff = handoff
         self._websocket = WebSocketResource(ws_factory)
         self._origins = origins
         self._max_payload = engine.settings.max_payload
@@ -87,7 +97,7 @@ class SocketIOResource(Resource):
         if sid is not None:
             socket = self._engine.get(sid)
             if socket is None:
-                return self._error(request, E.UNKNOWN_SID)
+                return self._elsewhere(request, transport, sid)
             if transport == "websocket":
                 return self._probe(request, socket)
             return self._polling(request, socket)
@@ -101,6 +111,50 @@ class SocketIOResource(Resource):
         socket = self._engine.open_polling(_peer(request), offered_token(request))
         return self._poll(request, socket)
 
+    # -- another process's sessions ---------------------------------------------------
+
+    def _elsewhere(self, request: Request, transport: str, sid: str) -> Any:
+        """A sid this process does not hold: another process's (forward a
+        polling request to it; refuse an upgrade, so the client keeps
+        polling), or unknown."""
+        handoff = self._handoff
+        node = handoff.owner_elsewhere(sid) if handoff is not None else None
+        if handoff is None or node is None:
+            return self._error(request, E.UNKNOWN_SID)
+        if transport == "websocket":
+            return self._error(
+                request,
+                E.BAD_REQUEST,
+                "Bad request: this session lives in another chatd process; keep polling",
+            )
+        if request.method == b"GET":
+            return handoff.forward(request, node, sid, None)
+        if request.method == b"POST":
+            return handoff.forward(request, node, sid, self._body(request))
+        return self._error(request, E.BAD_REQUEST, "Bad request: polling takes GET and POST")
+
+    def render_handoff(self, request: Request) -> Any:
+        """A polling request another process forwarded (over this process's
+        local socket): its client passed that process's origin check.  Only
+        this process's own sessions are served, so nothing is forwarded
+        twice."""
+        if self._handoff is not None:
+            self._handoff.answered += 1
+        if _first(request, b"transport") != "polling":
+            return self._error(request, E.UNKNOWN_TRANSPORT)
+        socket = self._engine.get(_first(request, b"sid") or "")
+        if socket is None:
+            return self._error(request, E.UNKNOWN_SID)
+        instruction = request.getHeader(HEADER)
+        if instruction == PAYLOAD_TOO_LARGE and request.method == b"POST":
+            return self._too_large(request, socket)
+        if instruction == RELEASE:
+            release = getattr(socket.transport, "release", None)
+            if release is not None:
+                release()
+            return b"ok"
+        return self._polling(request, socket)
+
     # -- WebSocket ---------------------------------------------------------------------
 
     def _upgrade(self, request: Request) -> Any:
@@ -112,8 +166,10 @@ class SocketIOResource(Resource):
         return self._websocket.render(request)
 
     def _probe(self, request: Request, socket: EngineSocket) -> Any:
-        if socket.upgraded or socket.transport.name != "polling":
-            return self._error(request, E.BAD_REQUEST, "Bad request: the session has upgraded")
+        """An upgrade with a known sid.  One the session cannot take (it is
+        on WebSocket already, or probing another) is still accepted, then
+        closed by the protocol, as the spec has it and the Engine.IO test
+        suite checks: "the server MUST close the WebSocket connection"."""
         return self._upgrade(request)
 
     # -- polling -----------------------------------------------------------------------
@@ -132,17 +188,17 @@ class SocketIOResource(Resource):
         assert isinstance(transport, PollingTransport)
         if not transport.poll(request):
             return self._error(request, E.BAD_REQUEST, "Bad request: a GET is already pending")
+        if socket.upgrading:
+            # The client is moving to the WebSocket: a GET still in flight
+            # must not wait for the next ping (socket.io's engine sends it a
+            # noop within 100 ms); answer it now.
+            transport.release()
         return NOT_DONE_YET
 
     def _post(self, request: Request, socket: EngineSocket) -> bytes:
         body = self._body(request)
         if body is None:
-            socket.fail(1009, "polling payload over max_payload")
-            request.setResponseCode(413)
-            request.setHeader(b"content-type", b"application/json")
-            return eio.error_body(
-                E.BAD_REQUEST, f"Payload too large: more than {self._max_payload} bytes"
-            )
+            return self._too_large(request, socket)
         try:
             packets = eio.decode_payload(body)
         except eio.EngineIOError as e:
@@ -154,6 +210,14 @@ class SocketIOResource(Resource):
             socket.received(packet)
         request.setHeader(b"content-type", b"text/html")
         return b"ok"
+
+    def _too_large(self, request: Request, socket: EngineSocket) -> bytes:
+        socket.fail(1009, "polling payload over max_payload")
+        request.setResponseCode(413)
+        request.setHeader(b"content-type", b"application/json")
+        return eio.error_body(
+            E.BAD_REQUEST, f"Payload too large: more than {self._max_payload} bytes"
+        )
 
     def _body(self, request: Request) -> bytes | None:
         """The POST body, or ``None`` when it is over ``max_payload``."""
