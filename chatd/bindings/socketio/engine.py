@@ -206,19 +206,17 @@ class EngineSocket:
 
     def _closed_by_client(self) -> None:
         """The client's close packet.  Over polling it expects no close
-        packet back: like socket.io's engine, a pending GET gets a noop and
-        the session ends now (the Engine.IO test suite checks for the
-        ``6``).  Over WebSocket, the orderly close."""
-        discard = getattr(self.transport, "discard", None)
-        if discard is None:
+        packet back: like socket.io's engine, the GET gets a noop and the
+        session ends (the Engine.IO test suite checks for the ``6``).
+        Over WebSocket, the orderly close."""
+        end = getattr(self.transport, "closed_by_client", None)
+        if end is None or not self.open or self._closing:
             self.close(CLOSE_NORMAL, "client closed the session")
             return
         self._closing = True
         self._stop_timers()
         self.handler.closing()
-        transport = self.transport
-        discard()
-        self.transport_closed(transport, True, CLOSE_NORMAL, "client closed the session")
+        end(CLOSE_NORMAL, "client closed the session")
 
     def protocol_error(self, reason: str) -> None:
         """Input that breaks Engine.IO: the session cannot go on."""

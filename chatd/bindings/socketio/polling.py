@@ -91,10 +91,19 @@ class PollingTransport:
     def close(self, code: int, reason: str) -> None:
         """The close packet goes after what is queued; the session ends
         when a GET took it (or after ``close_timeout`` without one)."""
+        self._end(code, reason, CLOSE_PACKET)
+
+    def closed_by_client(self, code: int, reason: str) -> None:
+        """The client sent the close packet and expects none back: the GET
+        that is pending (or the next one) gets a noop last, as socket.io's
+        engine answers it, and the session ends then."""
+        self._end(code, reason, NOOP_PACKET)
+
+    def _end(self, code: int, reason: str, last: bytes) -> None:
         if self._done or self._closing is not None:
             return
         self._closing = (code, reason)
-        self.write(CLOSE_PACKET)
+        self.write(last)
         if self._poll is None:
             self._close_timer = self._clock.callLater(self._close_timeout, self._close_expired)
 
