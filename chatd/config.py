@@ -365,6 +365,12 @@ SETTINGS: tuple[Setting, ...] = (
         "largest Engine.IO message or polling request body in bytes on /socket.io/",
     ),
     Setting(
+        "socketio_test_suites",
+        _boolean,
+        False,
+        "test only: also serve the Engine.IO/Socket.IO protocol test suites' echo servers at /engine.io/ and /testsuite/ (no auth; loopback listen only)",
+    ),
+    Setting(
         "runtime_dir",
         _text,
         None,
@@ -472,6 +478,7 @@ class Config:
     socketio_ping_interval: float = 25.0
     socketio_ping_timeout: float = 20.0
     socketio_max_payload: int = 100000
+    socketio_test_suites: bool = False
     allowed_origins: tuple[str, ...] = ()
     runtime_dir: str = ""
     rate_limit: float = 200.0
@@ -587,6 +594,11 @@ def _finish(values: dict[str, Any], create_secret: bool) -> Config:
         if create_secret and loopback:
             values["jwt_secret"] = load_or_create_secret(data_dir)
             generated = True
+    if values.get("socketio_test_suites") and not is_loopback_endpoint(listen):
+        # Unauthenticated echo servers: never where anyone else can reach them.
+        raise ConfigError(
+            f"invalid socketio_test_suites: refusing it with a non-loopback listen ({listen})"
+        )
     if bool(values.get("tls_cert")) != bool(values.get("tls_key")):
         raise ConfigError("invalid tls_cert/tls_key: give both, or neither")
     if values.get("tls_cert") and listen.startswith("ssl:"):

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from chatd import __version__
 from chatd.auth import TokenVerifier, mint_token
 from chatd.bindings.socketio.server import SocketIOServer
+from chatd.bindings.socketio.testsuite import ProtocolTestSuites
 from chatd.bindings.websocket import ChatdWebSocketFactory
 from chatd.broker.cluster import Cluster
 from chatd.broker.memory import InProcessBroker
@@ -203,6 +204,13 @@ class ChatdService(AsyncMultiService):
         )
         self.factory = ChatdWebSocketFactory(config, self.hub)
         self.socketio = SocketIOServer(config, self.hub, self.reactor)
+        self.test_suites = (
+            ProtocolTestSuites(
+                self.reactor, config.open_handshake_timeout, config.close_handshake_timeout
+            )
+            if config.socketio_test_suites
+            else None
+        )
         self.backend_api = BackendApi(self.registry, self.social, limits)
         self.native_api = NativeApi(self.chat, self.social, self.live)
         self.api = HttpApi(
@@ -223,6 +231,8 @@ class ChatdService(AsyncMultiService):
             ),
             demo_mint=self._demo_mint() if config.secret_generated else None,
             socketio=self.socketio.resource,
+            engine_io_test_suite=self.test_suites.engine_io.resource if self.test_suites else None,
+            socketio_test_suite=self.test_suites.socket_io.resource if self.test_suites else None,
         )
         self._build_tree()
 
@@ -392,6 +402,8 @@ class ChatdService(AsyncMultiService):
 
     async def _close_connections(self) -> None:
         self.socketio.close_unconnected()
+        if self.test_suites is not None:
+            self.test_suites.close_all()
         await self.factory.shutdown(self.config.shutdown_timeout)
         self.factory.stopFactory()
 

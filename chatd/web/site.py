@@ -204,6 +204,8 @@ def build_site(
     metrics_page: Resource | None = None,
     demo_mint: Callable[[str], str] | None = None,
     socketio: Resource | None = None,
+    engine_io_test_suite: Resource | None = None,
+    socketio_test_suite: Resource | None = None,
 ) -> Site:
     root = Resource()
     root.putChild(b"", Console())
@@ -215,6 +217,15 @@ def build_site(
         # Engine.IO's path is /socket.io/ (with the slash): a leaf resource
         # here takes both and everything below.
         root.putChild(b"socket.io", socketio)
+    if engine_io_test_suite is not None and socketio_test_suite is not None:
+        # socketio_test_suites (test only): the protocol suites' servers.
+        # Each suite asks for ${URL}/engine.io/ or ${URL}/socket.io/, so
+        # URL=http://host:port/testsuite serves both, /socket.io/ untouched.
+        testsuite = Resource()
+        testsuite.putChild(b"engine.io", engine_io_test_suite)
+        testsuite.putChild(b"socket.io", socketio_test_suite)
+        root.putChild(b"testsuite", testsuite)
+        root.putChild(b"engine.io", engine_io_test_suite)
     root.putChild(b"healthz", Health(ws_factory.connections))
     root.putChild(b"readyz", Ready(ready_checks))
     root.putChild(b"websocket", api)

@@ -252,3 +252,43 @@ def _fill(value: Any, buffers: list[bytes], ack_id: int | None) -> Any:
             return buffers[num]
         return {key: _fill(item, buffers, ack_id) for key, item in value.items()}
     return value
+
+
+# -- the general encoder --------------------------------------------------------------
+
+
+def encode_packet(
+    kind: int, data: Any = None, namespace: str = DEFAULT_NAMESPACE, ack_id: int | None = None
+) -> tuple[bytes, list[bytes]]:
+    """Any server-to-client packet in its general form, for a peer that
+    uses every feature (the protocol test suites' server: namespaces, acks
+    with several arguments, binary).  Bytes anywhere in ``data`` turn an
+    EVENT into a BINARY_EVENT (an ACK into a BINARY_ACK): they are replaced
+    by placeholders and returned, in order, as the attachments to send
+    after the packet.  chatd's own binding keeps its one-purpose encoders
+    above, which skip the walk through the data."""
+    attachments: list[bytes] = []
+    if data is not None:
+        data = _deconstruct(data, attachments)
+    if attachments:
+        if kind not in (EVENT, ACK):
+            raise ValueError("only an EVENT or an ACK can carry binary attachments")
+        kind = BINARY_EVENT if kind == EVENT else BINARY_ACK
+    head = str(kind)
+    if attachments:
+        head += f"{len(attachments)}-"
+    ack = str(ack_id).encode() if ack_id is not None else b""
+    body = _dumps(data) if data is not None else b""
+    return head.encode() + _prefix(namespace) + ack + body, attachments
+
+
+def _deconstruct(value: Any, attachments: list[bytes]) -> Any:
+    """The inverse of ``_fill``: bytes out, placeholders in."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        attachments.append(bytes(value))
+        return {"_placeholder": True, "num": len(attachments) - 1}
+    if isinstance(value, list | tuple):
+        return [_deconstruct(item, attachments) for item in value]
+    if isinstance(value, dict):
+        return {key: _deconstruct(item, attachments) for key, item in value.items()}
+    return value
