@@ -48,7 +48,13 @@ from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.web.client import (
+    Agent,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,  # noqa: PLC2701  (to quiet it)
+    readBody,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from twisted.web.resource import Resource
@@ -114,6 +120,12 @@ class _Entry(Resource):
         return self._render(request)
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """No "Starting/Stopping factory" line per forwarded request."""
+
+    noisy = False
+
+
 class _QuietSite(Site):
     """No access log line: the process the client reached logged the
     request already."""
@@ -141,8 +153,11 @@ class Handoff:
         self.directory = directory
         self._reactor = reactor
         self._release_timeout = release_timeout
+        # One connection per request (a forwarded GET holds its own anyway).
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        pool._factory = _QuietClientFactory
         self._agent = Agent.usingEndpointFactory(
-            reactor, _ToProcess(reactor, directory, connect_timeout)
+            reactor, _ToProcess(reactor, directory, connect_timeout), pool
         )
         self._port: IListeningPort | None = None
         # Forwarded requests in flight: their Deferreds, and for a GET the
@@ -229,7 +244,16 @@ class Handoff:
 
         def stop_listening(_: object) -> Deferred[None] | None:
             port, self._port = self._port, None
-            return port.stopListening() if port is not None else None
+            if port is None:
+                return None
+            log.info(
+                "Socket.IO polling handoff: forwarded {forwarded} requests to other "
+                "processes ({unreachable} found no process), answered {answered} for them",
+                forwarded=self.forwarded,
+                unreachable=self.unreachable,
+                answered=self.answered,
+            )
+            return port.stopListening()
 
         return done.addCallback(stop_listening).addCallback(lambda _: None)
 
