@@ -555,6 +555,11 @@ def one(opts, scenario: str, variant: Variant, rnd: int) -> dict:
         args = [scenario, *servers.loadgen_args(opts.protocol), *scenario_args(opts, scenario)]
         result.update(run_loadgen(args, opts.generator_cpus, opts.loadgen_timeout))
         result["server"], result["round"] = variant.label, rnd
+        if scenario == "fanout" and result.get("deliveries_per_s"):
+            # What compares servers when the generator is the limit.
+            result["server_us_per_delivery"] = (
+                1e4 * result["server_cpu_pct"] / result["deliveries_per_s"]
+            )
     except Exception as e:
         result["failed"] = str(e)
     finally:
@@ -622,6 +627,7 @@ def median(values: list[float]) -> float | None:
 
 FANOUT_METRICS = (
     "deliveries_per_s",
+    "server_us_per_delivery",
     "steady_deliveries_per_s",
     "messages_per_s",
     "p50_ms",
@@ -809,6 +815,7 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
         lines.append(rss_line(fan))
         lines += ceiling_lines(results, fan, "deliveries_per_s", "deliveries/s")
         lines += node_lines(results, fan, "deliveries_per_s", "deliveries/s")
+        lines += node_lines(results, fan, "server_us_per_delivery", "server µs/delivery")
         lines += process_lines(opts, results, fan)
 
     if ing:

@@ -21,10 +21,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from picows import WSMsgType, WSTransport
+
 from load import client, sio
 from load.client import close_all, close_codes, token
 from load.connect import settle
 from load.measure import CpuWindow, monotonic_ns, own_pids, servers_rss, servers_rss_now
+
+
+class Idle(client.Base):
+    """A native connection that only waits for ``authenticated`` and then
+    answers pings (``client.Base`` leaves the frames to its subclasses)."""
+
+    def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
+        if frame.msg_type == WSMsgType.TEXT:
+            self.ctl.offer(frame.get_payload_as_bytes())
+        else:
+            self.control(transport, frame)
 
 
 async def open_idle(args: Any, tokens: list[str]) -> list:
@@ -33,7 +46,7 @@ async def open_idle(args: Any, tokens: list[str]) -> list:
         return []
     if args.protocol == "socketio":
         return await sio.open_all(sio.SioBase, args.urls, tokens, args.connect_window)
-    return await client.open_all(client.Base, args.urls, tokens, args.connect_window)
+    return await client.open_all(Idle, args.urls, tokens, args.connect_window)
 
 
 async def run(args: Any) -> dict:
