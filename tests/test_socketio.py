@@ -7,6 +7,7 @@ push.  Waits are for events with a deadline, never fixed sleeps."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -436,3 +437,19 @@ async def test_raw_websocket_handshake_errors_and_limits(server_factory):
     third = await _raw(server)  # the server goes on
     assert (await _recv(third)).startswith("0{")
     await deferred(third.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_disconnect_then_close_is_a_clean_closing_handshake(server):
+    """socket.io-client's disconnect() sends 41 and, right behind it, its
+    WebSocket close: the client must get chatd's close frame back (a crossed
+    close used to drop the TCP connection first: 1006 in the browser)."""
+    ws = await _raw(server)
+    assert (await _recv(ws)).startswith("0{")
+    await deferred(ws.send("40" + json.dumps({"token": server.token("lena")})))
+    assert (await _recv(ws)).startswith("40{")
+    assert "authenticated" in await _recv(ws)
+    await deferred(ws.send("41"))
+    await deferred(ws.close())
+    assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1000
+    assert ws.close_code == 1000

@@ -461,6 +461,14 @@ def test_client_disconnect_and_server_disconnect():
     sid, session = world.connect()
     world.post(sid, "41")
     assert session not in world.hub.open
+    # The Engine.IO session is the client's to close; it may CONNECT again.
+    assert world.engine.get(sid) is not None
+    world.post(sid, "40" + json.dumps({"token": token("alice", world.harness.config)}))
+    again = world.get(sid)
+    assert again[0].startswith("40") and len(world.hub) == 1
+    world.post(sid, "41")
+    # A client that neither closes nor connects again is closed in time.
+    world.clock.advance(world.harness.config.auth_timeout)
     assert world.get(sid) == ["1"]
     assert world.engine.get(sid) is None
     sid, session = world.connect("bob")

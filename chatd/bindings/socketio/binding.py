@@ -165,7 +165,12 @@ class SocketIOConnection:
         self.session = None
         self._connected = self._connecting = False
         session.closed(True, CLOSE_NORMAL, "client namespace disconnect")
-        self._engine.close(CLOSE_NORMAL, "client namespace disconnect")
+        # The Engine.IO connection is the client's to close (socket.io-client
+        # sends its WebSocket close right behind the 41; closing from here as
+        # well would cross it, and Autobahn drops the TCP connection before
+        # our close frame is out).  It may also CONNECT again; if it does
+        # neither, the connect timeout ends it.
+        self._wait_for_connect()
 
     def _event(self, packet: sio.SioPacket) -> None:
         session = self.session
