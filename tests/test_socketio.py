@@ -14,6 +14,7 @@ import pytest
 import pytest_twisted
 import socketio
 
+from tests.daemon import Daemon, clean_env, free_port, run_module
 from tests.test_http_api import API_KEY, http
 from tests.wsclient import deferred
 
@@ -439,17 +440,102 @@ async def test_raw_websocket_handshake_errors_and_limits(server_factory):
     await deferred(third.close())
 
 
-@pytest_twisted.ensureDeferred
-async def test_disconnect_then_close_is_a_clean_closing_handshake(server):
-    """socket.io-client's disconnect() sends 41 and, right behind it, its
-    WebSocket close: the client must get chatd's close frame back (a crossed
-    close used to drop the TCP connection first: 1006 in the browser)."""
-    ws = await _raw(server)
-    assert (await _recv(ws)).startswith("0{")
-    await deferred(ws.send("40" + json.dumps({"token": server.token("lena")})))
-    assert (await _recv(ws)).startswith("40{")
-    assert "authenticated" in await _recv(ws)
-    await deferred(ws.send("41"))
-    await deferred(ws.close())
-    assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1000
-    assert ws.close_code == 1000
+def test_disconnect_then_close_is_a_clean_closing_handshake(tmp_path):
+    """socket.io-client's disconnect() sends 41 and its WebSocket close right
+    behind it: the client must get chatd's close frame back.  Both frames go
+    in one TCP write to a real twistd process, so they reach chatd in one
+    read (a close of chatd's own, crossing the client's, used to lose its
+    close frame: 1006 in the browser)."""
+    port = free_port()
+    data = tmp_path / "data"
+    env = clean_env()
+    args = ["--data-dir", str(data), "--listen", f"tcp:{port}:interface=127.0.0.1"]
+    daemon = Daemon(args, env, str(tmp_path))
+    try:
+        daemon.wait_healthy(port)
+        token = run_module(["token", "lena", "--data-dir", str(data)], env, str(tmp_path))
+        with RawWebSocket(port, "/socket.io/?EIO=4&transport=websocket") as ws:
+            assert ws.read_text().startswith("0{")
+            ws.send_text("40" + json.dumps({"token": token.stdout.strip()}))
+            assert ws.read_text().startswith("40{")
+            assert "authenticated" in ws.read_text()
+            ws.send_raw(ws.frame(0x1, b"41") + ws.frame(0x8, (1000).to_bytes(2, "big")))
+            opcode, payload = ws.read_frame()
+            assert opcode == 0x8 and payload[:2] == (1000).to_bytes(2, "big")
+    finally:
+        assert daemon.terminate(), daemon.output()
+
+
+class RawWebSocket:
+    """A WebSocket client by hand, so a test can put two frames into one
+    TCP write (no client library lets it)."""
+
+    def __init__(self, port: int, path: str) -> None:
+        import base64
+        import os
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        self.buffer = b""
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self._recv()
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def __enter__(self) -> RawWebSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(65536)
+        assert chunk, "the server closed the TCP connection"
+        return chunk
+
+    def _take(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            self.buffer += self._recv()
+        taken, self.buffer = self.buffer[:n], self.buffer[n:]
+        return taken
+
+    @staticmethod
+    def frame(opcode: int, payload: bytes) -> bytes:
+        import os
+
+        mask = os.urandom(4)
+        assert len(payload) < 65536
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        if len(payload) < 126:
+            head = bytes([0x80 | opcode, 0x80 | len(payload)])
+        else:
+            head = bytes([0x80 | opcode, 0x80 | 126]) + len(payload).to_bytes(2, "big")
+        return head + mask + masked
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_text(self, text: str) -> None:
+        self.send_raw(self.frame(0x1, text.encode()))
+
+    def read_frame(self) -> tuple[int, bytes]:
+        first, second = self._take(2)
+        length = second & 0x7F
+        if length == 126:
+            length = int.from_bytes(self._take(2), "big")
+        elif length == 127:
+            length = int.from_bytes(self._take(8), "big")
+        return first & 0x0F, self._take(length)
+
+    def read_text(self) -> str:
+        opcode, payload = self.read_frame()
+        assert opcode == 0x1, (opcode, payload)
+        return payload.decode()
