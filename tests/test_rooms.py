@@ -134,6 +134,33 @@ async def test_public_room_needs_join_before_sending(server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_messages_sent_right_behind_a_join_wait_for_it(server):
+    """A client may send chat:join and chat:message back to back (seed
+    001's example does): the messages wait for that connection's join of
+    the room and are stored in the order sent; a failed join lets them
+    fail as a non-member's would."""
+    alice = await server.connect("alice")
+    public = await make_room(alice)
+    private = await make_room(alice, name="secret", room_type="private")
+    for user in ("bob", "carol"):
+        client = await server.connect(user)
+        await client.send("chat:join", public["id"], "j")
+        for i in range(3):
+            await client.send("chat:message", {"chatId": public["id"], "content": str(i)}, f"m{i}")
+        joined = await client.reply("j")
+        assert joined["type"] == "ack", joined
+        acks = [await client.reply(f"m{i}") for i in range(3)]
+        assert [a["type"] for a in acks] == ["ack"] * 3, acks
+        seqs = [a["data"]["seq"] for a in acks]
+        assert seqs == sorted(seqs)
+    dave = await server.connect("dave")
+    await dave.send("chat:join", private["id"], "j")
+    await dave.send("chat:message", {"chatId": private["id"], "content": "x"}, "m")
+    assert (await dave.reply("j"))["data"]["code"] == "NOT_A_MEMBER"
+    assert (await dave.reply("m"))["data"]["code"] == "NOT_A_MEMBER"
+
+
+@pytest_twisted.ensureDeferred
 async def test_history_paging_and_join_pages(server):
     alice = await server.connect("alice")
     room = await make_room(alice)

@@ -256,23 +256,15 @@ async def _polling(server: Any, method: str, query: str, body: bytes | None = No
     return await readBody(response)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="chatd bug: a chat:message right behind the same connection's chat:join of a "
-    "public room it has not joined before is refused NOT_A_MEMBER (the join is still in "
-    "storage); seed 001's README example does exactly this",
-)
 @pytest_twisted.ensureDeferred
 async def test_seed_001_join_then_message_back_to_back(server_factory):
     """Seed 001's example emits ``chat:join`` and ``chat:message`` before it
     is connected; socket.io-client buffers both and, over polling, sends
     them in one POST.  The same POST, by hand, for five new users: each
     message must be accepted (pushed back to the sender, as to every
-    member).  Today about one in ten gets through (the join wins the race
-    in storage), so all five passing by chance is next to impossible and
-    the strict xfail cannot pass by luck; once chatd handles a
-    connection's requests to one room in order, it XPASSes: remove the
-    mark then."""
+    member).  Before chatd made a connection's messages to a room wait for
+    its join of that room, about one in ten got through (the join lost the
+    race in storage), so five in a row do not pass by luck."""
     server = await server_factory(api_key=API_KEY)
     status, answer = await http(
         server, "POST", "/api/rooms", API_KEY, {"id": "chat-id-123", "name": "c", "type": "public"}

@@ -73,6 +73,28 @@ class Outcome:
     after_reply: Callable[[], None]
 
 
+class _JoinInProgress:
+    """A connection's join of a room that has not been answered yet: what
+    the connection sends to that room meanwhile waits for it, in order."""
+
+    __slots__ = ("_waiting",)
+
+    def __init__(self) -> None:
+        self._waiting: list[Deferred[None]] = []
+
+    def wait(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def release(self) -> None:
+        """The join was answered (or failed): the waiting requests go on, in
+        the order they arrived."""
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+
 class ChatService:
     """``direct`` handles messages into ``dm_…`` rooms, whichever way they
     come in (without it such rooms behave like any private room)."""
@@ -96,6 +118,7 @@ class ChatService:
         self.limits = limits
         self.online: OnlineDirectory = online if online is not None else registry
         self._direct = direct
+        self._joins: dict[tuple[Caller, str], _JoinInProgress] = {}
         self.typing = TypingTracker(clock, self._announce_typing, typing_timeout)
         registry.on_control(LEAVE_ROOM_CONTROL, self._leave_room_control)
 
@@ -219,33 +242,56 @@ class ChatService:
     async def _join(
         self, conn: Connection, room_id: str, since: int | None
     ) -> dict[str, Any] | Outcome:
-        user = _user(conn)
         holding = self.registry.begin_join(conn, room_id)
+        if holding:
+            # Messages this connection sends to the room meanwhile wait for
+            # the join (a client may send chat:join and chat:message back to
+            # back, as seed 001's example does).
+            self._joins[(conn, room_id)] = _JoinInProgress()
         try:
-            if holding:
-                # Read the snapshot only once this node hears the room's
-                # live events (the broker may subscribe asynchronously).
-                await self.publisher.ready(room_channel(room_id))
-            limit = JOIN_PAGE if since is None else SINCE_PAGE
-            snapshot = await guard(self.store.join_snapshot(room_id, user, since, limit))
-            if snapshot is None:
-                raise ChatError(ErrorCode.ROOM_NOT_FOUND, f"room {room_id} does not exist")
-            room = snapshot.room
-            members = snapshot.members
-            if not snapshot.is_member:
-                if room.type != "public":
-                    raise ChatError(
-                        ErrorCode.NOT_A_MEMBER,
-                        f"room {room_id} is private and you are not a member",
-                    )
-                added = await guard(self.store.add_member(room_id, user, self.wall_clock.now_ms()))
-                members = [*members, user]
-                if added:
-                    room = replace(room, member_count=room.member_count + 1)
+            data, last_seq = await self._join_snapshot(conn, room_id, since, holding)
         except BaseException:
             if holding:
                 self.registry.abort_join(conn, room_id)
+                self._join_finished(conn, room_id)
             raise
+        if not holding:
+            return data
+
+        def after_reply() -> None:
+            # Everything up to here is in the snapshot or reachable with
+            # chat:history; live events beyond it follow the reply.
+            self.registry.complete_join(conn, room_id, last_seq)
+            self._join_finished(conn, room_id)
+
+        return Outcome(data, after_reply)
+
+    async def _join_snapshot(
+        self, conn: Connection, room_id: str, since: int | None, holding: bool
+    ) -> tuple[dict[str, Any], int]:
+        """The join reply's data, and the last seq it covers; membership of a
+        public room is added on the way."""
+        user = _user(conn)
+        if holding:
+            # Read the snapshot only once this node hears the room's
+            # live events (the broker may subscribe asynchronously).
+            await self.publisher.ready(room_channel(room_id))
+        limit = JOIN_PAGE if since is None else SINCE_PAGE
+        snapshot = await guard(self.store.join_snapshot(room_id, user, since, limit))
+        if snapshot is None:
+            raise ChatError(ErrorCode.ROOM_NOT_FOUND, f"room {room_id} does not exist")
+        room = snapshot.room
+        members = snapshot.members
+        if not snapshot.is_member:
+            if room.type != "public":
+                raise ChatError(
+                    ErrorCode.NOT_A_MEMBER,
+                    f"room {room_id} is private and you are not a member",
+                )
+            added = await guard(self.store.add_member(room_id, user, self.wall_clock.now_ms()))
+            members = [*members, user]
+            if added:
+                room = replace(room, member_count=room.member_count + 1)
         page = snapshot.page
         online = await self._visible_online(user, room_id, members)
         data = {
@@ -254,12 +300,13 @@ class ChatService:
             "users": online,
             "hasMore": page.has_more,
         }
-        if not holding:
-            return data
-        # Everything up to here is in the snapshot or reachable with
-        # chat:history; live events beyond it follow the reply.
         last_seq = max(room.last_seq, page.messages[-1].seq if page.messages else 0)
-        return Outcome(data, lambda: self.registry.complete_join(conn, room_id, last_seq))
+        return data, last_seq
+
+    def _join_finished(self, conn: Connection, room_id: str) -> None:
+        joining = self._joins.pop((conn, room_id), None)
+        if joining is not None:
+            joining.release()
 
     async def _visible_online(self, user: str, room_id: str, members: list[str]) -> list[str]:
         online = self.online.online_among(members)
@@ -329,9 +376,21 @@ class ChatService:
         if self.registry.is_joined(caller, room_id):
             stored = self.store.append_message(message)
         else:
-            checked = Deferred.fromCoroutine(self._require_member(room_id, user))
-            stored = checked.addCallback(lambda _: self.store.append_message(message))
+            joining = self._joins.get((caller, room_id)) if self._joins else None
+            if joining is None:
+                stored = self._append_if_member(caller, message)
+            else:
+                # In order behind the join this connection sent first.
+                stored = joining.wait().addCallback(
+                    lambda _: self._append_if_member(caller, message)
+                )
         return guard(stored.addCallback(self._message_stored))
+
+    def _append_if_member(self, caller: Caller, message: NewMessage) -> Deferred[Message]:
+        if self.registry.is_joined(caller, message.chat_id):
+            return self.store.append_message(message)
+        checked = Deferred.fromCoroutine(self._require_member(message.chat_id, message.user_id))
+        return checked.addCallback(lambda _: self.store.append_message(message))
 
     def post_for_backend(
         self, user_id: str, room_id: str, content: str
