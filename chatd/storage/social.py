@@ -20,6 +20,9 @@ class SocialQueries:
     def run(self, work: Any, *args: Any) -> Deferred[Any]:  # provided by SqlStore
         raise TypeError("SocialQueries is a mixin of SqlStore")
 
+    def run_batched(self, work: Any, *args: Any) -> Deferred[Any]:  # provided by SqlStore
+        raise TypeError("SocialQueries is a mixin of SqlStore")
+
     # -- users -------------------------------------------------------------------
 
     def touch_user(self, user_id: str, name: str | None, at_ms: int) -> Deferred[None]:
@@ -41,8 +44,9 @@ class SocialQueries:
     ) -> Deferred[list[Notification]]:
         """A connection authenticated: record the user and read the
         notifications waiting for them, in one transaction (one trip to the
-        database thread per connection instead of two)."""
-        return self.run(self._open_session, user_id, name, at_ms, limit)
+        database thread per connection instead of two), batched with other
+        connections' (one commit per burst of connections)."""
+        return self.run_batched(self._open_session, user_id, name, at_ms, limit)
 
     def _open_session(
         self, cur: Any, user_id: str, name: str | None, at_ms: int, limit: int
@@ -52,8 +56,8 @@ class SocialQueries:
 
     def close_session(self, user_id: str, at_ms: int) -> Deferred[list[str]]:
         """A user went offline: record when, and return their presence
-        audience, in one transaction."""
-        return self.run(self._close_session, user_id, at_ms)
+        audience, in one transaction, batched with other users'."""
+        return self.run_batched(self._close_session, user_id, at_ms)
 
     def _close_session(self, cur: Any, user_id: str, at_ms: int) -> list[str]:
         self._set_last_seen(cur, user_id, at_ms)

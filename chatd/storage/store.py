@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -106,8 +106,19 @@ class SqlStore(SocialQueries, StreamQueries):
             self, max_batch, observer or WriteObserver(), clock or _MonotonicClock()
         )
         self._outage = False
+        self._batchers: dict[Callable[..., Any], TransactionBatcher] = {}
 
     # -- running transactions ------------------------------------------------
+
+    def run_batched(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Like ``run``, for small transactions that come in bursts (a
+        session opening, a user going offline): calls of the same ``work``
+        share one transaction while another of them is in flight, so a
+        burst of connections pays one commit per batch, not one each."""
+        batcher = self._batchers.get(work)
+        if batcher is None:
+            batcher = self._batchers[work] = TransactionBatcher(self, work)
+        return batcher.call(*args)
 
     def run(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run ``work(cursor, *args)`` in one transaction on a pool thread."""
@@ -296,7 +307,10 @@ class SqlStore(SocialQueries, StreamQueries):
         return self.writer.append(message)
 
     def drain(self) -> Deferred[None]:
-        return self.writer.drain()
+        """Fires once queued message writes and batched transactions are
+        done (or failed)."""
+        waiting = [self.writer.drain(), *(b.drain() for b in self._batchers.values())]
+        return gatherResults(waiting, consumeErrors=True).addBoth(lambda _: None)
 
     def _write_batch(self, cur: Any, batch: list[NewMessage]) -> list[Message | None]:
         """Store a batch; a message for a room that does not exist maps to
@@ -459,13 +473,86 @@ class SqlStore(SocialQueries, StreamQueries):
         return self.run(_select_one)
 
     def close(self) -> Deferred[None]:
-        d = self.writer.drain()
+        d = self.drain()
 
         def close_pool(_: object) -> None:
             self.pool.close()
 
         d.addBoth(close_pool)
         return d
+
+
+class TransactionBatcher:
+    """One kind of small transaction, batched: one batch in flight at a
+    time, and every call that arrived meanwhile goes into the next one.
+    Results come back per call.  If a batch fails on a statement (not an
+    outage), its calls are run again one by one, so one bad call does not
+    fail the others."""
+
+    def __init__(self, store: SqlStore, work: Callable[..., Any], max_batch: int = 200) -> None:
+        self._store = store
+        self._work = work
+        self._max_batch = max_batch
+        self._pending: list[tuple[tuple[Any, ...], Deferred[Any]]] = []
+        self._in_flight = False
+        self._idle: list[Deferred[None]] = []
+
+    def call(self, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self._pending.append((args, d))
+        if not self._in_flight:
+            self._next()
+        return d
+
+    def drain(self) -> Deferred[None]:
+        if not self._in_flight and not self._pending:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        return d
+
+    def _next(self) -> None:
+        if not self._pending:
+            self._in_flight = False
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+            return
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        self._in_flight = True
+        running: Deferred[Any] = self._store.run(self._run_all, [args for args, _ in batch])
+        running.addCallbacks(self._done, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
+        running.addBoth(self._finished)
+
+    def _finished(self, _: object) -> None:
+        self._next()
+
+    def _run_all(self, cur: Any, calls: list[tuple[Any, ...]]) -> list[Any]:
+        return [self._work(cur, *args) for args in calls]
+
+    @staticmethod
+    def _done(results: list[Any], batch: list[tuple[tuple[Any, ...], Deferred[Any]]]) -> None:
+        for (_, d), result in zip(batch, results, strict=True):
+            d.callback(result)
+
+    def _failed(
+        self, failure: Failure, batch: list[tuple[tuple[Any, ...], Deferred[Any]]]
+    ) -> Deferred[None] | None:
+        if failure.check(StoreUnavailable) or len(batch) == 1:
+            for _, d in batch:
+                d.errback(failure)
+            return None
+        return Deferred.fromCoroutine(self._one_by_one(batch))
+
+    async def _one_by_one(self, batch: list[tuple[tuple[Any, ...], Deferred[Any]]]) -> None:
+        for args, d in batch:
+            try:
+                result = await self._store.run(self._work, *args)
+            except Exception:
+                d.errback(Failure())
+            else:
+                d.callback(result)
 
 
 class _Failed:

@@ -554,3 +554,47 @@ async def test_one_unstorable_message_does_not_sink_its_batch(store):
     assert sizes == [1, 3]
     page = await store.history(r.id, None, None, 10)
     assert [m.seq for m in page.messages] == list(range(1, len(page.messages) + 1))
+
+
+# -- batched small transactions (session opens, offlines) -------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_opens_in_a_burst_share_transactions_and_keep_their_results(store):
+    transactions: list[int] = []
+    run = store.run
+
+    def counting_run(work, *args):
+        transactions.append(len(args[0]) if args and isinstance(args[0], list) else 1)
+        return run(work, *args)
+
+    store.run = counting_run
+    opened = [store.open_session(f"u{i}", f"User {i}", 1000 + i, 10) for i in range(40)]
+    results = await gatherResults(opened)
+    assert results == [[] for _ in range(40)]
+    assert len(transactions) < 40 and sum(transactions) == 40  # batched, nobody lost
+    store.run = run
+    for i in (0, 39):
+        assert await store.user_exists(f"u{i}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_call_fails_alone_in_its_batch(store):
+    def fragile(cur, value):
+        if value == "bad":
+            raise ValueError("this one is broken")
+        cur.execute("SELECT 1")
+        return value
+
+    calls = [store.run_batched(fragile, v) for v in ("a", "b", "bad", "c")]
+    outcomes = await DeferredList(calls, consumeErrors=True)
+    assert [ok for ok, _ in outcomes] == [True, True, False, True]
+    assert [r for ok, r in outcomes if ok] == ["a", "b", "c"]
+    assert outcomes[2][1].check(ValueError, ChatError)  # a statement error, as from run()
+
+
+@pytest_twisted.ensureDeferred
+async def test_drain_waits_for_batched_transactions(store):
+    pending = [store.close_session(f"v{i}", 5000) for i in range(10)]
+    await store.drain()
+    assert all(d.called for d in pending)
