@@ -98,7 +98,9 @@ class SocialQueries:
         return int(row[0]) if row and row[0] is not None else None
 
     def presence_audience(self, user_id: str) -> Deferred[list[str]]:
-        return self.run(self._presence_audience, user_id)
+        """Read when a user comes online (and for ``status:request``):
+        batched, since a burst of connections reads one each."""
+        return self.run_batched(self._presence_audience, user_id)
 
     def _presence_audience(self, cur: Any, user_id: str) -> list[str]:
         """Who may see this user's presence: friends and the members of the
