@@ -348,7 +348,7 @@ class ChatdService(AsyncMultiService):
     def _endpoint(self) -> Any:
         listen = self.config.listen
         try:
-            return endpoints.serverFromString(self.reactor, listen)
+            return endpoints.serverFromString(self.reactor, with_backlog(listen))
         except IndexError as e:
             if listen.startswith("systemd:"):
                 raise StartupError(
@@ -520,6 +520,23 @@ class _Listener(StreamServerEndpointService):
     def stopService(self) -> Deferred[None]:
         self.port = None
         return super().stopService()
+
+
+LISTEN_BACKLOG = 511
+"""Pending connections the kernel queues before chatd accepts them.
+Twisted's default is 50: a burst of more new connections than that (a
+reconnect storm, a busy minute) has the rest dropped and retried by the
+clients a second later.  511 is what Node's servers use."""
+
+
+def with_backlog(listen: str) -> str:
+    """The ``listen`` description, with ``LISTEN_BACKLOG`` for the endpoint
+    types that take one, unless it names its own (``backlog=N``).  A socket
+    systemd passes has the backlog of its .socket unit (``Backlog=``)."""
+    kind = listen.split(":", 1)[0]
+    if kind not in ("tcp", "tcp6", "ssl", "unix") or "backlog=" in listen:
+        return listen
+    return f"{listen}:backlog={LISTEN_BACKLOG}"
 
 
 def _data_dir_hint(config: Config) -> str:

@@ -14,7 +14,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from chatd.config import load_config
 from chatd.lifecycle import ComponentService
-from chatd.service import ChatdService
+from chatd.service import ChatdService, with_backlog
 
 SECRET = "unit-test-secret-0123456789"
 
@@ -54,6 +54,7 @@ def test_start_binds_in_the_privileged_step_and_stop_drains_everything(tmp_path:
     service, reactor = build(tmp_path)
     service.privilegedStartService()
     assert len(reactor.tcpServers) == 1  # bound before startService (privileges)
+    assert reactor.tcpServers[0][2] == 511  # not Twisted's 50: bursts of connects queue
     started = service.startService()
     assert started.called
     assert service.port is not None
@@ -101,3 +102,17 @@ def test_under_twistd_a_failed_start_is_one_line_and_exit_status_1(
     # as it runs, and the process then ends with status 1.
     assert (reactor.stop, (), {}) in reactor.whenRunningHooks
     assert (os._exit, (1,), {}) in reactor.triggers["after"]["shutdown"]
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("tcp:8080:interface=127.0.0.1", "tcp:8080:interface=127.0.0.1:backlog=511"),
+        ("tcp6:8080", "tcp6:8080:backlog=511"),
+        ("unix:/run/chatd.sock", "unix:/run/chatd.sock:backlog=511"),
+        ("tcp:8080:backlog=64", "tcp:8080:backlog=64"),
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+    ],
+)
+def test_the_listen_backlog_is_raised_unless_given(listen: str, expected: str) -> None:
+    assert with_backlog(listen) == expected
