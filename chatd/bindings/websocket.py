@@ -54,6 +54,39 @@ def frame_event(event: Published) -> bytes:
     return frame_text(wrap_push(event.type, event.data))
 
 
+def protocol_options(
+    max_payload: int,
+    open_handshake_timeout: float,
+    close_handshake_timeout: float,
+    ping_interval: float = 0,
+    ping_timeout: float = 0,
+) -> dict[str, Any]:
+    """Every Autobahn option chatd's WebSocket endpoints rely on, set
+    explicitly (``setProtocolOptions`` re-applies some defaults on each call,
+    and Autobahn's own leave sizes unlimited and auto-ping off): bounded
+    frames and messages, handshake timeouts, no compression on the fan-out
+    path, no fragmentation, no status page.  Origins are checked before the
+    upgrade (``allowedOrigins`` is not where chatd decides)."""
+    return {
+        "maxFramePayloadSize": max_payload,
+        "maxMessagePayloadSize": max_payload,
+        "openHandshakeTimeout": open_handshake_timeout,
+        "closeHandshakeTimeout": close_handshake_timeout,
+        "autoPingInterval": ping_interval,
+        "autoPingTimeout": ping_timeout if ping_interval else 0,
+        "autoPingRestartOnAnyTraffic": True,
+        "perMessageCompressionAccept": lambda offers: None,
+        "utf8validateIncoming": True,
+        "failByDrop": False,
+        "echoCloseCodeReason": False,
+        "allowedOrigins": ["*"],
+        "allowNullOrigin": True,
+        "tcpNoDelay": True,
+        "autoFragmentSize": 0,
+        "webStatus": False,
+    }
+
+
 def offered_token(request: ConnectionRequest) -> str | None:
     """The token that came with the upgrade: a bearer ``Authorization``
     header (any other scheme offers an empty, hence failing, token), else
@@ -168,22 +201,13 @@ class ChatdWebSocketFactory(WebSocketServerFactory):
         self.hub = hub
         self.connections = hub.open
         self.setProtocolOptions(
-            maxFramePayloadSize=config.max_message_size,
-            maxMessagePayloadSize=config.max_message_size,
-            openHandshakeTimeout=config.open_handshake_timeout,
-            closeHandshakeTimeout=config.close_handshake_timeout,
-            autoPingInterval=config.ping_interval,
-            autoPingTimeout=config.ping_timeout if config.ping_interval else 0,
-            autoPingRestartOnAnyTraffic=True,
-            perMessageCompressionAccept=lambda offers: None,
-            utf8validateIncoming=True,
-            failByDrop=False,
-            echoCloseCodeReason=False,
-            allowedOrigins=["*"],
-            allowNullOrigin=True,
-            tcpNoDelay=True,
-            autoFragmentSize=0,
-            webStatus=False,
+            **protocol_options(
+                config.max_message_size,
+                config.open_handshake_timeout,
+                config.close_handshake_timeout,
+                ping_interval=config.ping_interval,
+                ping_timeout=config.ping_timeout,
+            )
         )
 
     def shutdown(self, timeout: float) -> Deferred[None]:

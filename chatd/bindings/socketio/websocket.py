@@ -29,7 +29,7 @@ from chatd.bindings.socket_write import (
 from chatd.bindings.socketio import eio
 from chatd.bindings.socketio.engine import EngineServer, EngineSocket
 from chatd.bindings.socketio.transports import Write, frame_event_websocket
-from chatd.bindings.websocket import frame_text, offered_token
+from chatd.bindings.websocket import frame_text, offered_token, protocol_options
 
 CLOSE_PROTOCOL_ERROR = 1002
 
@@ -162,20 +162,8 @@ class EngineWebSocketFactory(WebSocketServerFactory):
         self.protocol = EngineWebSocketProtocol
         self.engine = engine
         max_payload = engine.settings.max_payload
+        # Engine.IO pings itself (no Autobahn auto-ping); the resource
+        # checked the Origin before handing the upgrade over.
         self.setProtocolOptions(
-            maxFramePayloadSize=max_payload,
-            maxMessagePayloadSize=max_payload,
-            openHandshakeTimeout=open_handshake_timeout,
-            closeHandshakeTimeout=close_handshake_timeout,
-            autoPingInterval=0,
-            perMessageCompressionAccept=lambda offers: None,
-            utf8validateIncoming=True,
-            failByDrop=False,
-            echoCloseCodeReason=False,
-            # The resource checked the Origin before handing the upgrade over.
-            allowedOrigins=["*"],
-            allowNullOrigin=True,
-            tcpNoDelay=True,
-            autoFragmentSize=0,
-            webStatus=False,
+            **protocol_options(max_payload, open_handshake_timeout, close_handshake_timeout)
         )
