@@ -72,6 +72,24 @@ class TokenVerifier:
             raise AuthError("token is too long")
         if token.count(".") == 4:
             return self._verify_encrypted(token)
+        if self.secret and all(a.startswith("HS") for a in self.algorithms):
+            # One key for every allowed algorithm (the default, HS256): the
+            # decoder checks the header's algorithm against the list, so the
+            # header is read once, not twice (this runs per connection).
+            try:
+                return self._decode(token, self.secret, list(self.algorithms))
+            except AuthError:
+                self._explain_algorithm(token)
+                raise
+        algorithm = self._explain_algorithm(token)
+        key = self.secret if algorithm.startswith("HS") else self.public_key
+        if not key:
+            raise AuthError(f"no key configured for {algorithm}")
+        return self._decode(token, key, [algorithm])
+
+    def _explain_algorithm(self, token: str) -> str:
+        """The header's algorithm, or the reason it is refused (the clearer
+        error, where the decoder's would only say "not allowed")."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -79,9 +97,9 @@ class TokenVerifier:
         algorithm = header.get("alg")
         if not isinstance(algorithm, str) or algorithm not in self.algorithms:
             raise AuthError(f"algorithm {algorithm!r} is not allowed")
-        key = self.secret if algorithm.startswith("HS") else self.public_key
-        if not key:
-            raise AuthError(f"no key configured for {algorithm}")
+        return algorithm
+
+    def _decode(self, token: str, key: str, algorithms: list[str]) -> Identity:
         options: Options = {"require": ["sub", "exp"]}
         if self.audience is None:
             options["verify_aud"] = False
@@ -89,7 +107,7 @@ class TokenVerifier:
             claims = jwt.decode(
                 token,
                 key,
-                algorithms=[algorithm],
+                algorithms=algorithms,
                 options=options,
                 issuer=self.issuer,
                 audience=self.audience,
