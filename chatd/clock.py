@@ -38,8 +38,25 @@ def now_ms() -> int:
 
 
 def iso_from_ms(ms: int) -> str:
-    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    """``2026-12-01T17:46:39.123Z``.  Made for every message and presence
+    change on the wire, so the date-and-second part is formatted once per
+    second (a one-entry cache; times are mostly "now") rather than through
+    ``datetime`` each time."""
+    seconds, millis = divmod(ms, 1000)
+    cached = _second_prefix
+    if cached[0] != seconds:
+        prefix = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        cached = _cache_second(seconds, prefix)
+    return f"{cached[1]}{millis:03d}Z"
+
+
+_second_prefix: tuple[int, str] = (-1, "")
+
+
+def _cache_second(seconds: int, prefix: str) -> tuple[int, str]:
+    global _second_prefix
+    _second_prefix = (seconds, prefix)
+    return _second_prefix
 
 
 def now_iso() -> str:

@@ -606,3 +606,21 @@ def test_required_str_too_long_code_is_configurable():
 def test_required_bool_false_is_present():
     assert rq.required_bool({"b": False}, "b") is False
     assert rq.optional_bool({}, "b", default=True) is True
+
+
+def test_iso_timestamps_match_datetime_across_second_boundaries() -> None:
+    """iso_from_ms formats the date and second once per second (a cache):
+    every millisecond around a boundary, and far-apart times, still read as
+    datetime would write them."""
+    from datetime import UTC, datetime
+
+    from chatd.clock import iso_from_ms
+
+    def reference(ms: int) -> str:
+        dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+    samples = [*range(1_796_153_558_990, 1_796_153_559_010), 0, 999, 1000, 253_402_300_799_999]
+    samples += [1_796_153_558_123, 86_400_000, 1_796_153_558_124]  # back and forth
+    for ms in samples:
+        assert iso_from_ms(ms) == reference(ms), ms
