@@ -27,6 +27,29 @@ ERR = b'{"type":"error"'
 AUTHENTICATED = b'{"type":"authenticated"'
 
 
+def record_probe(probe: Any, payload: bytes) -> bool:
+    """A probe receiver's push: if it carries the sender's mark (send time
+    and index), record the delay, check the order and count it, whatever
+    the protocol around it; False for a push without a mark."""
+    i = payload.find(MARK)
+    if i < 0:
+        return False
+    now = monotonic_ns()
+    t = probe.tally
+    t.delays.append(now - int(payload[i + 2 : i + 22]))
+    idx = int(payload[i + 22 : i + 30])
+    if idx != probe.next:
+        t.disorder += 1
+    probe.next = idx + 1
+    probe.arrivals.append(now)
+    probe.got += 1
+    t.count += 1
+    t.last = now
+    if t.count == t.target:
+        t.done.set_result(None)
+    return True
+
+
 # -- tokens and frames ---------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -113,30 +113,42 @@ async def connect_once(url: str, tally: ConnectTally, timeout: float) -> None:
     tally.open.append(ln)
 
 
-async def connect_lane(jobs: Iterator[str], tally: ConnectTally, timeout: float) -> None:
+ConnectOnce = Callable[[Any, ConnectTally, float], Awaitable[None]]
+"""Opens one connection (a job: a URL, or whatever the protocol needs) and
+records it in the tally."""
+
+
+async def connect_lane(
+    jobs: Iterator[Any], tally: ConnectTally, timeout: float, connect: ConnectOnce
+) -> None:
     """One window slot: connections one after the other, from ``jobs``
-    (an iterator of URLs shared by all slots)."""
-    for url in jobs:
+    (an iterator shared by all slots)."""
+    for job in jobs:
         if tally.errors >= MAX_CONNECT_ERRORS:
             return
-        await connect_once(url, tally, timeout)
+        await connect(job, tally, timeout)
 
 
-async def _connect_worker(conn: Any, urls: list[str], window: int, timeout: float) -> None:
-    """A forked process opening its share of the connections (``urls``:
-    one full ``ws://…?token=`` URL each), ``window`` at a time."""
+async def run_connect_worker(
+    conn: Any, jobs: list[Any], window: int, timeout: float, connect: ConnectOnce
+) -> None:
+    """A forked process opening its share of the connections, ``window``
+    at a time, with ``connect`` (the protocol's); reports to the parent
+    what ``gather`` reads, whatever the protocol."""
     tally = ConnectTally()
     if (await pipe_future(conn))[0] != "go":
         return
     cpu0 = cpu_seconds()
     first = monotonic_ns()
-    jobs = iter(urls)
+    shared = iter(jobs)
     await asyncio.gather(
-        *(connect_lane(jobs, tally, timeout) for _ in range(max(1, min(window, len(urls)))))
+        *(
+            connect_lane(shared, tally, timeout, connect)
+            for _ in range(max(1, min(window, len(jobs))))
+        )
     )
     if tally.open:
         await asyncio.wait([ln.gone for ln in tally.open], timeout=timeout)
-    hist = histogram(tally.latencies)
     pipe_send(
         conn,
         (
@@ -145,7 +157,7 @@ async def _connect_worker(conn: Any, urls: list[str], window: int, timeout: floa
                 "completed": len(tally.latencies),
                 "first_ns": first,
                 "last_ns": tally.last,
-                "hist": hist,
+                "hist": histogram(tally.latencies),
                 "errors": tally.errors,
                 "error_samples": tally.error_samples,
                 "unclean_closes": sum(1 for ln in tally.open if not ln.clean),
@@ -153,6 +165,12 @@ async def _connect_worker(conn: Any, urls: list[str], window: int, timeout: floa
             },
         ),
     )
+
+
+async def _connect_worker(conn: Any, urls: list[str], window: int, timeout: float) -> None:
+    """A forked process opening its share of the connections (``urls``:
+    one full ``ws://…?token=`` URL each), ``window`` at a time."""
+    await run_connect_worker(conn, urls, window, timeout, connect_once)
 
 
 def start_workers(args: Any) -> tuple[list, list]:

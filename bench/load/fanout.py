@@ -23,7 +23,6 @@ from picows import WSMsgType, WSTransport
 from load.client import (
     ACK,
     ERR,
-    MARK,
     PUSH,
     Base,
     Tally,
@@ -35,6 +34,7 @@ from load.client import (
     merge_by_server,
     message_request,
     open_all,
+    record_probe,
     token,
 )
 from load.measure import (
@@ -100,23 +100,8 @@ class Probe(Receiver):
 
     def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
         p = frame.get_payload_as_bytes()
-        if p.startswith(PUSH):
-            i = p.find(MARK)
-            if i >= 0:
-                now = monotonic_ns()
-                t = self.tally
-                t.delays.append(now - int(p[i + 2 : i + 22]))
-                idx = int(p[i + 22 : i + 30])
-                if idx != self.next:
-                    t.disorder += 1
-                self.next = idx + 1
-                self.arrivals.append(now)
-                self.got += 1
-                t.count += 1
-                t.last = now
-                if t.count == t.target:
-                    t.done.set_result(None)
-                return
+        if p.startswith(PUSH) and record_probe(self, p):
+            return
         self.slow_path(transport, frame)
 
 

@@ -19,17 +19,16 @@ idle), from workers that report what ``load.connect``'s do.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 from picows import WSCloseCode, WSListener, WSMsgType, WSTransport, ws_connect
 
 from load.client import token
-from load.connect import MAX_CONNECT_ERRORS, ConnectTally
-from load.measure import cpu_seconds, histogram, monotonic_ns
+from load.connect import ConnectTally, run_connect_worker
+from load.measure import monotonic_ns
 from load.sio import CONNECT_ERROR, CONNECTED, DISCONNECT, OPEN, PING, PONG, connect_packet
 from load.sio import with_token as sio_url
-from load.workers import fork_workers, pipe_future, pipe_send
+from load.workers import fork_workers
 
 
 class Connector(WSListener):
@@ -102,49 +101,12 @@ async def connect_once(job: tuple[str, str], tally: ConnectTally, timeout: float
     tally.open.append(ln)  # type: ignore[arg-type]  # only .gone and .clean are read
 
 
-async def connect_lane(
-    jobs: Iterator[tuple[str, str]], tally: ConnectTally, timeout: float
-) -> None:
-    """One window slot: connections one after the other, from ``jobs``
-    (an iterator shared by all slots)."""
-    for job in jobs:
-        if tally.errors >= MAX_CONNECT_ERRORS:
-            return
-        await connect_once(job, tally, timeout)
-
-
 async def _connect_worker(
     conn: Any, jobs: list[tuple[str, str]], window: int, timeout: float
 ) -> None:
     """A forked process opening its share of the connections, ``window``
     at a time; reports what ``load.connect``'s workers report."""
-    tally = ConnectTally()
-    if (await pipe_future(conn))[0] != "go":
-        return
-    cpu0 = cpu_seconds()
-    first = monotonic_ns()
-    it = iter(jobs)
-    await asyncio.gather(
-        *(connect_lane(it, tally, timeout) for _ in range(max(1, min(window, len(jobs)))))
-    )
-    if tally.open:
-        await asyncio.wait([ln.gone for ln in tally.open], timeout=timeout)
-    pipe_send(
-        conn,
-        (
-            "done",
-            {
-                "completed": len(tally.latencies),
-                "first_ns": first,
-                "last_ns": tally.last,
-                "hist": histogram(tally.latencies),
-                "errors": tally.errors,
-                "error_samples": tally.error_samples,
-                "unclean_closes": sum(1 for ln in tally.open if not ln.clean),
-                "cpu_s": cpu_seconds() - cpu0,
-            },
-        ),
-    )
+    await run_connect_worker(conn, jobs, window, timeout, connect_once)
 
 
 def start_workers(args: Any) -> tuple[list, list]:

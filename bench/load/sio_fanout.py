@@ -22,7 +22,7 @@ from typing import Any
 from picows import WSMsgType, WSTransport
 
 from load import fanout
-from load.client import MARK, Tally, close_all, content, token
+from load.client import Tally, close_all, content, record_probe, token
 from load.measure import CpuWindow, cpu_seconds, monotonic_ns, own_pids
 from load.sio import ACK, ERROR_ACK, PUSH, SioBase, join_all, message_packet, open_all
 from load.workers import fork_workers, gather_workers, pipe_future, pipe_send
@@ -63,23 +63,8 @@ class Probe(Receiver):
 
     def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
         p = frame.get_payload_as_bytes()
-        if p.startswith(PUSH):
-            i = p.find(MARK)
-            if i >= 0:
-                now = monotonic_ns()
-                t = self.tally
-                t.delays.append(now - int(p[i + 2 : i + 22]))
-                idx = int(p[i + 22 : i + 30])
-                if idx != self.next:
-                    t.disorder += 1
-                self.next = idx + 1
-                self.arrivals.append(now)
-                self.got += 1
-                t.count += 1
-                t.last = now
-                if t.count == t.target:
-                    t.done.set_result(None)
-                return
+        if p.startswith(PUSH) and record_probe(self, p):
+            return
         self.tally.other += 1
         self.engine(transport, frame)
 

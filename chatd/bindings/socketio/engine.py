@@ -199,7 +199,7 @@ class EngineSocket:
         elif kind == eio.CLOSE:
             self._closed_by_client()
         elif kind == eio.NOOP:
-            pass
+            pass  # a client may send it (it carries nothing)
         else:
             # ping (the server pings in v4), open or upgrade out of place
             self.protocol_error(f"unexpected packet type {kind!r}")

@@ -123,10 +123,11 @@ class _Handler:
         self._closing = False
 
     def opened(self) -> None:
-        pass
+        """An echo needs no Socket.IO CONNECT and has no timer to start."""
 
     def transport_changed(self, previous: Transport) -> None:
-        pass
+        """An echo frames nothing in advance: each reply is framed for the
+        transport current when it is sent."""
 
     def closing(self) -> None:
         self._closing = True
