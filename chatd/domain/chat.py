@@ -143,17 +143,6 @@ class ChatService:
         """Storage outages become UNAVAILABLE (for the other services)."""
         return guard(d)
 
-    def read_back(self, channel: str, after_seq: int, count: int) -> Deferred[list[Published]]:
-        """Room messages ``after_seq+1 .. after_seq+count`` as the events
-        their publish would have carried (for ``RoomOrder`` gaps)."""
-        room_id = channel[len("room:") :]
-        d = self.store.history(room_id, None, after_seq, count)
-        return d.addCallback(
-            lambda page: [
-                Published("chat:message", encode(m.to_wire()), seq=m.seq) for m in page.messages
-            ]
-        )
-
     def pong(self) -> dict[str, Any]:
         """``ping``: the server's wall-clock time, for clock-skew estimates."""
         return {"timestamp": iso_from_ms(self.wall_clock.now_ms())}
