@@ -304,3 +304,26 @@ async def test_console_page_and_demo_tokens(server_factory):
     client = await embedded.connect_with_token(body["token"])
     assert client.user_id == "demo-x"
     assert (await http(embedded, "GET", "/console/demo-token?user=alice"))[0] == 400
+
+
+@pytest_twisted.ensureDeferred
+async def test_notification_sizes_are_limited(api_server):
+    server = await api_server
+    for title, body in (("t" * 201, "b"), ("t", "b" * 4001)):
+        status, answer = await http(
+            server,
+            "POST",
+            "/websocket/notification",
+            API_KEY,
+            {"userId": "u", "title": title, "body": body},
+        )
+        assert status == 413 and answer["error"]["code"] == "PAYLOAD_TOO_LARGE"
+        assert "'title' is limited to 200 and 'body' to 4000" in answer["error"]["message"]
+    status, _ = await http(
+        server,
+        "POST",
+        "/websocket/notification",
+        API_KEY,
+        {"userId": "u", "title": "t" * 200, "body": "b" * 4000},
+    )
+    assert status == 200

@@ -62,6 +62,8 @@ class Limits:
     max_members_by_user: int = 1000
     max_members_by_backend: int = 10000
     max_push_recipients: int = 10000
+    max_notification_title: int = 200
+    max_notification_body: int = 4000
 
     def check_content(self, content: str) -> None:
         if not content.strip():
@@ -87,6 +89,15 @@ class Limits:
         most = self.max_members_by_backend if by_backend else self.max_members_by_user
         if members > most:
             raise ChatError(ErrorCode.PAYLOAD_TOO_LARGE, f"at most {most} members at creation")
+
+    def check_notification(self, title: str, body: str) -> None:
+        """A backend's notification (``POST /websocket/notification``)."""
+        if len(title) > self.max_notification_title or len(body) > self.max_notification_body:
+            raise ChatError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"'title' is limited to {self.max_notification_title} and 'body' to "
+                f"{self.max_notification_body} characters",
+            )
 
     def check_recipients(self, count: int) -> None:
         if count > self.max_push_recipients:

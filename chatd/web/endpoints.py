@@ -88,10 +88,7 @@ class BackendApi:
         title = call.field("title")
         body = call.field("body")
         data = call.body.get("data")
-        if len(title) > 200 or len(body) > 4000:
-            raise ApiError(
-                413, "PAYLOAD_TOO_LARGE", "'title' is limited to 200 and 'body' to 4000 characters"
-            )
+        self.limits.check_notification(title, body)
         note = await self.social.notify(user_id, "notification", title, body, data)
         return {"id": note.id, "delivered": await self._delivered([user_id])}
 
