@@ -58,6 +58,7 @@ from chatd.storage.schema import migrate
 from chatd.storage.store import SqlStore, WriteObserver
 from chatd.web.api import HttpApi
 from chatd.web.endpoints import BackendApi, NativeApi
+from chatd.web.front import FrontDoorFactory, UpgradeRoute
 from chatd.web.site import MetricsPage, build_site
 
 log = Logger()
@@ -80,6 +81,7 @@ class ChatdService(AsyncMultiService):
         reactor: Any = None,
         exit_on_failure: bool = False,
         wall_clock: WallClock | None = None,
+        logs_to_stdout: bool = False,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -90,6 +92,7 @@ class ChatdService(AsyncMultiService):
         self.reactor = reactor
         self.engine = engine_for(config.database)
         self.exit_on_failure = exit_on_failure
+        self.logs_to_stdout = logs_to_stdout
         # Timers and durations use the reactor; timestamps use this.
         self.wall_clock: WallClock = wall_clock or SystemWallClock()
         self.build()
@@ -97,14 +100,20 @@ class ChatdService(AsyncMultiService):
     def setServiceParent(self, parent: Any) -> Any:
         """Under twistd the parent is the application, whose log observer
         twistd installs after building the service: with ``log_format =
-        "json"`` that is chatd's JSON-lines observer."""
+        "json"`` that is chatd's JSON-lines observer; with text, when twistd
+        would write to stdout (``logs_to_stdout``), chatd's observer of the
+        same format (cheaper per line)."""
         result = super().setServiceParent(parent)
-        if self.config.log_format == "json" and hasattr(parent, "setComponent"):
-            from twisted.logger import ILogObserver
+        if not hasattr(parent, "setComponent"):
+            return result
+        from twisted.logger import ILogObserver
 
-            from chatd.logs import JsonLinesObserver
+        from chatd.logs import JsonLinesObserver, TextLinesObserver
 
+        if self.config.log_format == "json":
             parent.setComponent(ILogObserver, JsonLinesObserver())
+        elif self.logs_to_stdout:
+            parent.setComponent(ILogObserver, TextLinesObserver())
         return result
 
     # -- building ---------------------------------------------------------------
@@ -360,14 +369,26 @@ class ChatdService(AsyncMultiService):
             raise StartupError(f"invalid listen ({listen}): {_one_line(e)}") from e
 
     def _listening_factory(self) -> Any:
+        """The site behind the front door (WebSocket upgrades to ``/ws``
+        and new Socket.IO WebSocket sessions skip twisted.web), over TLS
+        when configured."""
+        front = FrontDoorFactory(self.site, self._upgrade_routes(), self.reactor)
         if self.config.tls_cert and self.config.tls_key:
             from twisted.protocols.tls import TLSMemoryBIOFactory
 
             from chatd.tls import server_options
 
             options = server_options(self.config.tls_cert, self.config.tls_key)
-            return TLSMemoryBIOFactory(options, False, self.site)
-        return self.site
+            return TLSMemoryBIOFactory(options, False, front)
+        return front
+
+    def _upgrade_routes(self) -> list[UpgradeRoute]:
+        native = self.factory
+
+        def native_route(path: bytes, query: bytes, headers: dict[bytes, bytes]) -> Any:
+            return native if path == b"/ws" else None
+
+        return [native_route, self.socketio.resource.websocket_route]
 
     @property
     def port(self) -> IListeningPort | None:

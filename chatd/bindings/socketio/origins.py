@@ -24,10 +24,14 @@ class OriginPolicy:
         self._allowed = frozenset(origin.rstrip("/").lower() for origin in allowed)
 
     def allows(self, request: Request) -> bool:
-        origin = _origin(request)
+        return self.allows_origin(request.getHeader(b"origin"), request.getHeader(b"host"))
+
+    def allows_origin(self, origin_header: bytes | None, host_header: bytes | None) -> bool:
+        """``allows``, from the raw ``Origin`` and ``Host`` headers."""
+        origin = _origin_value(origin_header)
         if origin is None or self._any or origin.lower() in self._allowed:
             return True
-        return _same_host(origin, request)
+        return _same_host_value(origin, host_header)
 
     def add_cors_headers(self, request: Request) -> None:
         """For a cross-origin request that ``allows``: let the browser read
@@ -50,14 +54,20 @@ class OriginPolicy:
 
 
 def _origin(request: Request) -> str | None:
-    raw = request.getHeader(b"origin")
+    return _origin_value(request.getHeader(b"origin"))
+
+
+def _origin_value(raw: bytes | str | None) -> str | None:
     if raw is None:
         return None
     return raw.decode("utf-8", "replace").strip().rstrip("/") if isinstance(raw, bytes) else raw
 
 
 def _same_host(origin: str, request: Request) -> bool:
-    host = request.getHeader(b"host")
+    return _same_host_value(origin, request.getHeader(b"host"))
+
+
+def _same_host_value(origin: str, host: bytes | str | None) -> bool:
     if not host:
         return False
     try:

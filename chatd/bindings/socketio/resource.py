@@ -80,6 +80,7 @@ class SocketIOResource(Resource):
         self._engine = engine
         self._handoff = handoff
         self._websocket = WebSocketResource(ws_factory)
+        self._ws_factory = ws_factory
         self._origins = origins
         self._max_payload = engine.settings.max_payload
 
@@ -110,6 +111,25 @@ class SocketIOResource(Resource):
             return self._upgrade(request)
         socket = self._engine.open_polling(_peer(request), offered_token(request))
         return self._poll(request, socket)
+
+    def websocket_route(self, path: bytes, query: bytes, headers: dict[bytes, bytes]) -> Any:
+        """The front door's fast path (``chatd.web.front``): a new
+        WebSocket-transport session, ``/socket.io/?EIO=4&transport=websocket``
+        with no ``sid``, from an allowed origin, is exactly what ``render``
+        hands to the WebSocket factory unchanged; anything else (a probe,
+        another version, a parameter given twice or encoded) goes the long
+        way, to get ``render``'s answers."""
+        if path != b"/socket.io/":
+            return None
+        names = [p.partition(b"=")[0] for p in query.split(b"&")]
+        if names.count(b"EIO") != 1 or names.count(b"transport") != 1 or b"sid" in names:
+            return None
+        params = query.split(b"&")
+        if b"EIO=4" not in params or b"transport=websocket" not in params:
+            return None
+        if not self._origins.allows_origin(headers.get(b"origin"), headers.get(b"host")):
+            return None
+        return self._ws_factory
 
     # -- another process's sessions ---------------------------------------------------
 
