@@ -13,6 +13,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from chatd.config import SETTINGS, ConfigError, load_config
+from chatd.logs import twistd_logs_to_stdout
 from chatd.service import ChatdService, StartupError, fail_startup
 
 
@@ -39,7 +40,11 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> IService:
     try:
-        service = ChatdService(options.config, exit_on_failure=True)
+        service = ChatdService(
+            options.config,
+            exit_on_failure=True,
+            logs_to_stdout=twistd_logs_to_stdout(getattr(options, "parent", None)),
+        )
         service.prepare()
     except StartupError as e:
         fail_startup(str(e))
