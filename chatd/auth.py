@@ -15,11 +15,12 @@ plain JWT verification costs one ``count`` more than before.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jwt
+from jwt.algorithms import HMACAlgorithm
 
 if TYPE_CHECKING:
     from jwt.types import Options
@@ -47,6 +48,10 @@ class TokenVerifier:
     #: NextAuth session tokens, when a NextAuth secret is configured.  Its
     #: keys are derived here, once, not per token.
     nextauth: SessionTokenDecryptor | None = None
+    _decoder: jwt.PyJWT = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_decoder", hmac_decoder(self.secret))
 
     @classmethod
     def from_config(cls, config: Config) -> TokenVerifier:
@@ -104,7 +109,7 @@ class TokenVerifier:
         if self.audience is None:
             options["verify_aud"] = False
         try:
-            claims = jwt.decode(
+            claims = self._decoder.decode(
                 token,
                 key,
                 algorithms=algorithms,
@@ -138,6 +143,50 @@ class TokenVerifier:
         except SessionTokenError as e:
             raise AuthError(str(e)) from None
         return identity_from_claims(claims)
+
+
+class _SecretVettedOnce(HMACAlgorithm):
+    """PyJWT's HMAC algorithm, which vets the key on every token (it must
+    not be a PEM, SSH or DER key, nor a JWK: a JSON parse and an X.509 parse
+    attempt of the secret), about a third of verifying a token.  chatd's
+    secret never changes, so its verdict is taken once, here; any other key
+    is vetted as PyJWT does.  Signing and verifying are PyJWT's."""
+
+    def __init__(self, hash_alg: Any, secret: str) -> None:
+        super().__init__(hash_alg)
+        self._secret = secret
+        self._prepared = super().prepare_key(secret)
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        if key == self._secret:
+            return self._prepared
+        return super().prepare_key(key)
+
+
+def hmac_decoder(secret: str | None) -> jwt.PyJWT:
+    """A PyJWT decoder whose HS256/384/512 vet ``secret`` once.  If PyJWT's
+    layout is not the one this was written against, or the secret fails
+    PyJWT's vetting (then every token is refused, as before), it is PyJWT's
+    plain decoder."""
+    decoder = jwt.PyJWT()
+    jws = getattr(decoder, "_jws", None)
+    if not secret or not isinstance(jws, jwt.PyJWS):
+        return decoder
+    try:
+        vetted = {
+            name: _SecretVettedOnce(hash_alg, secret)
+            for name, hash_alg in (
+                ("HS256", HMACAlgorithm.SHA256),
+                ("HS384", HMACAlgorithm.SHA384),
+                ("HS512", HMACAlgorithm.SHA512),
+            )
+        }
+    except jwt.InvalidKeyError:
+        return decoder
+    for name, algorithm in vetted.items():
+        jws.unregister_algorithm(name)
+        jws.register_algorithm(name, algorithm)
+    return decoder
 
 
 def identity_from_claims(claims: dict[str, Any]) -> Identity:

@@ -107,7 +107,7 @@ class TextLinesObserver:
     def format(self, event: dict[str, Any]) -> str | None:
         if "log_failure" in event:
             return formatEventAsClassicLogText(event)
-        text = formatEvent(event)
+        text = _message(event)
         if not text:
             return None
         system = event.get("log_system")
@@ -128,6 +128,19 @@ class TextLinesObserver:
         if second != self._second:
             self._second, self._stamp = second, formatTime(second)
         return self._stamp
+
+
+def _message(event: dict[str, Any]) -> str:
+    """``formatEvent``'s text.  A plain format string (no ``{call()}``,
+    which only Twisted's formatter knows) is ``str.format_map``'s, in C;
+    anything it cannot format is Twisted's, with Twisted's error text."""
+    fmt = event.get("log_format")
+    if type(fmt) is str and "()" not in fmt and "log_flattened" not in event:
+        try:
+            return fmt.format_map(event)
+        except Exception:
+            pass
+    return formatEvent(event)
 
 
 def twistd_logs_to_stdout(twistd_options: Any) -> bool:

@@ -434,3 +434,31 @@ def test_bytes_secret_style_tokens_from_other_issuers():
     # A backend that signs with the same shared secret (as bytes) is accepted.
     token = jwt.encode(claims(sub="backend-user"), SECRET.encode(), algorithm="HS256")
     assert verifier().verify(token).user_id == "backend-user"
+
+
+def test_the_secret_vetted_once_verifies_what_pyjwt_verifies() -> None:
+    from chatd.auth import hmac_decoder
+
+    decoder = hmac_decoder(SECRET)
+    for algorithm in ("HS256", "HS384", "HS512"):
+        good = jwt.encode(claims(), SECRET, algorithm=algorithm)
+        assert decoder.decode(good, SECRET, algorithms=[algorithm])["sub"] == "alice"
+        forged = jwt.encode(claims(), OTHER_SECRET, algorithm=algorithm)
+        with pytest.raises(jwt.InvalidSignatureError):
+            decoder.decode(forged, SECRET, algorithms=[algorithm])
+        # Another key is vetted as PyJWT vets it.
+        assert decoder.decode(forged, OTHER_SECRET, algorithms=[algorithm])["sub"] == "alice"
+    with pytest.raises(jwt.InvalidAlgorithmError):
+        decoder.decode(
+            jwt.encode(claims(), SECRET, algorithm="HS512"), SECRET, algorithms=["HS256"]
+        )
+
+
+def test_a_secret_pyjwt_refuses_is_still_refused_for_every_token() -> None:
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    secret = pem.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    token = jwt.encode(claims(), "x" * 64, algorithm="HS256")
+    with pytest.raises(AuthError):
+        verifier(secret=secret).verify(token)

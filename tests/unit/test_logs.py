@@ -38,6 +38,12 @@ def _events() -> list[dict]:
         {"log_format": "no level", "log_namespace": "x", "log_time": NOW},
         {"log_format": "no time", "log_namespace": "x", "log_level": LogLevel.info},
         {"log_format": "{missing}", "log_namespace": "x", "log_time": NOW},
+        {"log_format": "{v!r} {v:>6} {{braces}}", "v": "ab", "log_namespace": "x", "log_time": NOW},
+        {"log_format": "{v.real} {w[0]}", "v": 3, "w": [7], "log_namespace": "x", "log_time": NOW},
+        {"log_format": "{f()}", "f": lambda: "called", "log_namespace": "x", "log_time": NOW},
+        {"log_format": "{} positional", "log_namespace": "x", "log_time": NOW},
+        {"log_format": b"bytes {v}", "v": 1, "log_namespace": "x", "log_time": NOW},
+        {"log_format": "{bad", "log_namespace": "x", "log_time": NOW},
         {"log_format": None, "log_namespace": "x", "log_time": NOW},
         {"message": ("old", "style"), "log_namespace": "x", "log_time": NOW},
         {
