@@ -338,7 +338,7 @@ SETTINGS: tuple[Setting, ...] = (
         "open_handshake_timeout",
         _positive_number,
         10.0,
-        "seconds allowed for the WebSocket opening handshake",
+        "seconds a new connection has to send its first request (the WebSocket upgrade)",
     ),
     Setting(
         "close_handshake_timeout",

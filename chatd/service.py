@@ -372,7 +372,9 @@ class ChatdService(AsyncMultiService):
         """The site behind the front door (WebSocket upgrades to ``/ws``
         and new Socket.IO WebSocket sessions skip twisted.web), over TLS
         when configured."""
-        front = FrontDoorFactory(self.site, self._upgrade_routes(), self.reactor)
+        front = FrontDoorFactory(
+            self.site, self._upgrade_routes(), self.reactor, self.config.open_handshake_timeout
+        )
         if self.config.tls_cert and self.config.tls_key:
             from twisted.protocols.tls import TLSMemoryBIOFactory
 

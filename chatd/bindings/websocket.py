@@ -56,7 +56,6 @@ def frame_event(event: Published) -> bytes:
 
 def protocol_options(
     max_payload: int,
-    open_handshake_timeout: float,
     close_handshake_timeout: float,
     ping_interval: float = 0,
     ping_timeout: float = 0,
@@ -64,13 +63,21 @@ def protocol_options(
     """Every Autobahn option chatd's WebSocket endpoints rely on, set
     explicitly (``setProtocolOptions`` re-applies some defaults on each call,
     and Autobahn's own leave sizes unlimited and auto-ping off): bounded
-    frames and messages, handshake timeouts, no compression on the fan-out
-    path, no fragmentation, no status page.  Origins are checked before the
-    upgrade (``allowedOrigins`` is not where chatd decides)."""
+    frames and messages, the closing handshake's timeout, no compression
+    on the fan-out path, no fragmentation, no status page.  Origins are
+    checked before the upgrade (``allowedOrigins`` is not where chatd
+    decides).
+
+    Autobahn's opening-handshake timer is off: both ways in (the front
+    door, ``chatd.web.front``, and the ``Site``'s ``WebSocketResource``)
+    hand Autobahn a complete request, which it answers in the same call, so
+    the timer could never fire, and it cost a txaio timer per connection.
+    The wait for that request is the front door's (``open_handshake_timeout``)
+    or the ``Site``'s."""
     return {
         "maxFramePayloadSize": max_payload,
         "maxMessagePayloadSize": max_payload,
-        "openHandshakeTimeout": open_handshake_timeout,
+        "openHandshakeTimeout": 0,
         "closeHandshakeTimeout": close_handshake_timeout,
         "autoPingInterval": ping_interval,
         "autoPingTimeout": ping_timeout if ping_interval else 0,
@@ -203,7 +210,6 @@ class ChatdWebSocketFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             **protocol_options(
                 config.max_message_size,
-                config.open_handshake_timeout,
                 config.close_handshake_timeout,
                 ping_interval=config.ping_interval,
                 ping_timeout=config.ping_timeout,

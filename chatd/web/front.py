@@ -9,8 +9,9 @@ per connection in the connect benchmark.  Here the first segment of a
 connection is read once: if it holds a whole ``GET`` request for one of
 the ``routes`` with ``Upgrade: websocket``, the route's factory gets the
 connection and the bytes, and Autobahn parses the request alone (and its
-``openHandshakeTimeout`` bounds the handshake, which it cannot behind the
-``Site``).  Anything else, a request split over several segments, a
+``openHandshakeTimeout`` is not needed: the request is whole, and
+answered at once; ``open_handshake_timeout`` bounds the wait for the first
+bytes here).  Anything else, a request split over several segments, a
 second request on a kept-alive connection, a route that declines, is the
 ``Site``'s, which answers exactly as before: the fast path only ever
 takes what the slow path would have handed to the same factory.
@@ -73,7 +74,7 @@ class FrontDoor(Protocol):
 
     def connectionMade(self) -> None:
         factory = self.factory
-        self._timer = factory.clock.callLater(factory.idle_timeout, self._idle)
+        self._timer = factory.clock.callLater(factory.first_request_timeout, self._idle)
 
     def dataReceived(self, data: bytes) -> None:
         self._cancel_timer()
@@ -103,8 +104,8 @@ class FrontDoor(Protocol):
         self._cancel_timer()
 
     def _idle(self) -> None:
-        """Connected and silent: closed as the ``Site`` closes an idle
-        connection."""
+        """Connected and silent for ``open_handshake_timeout``: nothing a
+        client would do, and what a slow-loris does."""
         self._timer = None
         transport: Any = self.transport
         if transport is not None:
@@ -119,11 +120,13 @@ class FrontDoor(Protocol):
 class FrontDoorFactory(Factory[FrontDoor]):
     """The listening port's factory: one ``FrontDoor`` per connection."""
 
-    def __init__(self, site: Any, routes: Sequence[UpgradeRoute], clock: Any) -> None:
+    def __init__(
+        self, site: Any, routes: Sequence[UpgradeRoute], clock: Any, first_request_timeout: float
+    ) -> None:
         self.site = site
         self.routes = tuple(routes)
         self.clock = clock
-        self.idle_timeout = float(getattr(site, "timeOut", None) or 60.0)
+        self.first_request_timeout = first_request_timeout
         self.noisy = False
 
     def buildProtocol(self, addr: Any) -> FrontDoor:

@@ -51,7 +51,7 @@ def _door(routes: list[Any] | None = None) -> tuple[Any, RecordingFactory, Recor
     def ws_route(path: bytes, query: bytes, headers: dict[bytes, bytes]) -> Any:
         return ws if path == b"/ws" else None
 
-    front = FrontDoorFactory(site, routes if routes is not None else [ws_route], clock)
+    front = FrontDoorFactory(site, routes if routes is not None else [ws_route], clock, 10)
     return front, site, ws, clock
 
 
@@ -101,12 +101,12 @@ def test_a_route_that_declines_leaves_it_to_the_site() -> None:
     assert site.built and not ws.built
 
 
-def test_a_silent_connection_is_closed_after_the_sites_idle_timeout() -> None:
+def test_a_silent_connection_is_closed_after_the_open_handshake_timeout() -> None:
     front, site, ws, clock = _door()
     _, transport = _connect(front)
-    clock.advance(29)
+    clock.advance(9.9)
     assert not transport.disconnecting
-    clock.advance(1)
+    clock.advance(0.1)
     assert transport.disconnecting
     assert not site.built and not ws.built
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 
 from twisted.logger import LogLevel, textFileLogObserver
@@ -82,8 +83,12 @@ def test_only_twistds_stdout_logging_is_replaced() -> None:
     assert not twistd_logs_to_stdout(None)
 
 
-def test_twistds_own_options_say_where_it_logs() -> None:
+def test_twistds_own_options_say_where_it_logs(monkeypatch, tmp_path) -> None:
     from twisted.scripts.twistd import ServerOptions
+
+    for name in [n for n in os.environ if n.startswith("CHATD_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
 
     for argv, expected in (
         (["--nodaemon", "chatd"], True),

@@ -129,7 +129,7 @@ class Process:
         self.engine = EngineServer(settings, reactor, Handler, polling, node=node)
         self.handoff = Handoff(self.engine, reactor, directory, release_timeout=1.0)
         self.resource = SocketIOResource(
-            self.engine, EngineWebSocketFactory(self.engine, 5, 1), OriginPolicy(()), self.handoff
+            self.engine, EngineWebSocketFactory(self.engine, 1), OriginPolicy(()), self.handoff
         )
         self.site = Site(self.resource)
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")

@@ -55,9 +55,7 @@ class SocketIOServer:
             return PollingTransport(socket, clock, settings.close_timeout)
 
         self.engine = EngineServer(settings, clock, handler, polling)
-        self.ws_factory = EngineWebSocketFactory(
-            self.engine, config.open_handshake_timeout, config.close_handshake_timeout
-        )
+        self.ws_factory = EngineWebSocketFactory(self.engine, config.close_handshake_timeout)
         self.handoff: Handoff | None = None
         if reactor is not None:
             directory = config.runtime_dir or default_runtime_dir(config.data_dir)

@@ -299,9 +299,7 @@ class _Endpoint:
             return PollingTransport(socket, clock, settings.close_timeout)
 
         self.engine = EngineServer(settings, clock, handler, polling)
-        self.ws_factory = EngineWebSocketFactory(
-            self.engine, open_handshake_timeout, close_handshake_timeout
-        )
+        self.ws_factory = EngineWebSocketFactory(self.engine, close_handshake_timeout)
         # The reference servers are configured with cors: {origin: "*"}.
         self.resource = SocketIOResource(self.engine, self.ws_factory, OriginPolicy(("*",)))
 

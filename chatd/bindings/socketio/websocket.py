@@ -154,7 +154,6 @@ class EngineWebSocketFactory(WebSocketServerFactory):
     def __init__(
         self,
         engine: EngineServer,
-        open_handshake_timeout: float,
         close_handshake_timeout: float,
     ) -> None:
         super().__init__(server="chatd")
@@ -164,6 +163,4 @@ class EngineWebSocketFactory(WebSocketServerFactory):
         max_payload = engine.settings.max_payload
         # Engine.IO pings itself (no Autobahn auto-ping); the resource
         # checked the Origin before handing the upgrade over.
-        self.setProtocolOptions(
-            **protocol_options(max_payload, open_handshake_timeout, close_handshake_timeout)
-        )
+        self.setProtocolOptions(**protocol_options(max_payload, close_handshake_timeout))
