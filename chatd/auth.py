@@ -194,6 +194,8 @@ def identity_from_claims(claims: dict[str, Any]) -> Identity:
     if not isinstance(sub, str) or not sub.strip() or len(sub) > MAX_USER_ID_LENGTH:
         raise AuthError("token 'sub' must be a non-empty string of at most 128 characters")
     name = claims.get("name")
+    if not isinstance(name, str) or not name.strip():
+        name = claims.get("username")  # what some apps (seed 002's) call it
     role = claims.get("role")
     return Identity(
         user_id=sub,

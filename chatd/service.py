@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 
 from chatd import __version__
 from chatd.auth import TokenVerifier, mint_token
+from chatd.bindings.dialects import root_dialects, seed_dialects
 from chatd.bindings.socketio.server import SocketIOServer
 from chatd.bindings.socketio.testsuite import ProtocolTestSuites
 from chatd.bindings.websocket import ChatdWebSocketFactory
@@ -212,6 +213,11 @@ class ChatdService(AsyncMultiService):
             open_sessions=self.open_sessions,
         )
         self.factory = ChatdWebSocketFactory(config, self.hub)
+        self.dialect_factories = {
+            dialect.name: ChatdWebSocketFactory(config, self.hub, dialect)
+            for dialect in seed_dialects()
+        }
+        self.root_factory = ChatdWebSocketFactory(config, self.hub, None, root_dialects())
         self.socketio = SocketIOServer(config, self.hub, self.reactor)
         self.test_suites = (
             ProtocolTestSuites(
@@ -242,6 +248,8 @@ class ChatdService(AsyncMultiService):
             socketio=self.socketio.resource,
             engine_io_test_suite=self.test_suites.engine_io.resource if self.test_suites else None,
             socketio_test_suite=self.test_suites.socket_io.resource if self.test_suites else None,
+            root_ws_factory=self.root_factory,
+            dialect_ws_factories=self.dialect_factories,
         )
         self._build_tree()
 
@@ -385,12 +393,17 @@ class ChatdService(AsyncMultiService):
         return front
 
     def _upgrade_routes(self) -> list[UpgradeRoute]:
-        native = self.factory
+        """The WebSocket endpoints the front door hands upgrades to: the
+        Site's paths to the same factories (``/ws``, ``/ws/<dialect>``,
+        ``/``, new Socket.IO sessions)."""
+        factories = {b"/ws": self.factory, b"/ws/": self.factory, b"/": self.root_factory}
+        for name, factory in self.dialect_factories.items():
+            factories[b"/ws/" + name.encode()] = factory
 
-        def native_route(path: bytes, query: bytes, headers: dict[bytes, bytes]) -> Any:
-            return native if path == b"/ws" else None
+        def plain_route(path: bytes, query: bytes, headers: dict[bytes, bytes]) -> Any:
+            return factories.get(path)
 
-        return [native_route, self.socketio.resource.websocket_route]
+        return [plain_route, self.socketio.resource.websocket_route]
 
     @property
     def port(self) -> IListeningPort | None:

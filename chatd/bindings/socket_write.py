@@ -146,3 +146,10 @@ def defer_autobahn_pformat() -> None:
     (tests, tools), and an explicit call keeps the patch visible where it
     is relied on.  Idempotent."""
     autobahn_protocol.pformat = LazyPformat  # type: ignore[assignment]
+
+
+def frame_text(payload: bytes) -> bytes:
+    """One unmasked, uncompressed WebSocket text frame (server to client),
+    built without a protocol instance, so framers can exist before any."""
+    frame: bytes = autobahn_protocol.PreparedMessage(payload, False, False, True).payloadHybi
+    return frame

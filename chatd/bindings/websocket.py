@@ -1,14 +1,13 @@
-"""The native ``/ws`` binding on Autobahn (PROTOCOL.md section 3).
+"""The plain-WebSocket binding on Autobahn: ``/ws`` (the native envelope,
+PROTOCOL.md section 3), the seeds' dialects at their own paths, and ``/``,
+where the first frame picks the dialect (``chatd.bindings.codec``).
 
 Thin by design: ``ChatdServerProtocol`` takes the token offered with the
-upgrade (``Authorization: Bearer`` or ``?token=``), parses envelopes into
-``(type, id, data)`` for its ``Session``, encodes what the session sends
-back as native envelopes in WebSocket frames, and supplies the transport.
-Authentication, limits, slow consumers and dispatch are the session's.
-
-``frame_event`` is the registry's framer for this binding: one WebSocket
-frame per event, built without a factory, so the registry can exist before
-any binding does.
+upgrade (``Authorization: Bearer`` or ``?token=``), hands each message to
+its connection's ``Codec`` (which turns it into the session's requests),
+encodes what the session sends back through the same codec, and supplies
+the transport.  Authentication, limits, slow consumers and dispatch are the
+session's.
 """
 
 from __future__ import annotations
@@ -16,42 +15,32 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 
+from chatd.bindings.codec import NATIVE, Chooser, Codec, Dialect, frame_event
 from chatd.bindings.socket_write import (
     Write,
     buffered_bytes,
     defer_autobahn_pformat,
     direct_writer,
+    frame_text,
     socket_transport,
 )
 from chatd.config import Config
-from chatd.domain.models import Published
-from chatd.protocol.envelope import (
-    EnvelopeError,
-    encode_ack,
-    encode_error,
-    encode_push,
-    parse_envelope,
-    wrap_push,
-)
+from chatd.domain.interfaces import Framer
 from chatd.session.hub import SessionHub
 from chatd.session.session import Session
 
-
-def frame_text(payload: bytes) -> bytes:
-    """One unmasked, uncompressed WebSocket text frame (server to client)."""
-    frame: bytes = PreparedMessage(payload, False, False, True).payloadHybi
-    return frame
-
-
-def frame_event(event: Published) -> bytes:
-    """The registry's framer: an event as a native push, framed once for
-    every recipient on this binding."""
-    return frame_text(wrap_push(event.type, event.data))
+__all__ = [
+    "ChatdServerProtocol",
+    "ChatdWebSocketFactory",
+    "frame_event",
+    "frame_text",
+    "offered_token",
+    "protocol_options",
+]
 
 
 def protocol_options(
@@ -107,22 +96,36 @@ def offered_token(request: ConnectionRequest) -> str | None:
 
 
 class ChatdServerProtocol(WebSocketServerProtocol):
-    """One ``/ws`` connection: the ``Binding`` of its ``Session``."""
+    """One plain-WebSocket connection: the ``Binding`` of its ``Session``,
+    speaking its factory's dialect (or, on ``/``, the one its first frame
+    picks)."""
 
     factory: ChatdWebSocketFactory
-    # Fan-out frames for every /ws connection (one prepared frame per event).
-    framer = staticmethod(frame_event)
-    transport_name = "ws"
 
     def __init__(self) -> None:
         super().__init__()
         self.session: Session | None = None
+        self.codec: Codec = NATIVE.codec()
         self._offered_token: str | None = None
         self._owner: FileDescriptor | None = None
 
     def _transport(self) -> Any:
         """Twisted's transport (a TCP connection, or TLS over one)."""
         return self.transport
+
+    @property
+    def framer(self) -> Framer:
+        """Fan-out frames for this connection's dialect (one prepared frame
+        per event for all of them)."""
+        return self.codec.framer
+
+    @property
+    def transport_name(self) -> str:
+        return self.codec.transport_name
+
+    def use_codec(self, codec: Codec) -> None:
+        """The dialect is known (on ``/``: the first frame picked it)."""
+        self.codec = codec
 
     # -- Autobahn's callbacks ------------------------------------------------------
 
@@ -132,25 +135,24 @@ class ChatdServerProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         transport = self._transport()
         self._owner = socket_transport(transport)
+        token, self._offered_token = self._offered_token, None
+        dialect = self.factory.dialect
+        if dialect is None:
+            # On "/": nothing is pushed, the token not even checked, until
+            # the first frame has picked the dialect.
+            self.codec = Chooser(self, self.factory.dialects, token)
+            token = None
+        else:
+            self.codec = dialect.codec()
         session = self.session = self.factory.hub.session(self, self.peer)
         transport.unregisterProducer()
         transport.registerProducer(session, True)
-        token, self._offered_token = self._offered_token, None
         session.open(token)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self.session
-        if session is None:
-            return
-        try:
-            envelope = parse_envelope(payload)
-        except EnvelopeError as e:
-            session.malformed(e.code, e.message, e.request_id, e.event)
-            return
-        except Exception:
-            session.failed()
-            return
-        session.received(envelope.type, envelope.id, envelope.data)
+        if session is not None:
+            self.codec.received(session, payload, isBinary)
 
     def sendCloseFrame(
         self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
@@ -168,15 +170,15 @@ class ChatdServerProtocol(WebSocketServerProtocol):
     # -- Binding (what the session asks of its transport) ---------------------------
 
     def frame_ack(self, request_id: str, data: Any) -> bytes:
-        return frame_text(encode_ack(request_id, data))
+        return self.codec.frame_ack(request_id, data)
 
     def frame_push(self, event_type: str, data: Any) -> bytes:
-        return frame_text(encode_push(event_type, data))
+        return self.codec.frame_push(event_type, data)
 
     def frame_error(
         self, code: str, message: str, request_id: str | None, event: str | None
     ) -> bytes:
-        return frame_text(encode_error(code, message, request_id, event))
+        return self.codec.frame_error(code, message, request_id, event)
 
     def fast_writer(self) -> Write:
         return direct_writer(self._transport(), self._owner)
@@ -198,14 +200,24 @@ class ChatdServerProtocol(WebSocketServerProtocol):
 
 
 class ChatdWebSocketFactory(WebSocketServerFactory):
-    """The ``/ws`` endpoint: Autobahn's options from ``config``, sessions
-    from ``hub`` (which ``connections`` and ``shutdown`` are views of)."""
+    """One plain-WebSocket endpoint: Autobahn's options from ``config``,
+    sessions from ``hub`` (which ``connections`` and ``shutdown`` are views
+    of).  ``dialect`` is the endpoint's (``/ws``: native); None is ``/``,
+    where the first frame picks one of ``dialects``, asked in order."""
 
-    def __init__(self, config: Config, hub: SessionHub) -> None:
+    def __init__(
+        self,
+        config: Config,
+        hub: SessionHub,
+        dialect: Dialect | None = NATIVE,
+        dialects: tuple[Dialect, ...] = (NATIVE,),
+    ) -> None:
         super().__init__(server="chatd")
         defer_autobahn_pformat()
         self.protocol = ChatdServerProtocol
         self.hub = hub
+        self.dialect = dialect
+        self.dialects = dialects
         self.connections = hub.open
         self.setProtocolOptions(
             **protocol_options(

@@ -40,7 +40,8 @@ class Caller(Protocol):
 Framer = Callable[[Published], bytes]
 """Turns an event into its binding's frame: the bytes every connection of
 that binding gets, ready for the transport, and concatenable (consecutive
-frames of a channel go out as one write)."""
+frames of a channel go out as one write).  ``b""`` when the binding has no
+form for the event (a dialect that has no such event): nothing is sent."""
 
 
 class Connection(Caller, Protocol):

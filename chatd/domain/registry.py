@@ -196,7 +196,9 @@ class LocalRegistry:
         self._channels_of[conn].add(channel)
         for event, cache in pending.events:
             if event.seq is None or event.seq > last_seq:
-                conn.send_frame(_frame(conn.framer, event, cache))
+                frame = _frame(conn.framer, event, cache)
+                if frame:
+                    conn.send_frame(frame)
 
     def abort_join(self, conn: Connection, room_id: str) -> None:
         channel = room_channel(room_id)
@@ -379,11 +381,13 @@ class LocalRegistry:
     def _deliver_group(framer: Framer, targets: tuple[Connection, ...], runs: list[_Run]) -> int:
         writes = 0
         for run, skip_user, skip_connection in runs:
-            writes += len(targets)
             if len(run) == 1:
                 payload = _frame(framer, *run[0])
             else:
                 payload = b"".join([_frame(framer, event, cache) for event, cache in run])
+            if not payload:
+                continue  # a binding with no form for these events
+            writes += len(targets)
             if skip_user is None and skip_connection is None:
                 for conn in targets:
                     try:

@@ -15,6 +15,7 @@ MAX_USER_ID = 128
 MAX_TEMP_ID = 64
 MAX_REACTION = 64
 MAX_MESSAGE_ID = 128
+MAX_DISPLAY_NAME = 128
 
 
 def _object(data: Any, event: str) -> dict[str, Any]:
@@ -107,11 +108,16 @@ def _room_id_from(data: Any, event: str) -> tuple[str, dict[str, Any]]:
 @dataclass(frozen=True, slots=True)
 class Auth:
     token: str
+    #: A display name offered by the client, used when the token has none
+    #: (seed 002's ``AUTHENTICATE {token, username}``).
+    name: str | None = None
 
     @classmethod
     def parse(cls, data: Any) -> Auth:
         fields = _object(data, "auth")
-        return cls(required_str(fields, "token"))
+        token = required_str(fields, "token")
+        name = optional_str(fields, "name", MAX_DISPLAY_NAME)
+        return cls(token, name.strip() or None if name is not None else None)
 
 
 @dataclass(frozen=True, slots=True)

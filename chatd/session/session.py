@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
@@ -195,14 +196,18 @@ class Session:
             if self.identity is None:
                 self.close(CLOSE_UNAUTHENTICATED, "authentication failed")
             return
-        self._authenticate(request.token, request_id)
+        self._authenticate(request.token, request_id, request.name)
 
-    def _authenticate(self, token: Any, request_id: str | None) -> None:
+    def _authenticate(self, token: Any, request_id: str | None, name: str | None = None) -> None:
         try:
             identity = self._hub.verifier.verify(token)
         except AuthError as e:
             self._refused(str(e), request_id)
             return
+        if identity.name is None and name is not None:
+            # The token names nobody: the name the client offers is shown
+            # (the token still decides who the user is).
+            identity = replace(identity, name=name)
         current = self.identity
         if current is not None and identity.user_id != current.user_id:
             self._error(
@@ -214,6 +219,8 @@ class Session:
             return
         self.identity = identity
         data = {"userId": identity.user_id, "connectionId": self.connection_id}
+        if identity.name is not None:
+            data["name"] = identity.name
         self.send_event("authenticated", data)
         if request_id is not None:
             self._send_own(self._binding.frame_ack(request_id, data))
@@ -350,7 +357,7 @@ class Session:
         """A reply or an event for this session only: handed to the same
         write as fan-out, so an ack goes out at once instead of queueing
         behind the turn's fan-out to everyone else."""
-        if not self._detached:
+        if frame and not self._detached:
             self.send_frame(frame)
 
     def disconnect(self, code: int, reason: str) -> None:

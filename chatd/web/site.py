@@ -60,11 +60,20 @@ class Console(Resource):
         b"connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; form-action 'none'"
     )
 
-    def __init__(self) -> None:
+    def __init__(self, upgrade: Any = None) -> None:
         super().__init__()
         self._page = (resources.files("chatd.web") / "console.html").read_bytes()
+        self._upgrade = upgrade
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> Any:
+        if (
+            self._upgrade is not None
+            and request.postpath in ([], [b""])
+            and (request.getHeader(b"upgrade") or b"").lower() == b"websocket"
+        ):
+            # A WebSocket on the bare host (the seeds' clients): the first
+            # frame picks the dialect (chatd.bindings.codec).
+            return self._upgrade.render(request)
         if request.postpath not in ([], [b""]):
             request.setResponseCode(404)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -74,6 +83,27 @@ class Console(Resource):
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"cache-control", b"no-store")
         return self._page
+
+
+class WebSocketPaths(Resource):
+    """``/ws``: the native endpoint; ``/ws/<dialect>``: a seed's dialect."""
+
+    isLeaf = True
+
+    def __init__(self, native: Any, dialects: dict[bytes, Any]) -> None:
+        super().__init__()
+        self._native = native
+        self._dialects = dialects
+
+    def render(self, request: Request) -> Any:
+        rest = request.postpath or []
+        if rest in ([], [b""]):
+            return self._native.render(request)
+        if len(rest) == 1 and rest[0] in self._dialects:
+            return self._dialects[rest[0]].render(request)
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"no such WebSocket endpoint (see docs/dialects.md)\n"
 
 
 class DemoToken(JsonResource):
@@ -206,13 +236,22 @@ def build_site(
     socketio: Resource | None = None,
     engine_io_test_suite: Resource | None = None,
     socketio_test_suite: Resource | None = None,
+    root_ws_factory: Any = None,
+    dialect_ws_factories: dict[str, Any] | None = None,
 ) -> Site:
     root = Resource()
-    root.putChild(b"", Console())
+    root.putChild(
+        b"",
+        Console(WebSocketResource(root_ws_factory) if root_ws_factory is not None else None),
+    )
     console = Resource()
     console.putChild(b"demo-token", DemoToken(demo_mint))
     root.putChild(b"console", console)
-    root.putChild(b"ws", WebSocketResource(ws_factory))
+    dialects = {
+        name.encode(): WebSocketResource(factory)
+        for name, factory in (dialect_ws_factories or {}).items()
+    }
+    root.putChild(b"ws", WebSocketPaths(WebSocketResource(ws_factory), dialects))
     if socketio is not None:
         # Engine.IO's path is /socket.io/ (with the slash): a leaf resource
         # here takes both and everything below.

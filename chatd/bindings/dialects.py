@@ -1,0 +1,17 @@
+"""The dialects chatd speaks over a plain WebSocket besides its own, in the
+order a first frame on ``/`` is offered to them (the native envelope is
+asked last: its shape is the least distinctive)."""
+
+from __future__ import annotations
+
+from chatd.bindings.codec import NATIVE, Dialect
+
+
+def seed_dialects() -> tuple[Dialect, ...]:
+    """The seeds' dialects, each also at ``/ws/<name>``."""
+    return ()
+
+
+def root_dialects() -> tuple[Dialect, ...]:
+    """What a connection on ``/`` may turn out to speak, in asking order."""
+    return (*seed_dialects(), NATIVE)
