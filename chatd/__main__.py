@@ -2,7 +2,9 @@
 
 * ``token USER [--admin] [--ttl SECONDS] [--name NAME]`` mints a JWT with
   the configured secret (or the one the embedded default generated).
-* ``check-config [FILE]`` validates a configuration without starting.
+* ``check-config [FILE]`` validates a configuration without starting, and
+  warns (on stderr, still exit status 0) about settings that weaken a
+  safeguard on purpose, as the daemon does at start-up.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import argparse
 import sys
 
 from chatd.auth import AuthError, mint_token
-from chatd.config import ConfigError, load_config
+from chatd.config import ConfigError, config_warnings, load_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config({k: v for k, v in cli.items() if v is not None})
             print(mint_token(config, args.user, admin=args.admin, ttl=args.ttl, name=args.name))
         else:
-            load_config({"config": args.file} if args.file else {}, create_secret=False)
+            config = load_config({"config": args.file} if args.file else {}, create_secret=False)
+            for warning in config_warnings(config):
+                print(f"chatd: warning: {warning}", file=sys.stderr)
             print("configuration is valid")
     except (ConfigError, AuthError) as e:
         print(f"chatd: {e}", file=sys.stderr)

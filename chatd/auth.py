@@ -2,9 +2,11 @@
 
 Rules (PROTOCOL.md section 2): only algorithms on the configured allow-list
 are accepted (``none`` can never be on it), ``sub`` (a string) and ``exp``
-are required, ``iss`` and ``aud`` are checked when configured.  HMAC
-algorithms verify with the shared secret and the others with the public
-key, so a public key can never be abused as an HMAC secret.
+are required (``exp`` only while ``accept_tokens_without_exp`` is off; a
+token that has one is checked either way), ``iss`` and ``aud`` are checked
+when configured.  HMAC algorithms verify with the shared secret and the
+others with the public key, so a public key can never be abused as an HMAC
+secret.
 
 With ``nextauth_secret`` configured, an encrypted NextAuth.js / Auth.js
 session token (a JWE: five dot-separated parts) is accepted too, wherever a
@@ -48,6 +50,9 @@ class TokenVerifier:
     #: NextAuth session tokens, when a NextAuth secret is configured.  Its
     #: keys are derived here, once, not per token.
     nextauth: SessionTokenDecryptor | None = None
+    #: False with ``accept_tokens_without_exp``: apps such as seed 004's
+    #: issue tokens without ``exp``; an ``exp`` that is there still counts.
+    require_exp: bool = True
     _decoder: jwt.PyJWT = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -68,6 +73,7 @@ class TokenVerifier:
             issuer=config.jwt_issuer,
             audience=config.jwt_audience,
             nextauth=nextauth,
+            require_exp=not config.accept_tokens_without_exp,
         )
 
     def verify(self, token: Any) -> Identity:
@@ -105,7 +111,7 @@ class TokenVerifier:
         return algorithm
 
     def _decode(self, token: str, key: str, algorithms: list[str]) -> Identity:
-        options: Options = {"require": ["sub", "exp"]}
+        options: Options = {"require": ["sub", "exp"] if self.require_exp else ["sub"]}
         if self.audience is None:
             options["verify_aud"] = False
         try:

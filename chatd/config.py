@@ -284,6 +284,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("jwt_issuer", _optional_text, None, "required `iss` claim, checked when set"),
     Setting("jwt_audience", _optional_text, None, "required `aud` claim, checked when set"),
     Setting(
+        "accept_tokens_without_exp",
+        _boolean,
+        False,
+        "accept JWTs that have no `exp` claim (they never expire; one with `exp` is still checked); for apps that issue such tokens",
+    ),
+    Setting(
         "nextauth_secret",
         _optional_text,
         None,
@@ -463,6 +469,7 @@ class Config:
     jwt_algorithms: tuple[str, ...] = ("HS256",)
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    accept_tokens_without_exp: bool = False
     # repr=False: the secret never shows in a logged or printed Config.
     nextauth_secret: str | None = field(default=None, repr=False)
     nextauth_formats: tuple[str, ...] = NEXTAUTH_DEFAULT_FORMATS
@@ -499,6 +506,19 @@ class Config:
         if self.database.startswith("sqlite:///"):
             return self.database[len("sqlite:///") :]
         return None
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Settings that weaken a safeguard on purpose: said once at start-up
+    (a warning log line) and by ``check-config``, so nobody runs with one
+    without being told."""
+    warnings: list[str] = []
+    if config.accept_tokens_without_exp:
+        warnings.append(
+            "accept_tokens_without_exp is on: JWTs without an `exp` claim are accepted"
+            " and never expire (a leaked one works until the signing key changes)"
+        )
+    return warnings
 
 
 def _parse(setting: Setting, raw: Any, source: str) -> Any:

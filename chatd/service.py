@@ -37,7 +37,7 @@ from chatd.broker.cluster import Cluster
 from chatd.broker.memory import InProcessBroker
 from chatd.broker.target import RedisTarget
 from chatd.clock import SystemWallClock, WallClock
-from chatd.config import Config
+from chatd.config import Config, config_warnings
 from chatd.domain.chat import ChatService, Limits
 from chatd.domain.direct import DirectMessages
 from chatd.domain.interfaces import Broker, PresenceTracker
@@ -488,6 +488,8 @@ class ChatdService(AsyncMultiService):
         return d.addCallback(lambda _: log.info("chatd stopped"))
 
     def _announce(self) -> None:
+        for warning in config_warnings(self.config):
+            log.warn("{warning}", warning=warning, event="config.warning")
         port = self.port
         if port is None:
             return

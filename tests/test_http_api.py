@@ -327,3 +327,93 @@ async def test_notification_sizes_are_limited(api_server):
         {"userId": "u", "title": "t" * 200, "body": "b" * 4000},
     )
     assert status == 200
+
+
+# -- POST /api/friend-requests: a friend request made in the backend ------------------------
+
+
+async def ask(server, body: Any, credential: str = API_KEY) -> tuple[int, Any]:
+    return await http(server, "POST", "/api/friend-requests", credential, body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_friend_requests_from_the_backend_need_admin_credentials(api_server):
+    server = await api_server
+    body = {"fromUserId": "alice", "toUserId": "bob"}
+    assert (await ask(server, body, None))[0] == 401
+    assert (await ask(server, body, "not-a-token"))[0] == 401
+    status, answer = await ask(server, body, server.token("alice"))
+    assert status == 403 and answer["error"]["code"] == "FORBIDDEN"
+    status, answer = await ask(server, body, server.token("root", admin=True))
+    assert status == 200 and answer["status"] == "requested"
+    assert (await ask(server, body))[1]["status"] == "pending"  # the API key
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backend_friend_request_reaches_the_target_like_a_clients(api_server):
+    server = await api_server
+    alice = await server.connect("alice")
+    bob = await server.connect("bob")
+    status, answer = await ask(server, {"fromUserId": "alice", "toUserId": "bob"})
+    assert status == 200
+    assert answer == {"fromUserId": "alice", "toUserId": "bob", "status": "requested"}
+    assert (await bob.next("friend:request"))["data"] == {"fromUserId": "alice"}
+    note = (await bob.next("notification"))["data"]
+    assert note["type"] == "friend_request" and note["data"] == {"fromUserId": "alice"}
+    assert note["message"] == "alice sent you a friend request"
+    listed = await bob.ok("friends:list")
+    assert [r["userId"] for r in listed["incoming"]] == ["alice"]
+    assert [r["userId"] for r in (await alice.ok("friends:list"))["outgoing"]] == ["bob"]
+    # Asking again changes nothing and pushes nothing (as friend:request).
+    assert (await ask(server, {"fromUserId": "alice", "toUserId": "bob"}))[1]["status"] == "pending"
+    await bob.nothing("friend:request")
+    await bob.ok("friend:accept", {"userId": "alice"})
+    assert (await alice.next("friend:accepted"))["data"] == {"userId": "bob"}
+    again = await ask(server, {"fromUserId": "bob", "toUserId": "alice"})
+    assert again[1]["status"] == "friends"
+    await alice.nothing("friend:request")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backend_friend_request_waits_for_an_offline_target(api_server):
+    server = await api_server
+    status, answer = await ask(server, {"fromUserId": "dave", "toUserId": "carol"})
+    assert status == 200 and answer["status"] == "requested"
+    carol = await server.connect("carol")
+    note = (await carol.next("notification"))["data"]
+    assert note["type"] == "friend_request" and note["data"] == {"fromUserId": "dave"}
+    assert [r["userId"] for r in (await carol.ok("friends:list"))["incoming"]] == ["dave"]
+    # The other way round it accepts the pending request: both are friends.
+    status, answer = await ask(server, {"fromUserId": "carol", "toUserId": "dave"})
+    assert status == 200 and answer["status"] == "accepted"
+    assert (await carol.next("friend:accepted"))["data"] == {"userId": "dave"}
+    assert [f["userId"] for f in (await carol.ok("friends:list"))["friends"]] == ["dave"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bad_backend_friend_request_is_refused_and_changes_nothing(api_server):
+    server = await api_server
+    bob = await server.connect("bob")
+    cases = [
+        ({"toUserId": "bob"}, "'fromUserId' is required"),
+        ({"fromUserId": "alice"}, "'toUserId' is required"),
+        ({"fromUserId": 7, "toUserId": "bob"}, "'fromUserId' has the wrong type"),
+        ({"fromUserId": "alice", "toUserId": ["bob"]}, "'toUserId' has the wrong type"),
+        ({"fromUserId": "", "toUserId": "bob"}, "'fromUserId' must be a user id"),
+        ({"fromUserId": "alice", "toUserId": "   "}, "'toUserId' must be a user id"),
+        ({"fromUserId": "a" * 129, "toUserId": "bob"}, "1 to 128 characters"),
+        ({"fromUserId": "alice", "toUserId": "bob\x00"}, "NUL"),
+        ({"fromUserId": "bob", "toUserId": "bob"}, "must be different users"),
+        (["alice", "bob"], "JSON object"),
+        (None, "JSON object"),
+    ]
+    for body, message in cases:
+        status, answer = await ask(server, body)
+        assert status == 400, (body, answer)
+        assert (
+            answer["error"]["code"] == "INVALID_MESSAGE" and message in answer["error"]["message"]
+        )
+    await bob.nothing("friend:request")
+    listed = await bob.ok("friends:list")
+    assert listed == {"friends": [], "incoming": [], "outgoing": []}
+    assert (await http(server, "GET", "/api/friend-requests", API_KEY))[0] == 405

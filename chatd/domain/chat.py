@@ -355,9 +355,18 @@ class ChatService:
         if self._direct is not None and is_direct_room(room_id):
             sent = self._direct.send_in_room(caller, room_id, content, temp_id)
             return sent.addCallback(_ack_of_wire, temp_id)
-        user = _user(caller)
+        identity = caller.identity
+        assert identity is not None, "handlers run only for authenticated callers"
+        # The display name travels with the message (and is stored with it),
+        # so no recipient and no later reader has to look the sender up.
         message = NewMessage(
-            new_id("m_"), room_id, user, content, temp_id, self.wall_clock.now_ms()
+            new_id("m_"),
+            room_id,
+            identity.user_id,
+            content,
+            temp_id,
+            self.wall_clock.now_ms(),
+            identity.name,
         )
         # The registry is keyed by connection: a caller without one has
         # joined nothing and is checked against the store.

@@ -145,9 +145,11 @@ class DirectMessages:
         at = self._wall_clock.now_ms()
         draft = Room(room_id, "", "", "private", 2, at, 0)
         await guard(self._store.ensure_dm_room(draft, sender, recipient))
+        identity = caller.identity
+        name = identity.name if identity is not None else None
         message: Message = await guard(
             self._store.append_message(
-                NewMessage(new_id("m_"), room_id, sender, content, temp_id, at)
+                NewMessage(new_id("m_"), room_id, sender, content, temp_id, at, name)
             )
         )
         publish_room_message(self._publisher, message)

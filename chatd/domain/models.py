@@ -138,6 +138,10 @@ class Message:
     content: str
     temp_id: str | None
     created_at_ms: int
+    #: The sender's display name when it sent the message (its identity's
+    #: ``name``), stored with it so that history and ``since`` recovery show
+    #: what the live push showed; None when the sender had none.
+    username: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -150,6 +154,8 @@ class Message:
         }
         if self.temp_id is not None:
             wire["tempId"] = self.temp_id
+        if self.username is not None:
+            wire["username"] = self.username
         return wire
 
 
@@ -163,10 +169,18 @@ class NewMessage:
     content: str
     temp_id: str | None
     created_at_ms: int
+    username: str | None = None
 
     def stored(self, seq: int) -> Message:
         return Message(
-            self.id, self.chat_id, seq, self.user_id, self.content, self.temp_id, self.created_at_ms
+            self.id,
+            self.chat_id,
+            seq,
+            self.user_id,
+            self.content,
+            self.temp_id,
+            self.created_at_ms,
+            self.username,
         )
 
 

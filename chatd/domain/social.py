@@ -111,20 +111,41 @@ class SocialService:
 
     async def _request_friend(self, caller: Caller, target: str) -> dict[str, Any]:
         user = await self._other_known_user(caller, target)
+        await self._ask(user, target, _name(caller))
+        return {}
+
+    def request_friend_for_backend(self, from_user: str, to_user: str) -> Deferred[str]:
+        """``POST /api/friend-requests``: the backend asks on ``from_user``'s
+        behalf, with exactly the effects of that user's ``friend:request``
+        (stored, pushed, a notification kept for later).  The backend is the
+        authority on its users, so neither needs to have connected here
+        (as for ``set_friendship``).  Returns the store's outcome:
+        'requested', 'pending', 'friends' or 'accepted'."""
+        return Deferred.fromCoroutine(self._request_for_backend(from_user, to_user))
+
+    async def _request_for_backend(self, from_user: str, to_user: str) -> str:
+        if from_user == to_user:
+            raise ChatError(ErrorCode.INVALID_MESSAGE, "a friend request needs two different users")
+        return await self._ask(from_user, to_user, from_user)
+
+    async def _ask(self, user: str, target: str, shown_as: str) -> str:
+        """Store the request and make its pushes: ``friend:request`` and a
+        ``friend_request`` notification for a new one, ``friend:accepted``
+        when the target had asked first, nothing otherwise."""
         at = self.wall_clock.now_ms()
-        outcome = await guard(self.store.request_friend(user, target, at))
+        outcome: str = await guard(self.store.request_friend(user, target, at))
         if outcome == "requested":
             self.chat.publisher.to_user(target, "friend:request", {"fromUserId": user})
             await self.notifications.notify_quietly(
                 target,
                 "friend_request",
                 "Friend request",
-                f"{_name(caller)} sent you a friend request",
+                f"{shown_as} sent you a friend request",
                 {"fromUserId": user},
             )
         elif outcome == "accepted":
             self.became_friends(user, target)
-        return {}
+        return outcome
 
     async def _other_known_user(self, caller: Caller, other: str) -> str:
         user = _user(caller)

@@ -41,7 +41,7 @@ _ROOM_COLUMNS = (
     "r.id, r.name, r.description, r.type, r.created_at, r.last_seq,"
     " (SELECT COUNT(*) FROM room_members m WHERE m.room_id = r.id)"
 )
-_MESSAGE_COLUMNS = "id, room_id, seq, user_id, content, temp_id, created_at"
+_MESSAGE_COLUMNS = "id, room_id, seq, user_id, content, temp_id, created_at, username"
 
 
 def _room(row: tuple[Any, ...]) -> Room:
@@ -65,6 +65,7 @@ def _message(row: tuple[Any, ...]) -> Message:
         content=row[4],
         temp_id=row[5],
         created_at_ms=int(row[6]),
+        username=row[7],
     )
 
 
@@ -344,12 +345,13 @@ class SqlStore(SocialQueries, StreamQueries):
                         stored.content,
                         stored.temp_id,
                         stored.created_at_ms,
+                        stored.username,
                     )
                 )
         if rows:
             self.engine.insert_many(
                 cur,
-                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         return results

@@ -147,6 +147,7 @@ class NativeApi:
             endpoint("POST", "/api/rooms/{room_id}/messages", self.post_message),
             endpoint("PUT", "/api/friendships/{user_a}/{user_b}", self.befriend),
             endpoint("DELETE", "/api/friendships/{user_a}/{user_b}", self.unfriend),
+            endpoint("POST", "/api/friend-requests", self.request_friend),
             endpoint("PUT", "/api/streams/{stream_id}", self.put_stream),
         ]
 
@@ -218,6 +219,18 @@ class NativeApi:
     async def unfriend(self, call: Call) -> dict[str, Any]:
         removed = await self.social.set_friendship(*_pair(call), False)
         return {"friends": False, "removed": removed}
+
+    async def request_friend(self, call: Call) -> dict[str, Any]:
+        """A friend request made in the backend (seed 000's apps): the same
+        as ``fromUserId``'s ``friend:request``, so ``toUserId`` gets the
+        push now or the notification on connecting.  ``status`` says what
+        happened, as the table of protocol.md section 5.14 does."""
+        from_user = call.user_id_field("fromUserId")
+        to_user = call.user_id_field("toUserId")
+        if from_user == to_user:
+            raise bad_request("'fromUserId' and 'toUserId' must be different users")
+        status = await self.social.request_friend_for_backend(from_user, to_user)
+        return {"fromUserId": from_user, "toUserId": to_user, "status": status}
 
     async def put_stream(self, call: Call) -> dict[str, Any]:
         stream_id = call.params["stream_id"]

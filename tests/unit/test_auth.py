@@ -462,3 +462,52 @@ def test_a_secret_pyjwt_refuses_is_still_refused_for_every_token() -> None:
     token = jwt.encode(claims(), "x" * 64, algorithm="HS256")
     with pytest.raises(AuthError):
         verifier(secret=secret).verify(token)
+
+
+# -- accept_tokens_without_exp ------------------------------------------------------------
+
+
+def lenient() -> TokenVerifier:
+    """A verifier as ``accept_tokens_without_exp = true`` builds it."""
+    return TokenVerifier(
+        algorithms=("HS256",),
+        secret=SECRET,
+        public_key=None,
+        issuer=None,
+        audience=None,
+        require_exp=False,
+    )
+
+
+def test_a_token_without_exp_is_accepted_when_the_setting_is_on():
+    # Seed 004's sample tokens: sub, name and iat, no exp.
+    token = hs256({"sub": "user123", "name": "John Doe", "iat": 1516239022})
+    assert lenient().verify(token) == Identity("user123", "John Doe", None)
+    refused(verifier(), token, "'exp'")
+
+
+def test_an_exp_that_is_there_is_still_checked_when_the_setting_is_on():
+    now = int(time.time())
+    refused(lenient(), hs256(claims(exp=now - 30)), "expired")
+    refused(lenient(), hs256(claims(exp="tomorrow")))
+    assert lenient().verify(hs256(claims(exp=now + 60))).user_id == "alice"
+
+
+@pytest.mark.parametrize("sub", [_DROP, 42, None, ["alice"], "", "  ", "u" * 129])
+def test_sub_is_still_a_required_string_when_the_setting_is_on(sub):
+    refused(lenient(), hs256(claims(exp=_DROP, sub=sub)))
+
+
+def test_the_signature_and_algorithm_still_count_when_the_setting_is_on():
+    refused(lenient(), hs256(claims(exp=_DROP), secret=OTHER_SECRET), "signature")
+    refused(lenient(), hs256(claims(exp=_DROP), algorithm="HS384"), "not allowed")
+
+
+def test_from_config_follows_the_setting(tmp_path):
+    token = hs256({"sub": "bob", "iat": int(time.time())})
+    base = {"jwt_secret": SECRET, "data_dir": str(tmp_path)}
+    strict = TokenVerifier.from_config(load_config(base, environ={}))
+    assert strict.require_exp
+    refused(strict, token, "'exp'")
+    on = load_config(base, environ={"CHATD_ACCEPT_TOKENS_WITHOUT_EXP": "true"})
+    assert TokenVerifier.from_config(on).verify(token).user_id == "bob"

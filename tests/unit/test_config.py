@@ -12,6 +12,7 @@ from chatd.config import (
     SETTINGS,
     Config,
     ConfigError,
+    config_warnings,
     is_loopback_endpoint,
     load_config,
     load_or_create_secret,
@@ -549,3 +550,44 @@ def test_duplicate_interface_cannot_bypass_the_secret_guard(tmp_path):
     assert _bound_interface(listen) == "0.0.0.0"
     with pytest.raises(ConfigError, match="invalid listen"):
         load_config({"data_dir": str(tmp_path), "listen": listen}, environ={})
+
+
+# -- accept_tokens_without_exp and the warnings about it ------------------------------------
+
+
+def test_accept_tokens_without_exp_is_off_by_default_and_set_from_every_source(tmp_path, data_dir):
+    assert load(data_dir).accept_tokens_without_exp is False
+    assert config_warnings(load(data_dir)) == []
+    assert load(data_dir, {"accept_tokens_without_exp": "yes"}).accept_tokens_without_exp
+    assert load(
+        data_dir, environ={"CHATD_ACCEPT_TOKENS_WITHOUT_EXP": "1"}
+    ).accept_tokens_without_exp
+    path = toml(tmp_path, "accept_tokens_without_exp = true\n")
+    assert load(data_dir, config_file=path).accept_tokens_without_exp
+    refused("accept_tokens_without_exp", data_dir, {"accept_tokens_without_exp": "maybe"})
+
+
+def test_accept_tokens_without_exp_is_warned_about(data_dir):
+    warnings = config_warnings(load(data_dir, {"accept_tokens_without_exp": True}))
+    assert len(warnings) == 1 and "accept_tokens_without_exp" in warnings[0]
+    assert "never expire" in warnings[0] and "\n" not in warnings[0]
+
+
+def test_check_config_prints_the_warning_and_still_passes(tmp_path, capsys, monkeypatch):
+    from chatd.__main__ import main
+
+    for key in [k for k in os.environ if k.startswith("CHATD_")]:
+        monkeypatch.delenv(key)
+    quiet = toml(tmp_path, f'data_dir = "{tmp_path}"\n', "quiet.toml")
+    assert main(["check-config", quiet]) == 0
+    out, err = capsys.readouterr()
+    assert out == "configuration is valid\n" and err == ""
+    loud = toml(
+        tmp_path, f'data_dir = "{tmp_path}"\naccept_tokens_without_exp = true\n', "loud.toml"
+    )
+    assert main(["check-config", loud]) == 0
+    out, err = capsys.readouterr()
+    assert out == "configuration is valid\n"
+    assert (
+        err.startswith("chatd: warning: accept_tokens_without_exp is on") and err.count("\n") == 1
+    )

@@ -160,3 +160,28 @@ def test_a_backend_push_is_stamped_by_the_wall_clock(world):
     alice = world.connect("alice")
     social.push_message(["alice"], "chat", {"x": 1})
     assert alice.events("message") == [{"type": "chat", "data": {"x": 1}, "timestamp": T0_ISO}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backend_friend_request_has_the_effects_of_the_users_own(world):
+    """``request_friend_for_backend`` (POST /api/friend-requests): the same
+    store outcome and pushes as ``friend:request``, for users the backend
+    names whether or not they ever connected here."""
+    social = social_of(world)
+    bob = world.connect("bob")
+    assert await social.request_friend_for_backend("alice", "bob") == "requested"
+    assert bob.events("friend:request") == [{"fromUserId": "alice"}]
+    (note,) = bob.events("notification")
+    assert note["message"] == "alice sent you a friend request"
+    assert await social.request_friend_for_backend("alice", "bob") == "pending"
+    assert len(bob.events("friend:request")) == 1
+    assert await social.request_friend_for_backend("bob", "alice") == "accepted"
+    assert bob.events("friend:accepted") == [{"userId": "alice"}]
+    assert await social.request_friend_for_backend("alice", "bob") == "friends"
+    # Neither user has to be known: the request waits in the store.
+    assert await social.request_friend_for_backend("ghost", "nobody") == "requested"
+    incoming = (await world.store.friend_lists("nobody")).incoming
+    assert [r.user_id for r in incoming] == ["ghost"]
+    with pytest.raises(ChatError) as caught:
+        await social.request_friend_for_backend("bob", "bob")
+    assert caught.value.code == ErrorCode.INVALID_MESSAGE

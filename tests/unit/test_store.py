@@ -288,6 +288,66 @@ async def test_get_message(store):
     assert await store.get_message("no-such-message") is None
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_senders_name_is_stored_with_the_message(store):
+    """``username`` goes into the same group-committed insert and comes back
+    from every read: history, both join snapshots and get_message."""
+    r = await make_room(store)
+    named = NewMessage("m-named", r.id, "bob", "hi", None, T0 + 1, "Bob B.")
+    plain = NewMessage("m-plain", r.id, "carol", "hey", None, T0 + 2)
+    stored = await gatherResults([store.append_message(named), store.append_message(plain)])
+    assert [(m.seq, m.username) for m in stored] == [(1, "Bob B."), (2, None)]
+    assert stored[0].to_wire()["username"] == "Bob B." and "username" not in stored[1].to_wire()
+    assert await store.get_message("m-named") == stored[0]
+    assert await store.get_message("m-plain") == stored[1]
+    page = await store.history(r.id, None, None, 10)
+    assert page.messages == stored
+    for since in (None, 0):
+        snapshot = await store.join_snapshot(r.id, "bob", since, 10)
+        assert [m.username for m in snapshot.page.messages] == ["Bob B.", None]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_username_migration_keeps_older_messages(db_url, monkeypatch):
+    """A database from before migration 4 gets the column, and the messages
+    it already held read back without a name."""
+    engine = engine_for(db_url)
+    every = schema.available_migrations
+    monkeypatch.setattr(
+        schema, "available_migrations", lambda e: [m for m in every(e) if m.version < 4]
+    )
+    schema.migrate(engine)
+    conn = engine.connect()
+    try:
+        cur = conn.cursor()
+        cur.execute(
+            engine.sql(
+                "INSERT INTO rooms (id, name, type, created_at, last_seq) VALUES (?, ?, ?, ?, ?)"
+            ),
+            ("old", "Old", "public", T0, 1),
+        )
+        cur.execute(
+            engine.sql(
+                "INSERT INTO messages (id, room_id, seq, user_id, content, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)"
+            ),
+            ("m-old", "old", 1, "alice", "from before", T0),
+        )
+        conn.commit()
+    finally:
+        conn.close()
+    monkeypatch.setattr(schema, "available_migrations", every)
+    assert 4 in schema.migrate(engine)
+    store = SqlStore(engine)
+    try:
+        old = await store.get_message("m-old")
+        assert old is not None and old.username is None and "username" not in old.to_wire()
+        new = await store.append_message(NewMessage("m-new", "old", "bob", "x", None, T0, "Bob"))
+        assert (new.seq, new.username) == (2, "Bob")
+    finally:
+        await store.close()
+
+
 # -- history -------------------------------------------------------------------------------------------------------
 
 
