@@ -10,20 +10,26 @@ pushes and the same notification for a recipient with no connection.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock
 
 from chatd.clock import WallClock
 from chatd.domain.interfaces import Caller, PresenceTracker, Store
-from chatd.domain.models import Limits, Message, NewMessage, Published, Room
+from chatd.domain.models import (
+    DIRECT_ROOM_PREFIX,
+    Limits,
+    Message,
+    NewMessage,
+    Published,
+    Room,
+    dm_room_id,
+)
 from chatd.domain.notifications import Notifications
 from chatd.domain.publishing import Publisher, encode, guard, new_id
 from chatd.domain.registry import room_channel
 from chatd.errors import ChatError, ErrorCode
 
-DIRECT_ROOM_PREFIX = "dm_"
 DM_POLICIES = ("anyone", "friends")
 NOTIFIED_CHARACTERS = 200
 
@@ -32,14 +38,6 @@ def is_direct_room(room_id: str) -> bool:
     """Direct-message rooms have ids of their own (see ``dm_room_id``); no
     other room may take that prefix."""
     return room_id.startswith(DIRECT_ROOM_PREFIX)
-
-
-def dm_room_id(a: str, b: str) -> str:
-    """The direct-message room of a pair, the same whoever writes first
-    (a hash, so any characters in user ids are safe in a room id)."""
-    first, second = sorted((a, b))
-    digest = hashlib.sha256(f"{first}\x00{second}".encode()).hexdigest()[:32]
-    return DIRECT_ROOM_PREFIX + digest
 
 
 def publish_room_message(publisher: Publisher, message: Message) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,19 @@ def encode_body(data: dict[str, Any]) -> bytes:
     """The one JSON encoding of an event body (ASCII-safe, compact), made
     once by the publisher whatever the number of recipients."""
     return json.dumps(data, separators=(",", ":")).encode()
+
+
+DIRECT_ROOM_PREFIX = "dm_"
+
+
+def dm_room_id(a: str, b: str) -> str:
+    """The direct-message room of a pair, the same whoever writes first
+    (a hash, so any characters in user ids are safe in a room id).  In the
+    domain's contract because bindings name a conversation by its partner
+    (seed 000's ``friendId``)."""
+    first, second = sorted((a, b))
+    digest = hashlib.sha256(f"{first}\x00{second}".encode()).hexdigest()[:32]
+    return DIRECT_ROOM_PREFIX + digest
 
 
 @dataclass(frozen=True, slots=True)

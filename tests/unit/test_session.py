@@ -404,3 +404,28 @@ def test_switching_the_framer_tells_the_domain_once_authenticated() -> None:
     assert new_writer == [b"x"]
     session.switch_framer(len)  # the same framer again: nothing moves
     assert len(h.lifecycle.switched) == 1
+
+
+def test_a_bindings_quiet_requests_spend_no_rate_and_their_errors_are_not_the_clients() -> None:
+    h = Harness(rate_limit=1.0, rate_burst=1)
+    session, binding = h.open("alice")
+    events, observer = captured_events()
+    try:
+        for i in range(5):
+            session.received("echo", f"q{i}", {}, quiet=True)
+        session.received("no-such-event", "q9", {}, quiet=True)
+        session.received("echo", "client", {})
+    finally:
+        stop_capturing(observer)
+    sent = binding.sent()[1:]
+    assert [f["type"] for f in sent[:5]] == ["ack"] * 5
+    assert sent[5]["type"] == "error" and sent[5]["id"] == "q9"
+    # The client's own request still had its whole burst left.
+    assert sent[6] == {"type": "ack", "id": "client", "data": {"echo": {}}}
+    assert h.errors("UNKNOWN_EVENT") == 0
+    assert not [e for e in events if e.get("event") == "error.sent"]
+    # A client's error is counted as ever.
+    h.clock.advance(1)
+    session.received("no-such-event", "c2", {})
+    assert binding.sent()[-1]["data"]["code"] == "UNKNOWN_EVENT"
+    assert h.errors("UNKNOWN_EVENT") == 1
