@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
@@ -105,3 +106,17 @@ def run_module(args: list[str], env: dict[str, str], cwd: str) -> subprocess.Com
         text=True,
         timeout=30,
     )
+
+
+async def end_process(proc: Any, timeout: float) -> None:
+    """Terminate an asyncio subprocess a test started, and wait for it
+    (killed if it does not stop within ``timeout``)."""
+    import asyncio
+
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()

@@ -124,7 +124,7 @@ def _upgrade_in_pieces(port: int, path: str, pieces: int) -> bytes:
 
 @pytest_twisted.ensureDeferred
 async def test_an_upgrade_split_over_segments_reaches_the_same_endpoints(server):
-    for path in ("/", "/ws"):
+    for path in ("/", "/ws", "/ws/seed000", "/ws/chatflow"):
         head = await deferred(asyncio.to_thread(_upgrade_in_pieces, server.port, path, 4))
         assert head.startswith(b"HTTP/1.1 101"), (path, head[:80])
 
@@ -136,3 +136,20 @@ async def test_health_still_answers_through_the_front_door(server):
             return json.loads(r.read())
 
     assert (await deferred(asyncio.to_thread(get)))["status"] == "ok"
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_dialect_on_root_is_counted_under_its_own_transport(server):
+    """The per-transport connection metric reads each session's dialect."""
+    url = ROOT.format(port=server.port)
+    seed = await WsClient.open(url, expect_auth=False)
+    flow = await WsClient.open(url, expect_auth=False)
+    server.clients += [seed, flow]
+    await seed.send_raw(json.dumps({"type": "authenticate", "token": server.token("sam")}))
+    await flow.send_raw(
+        json.dumps({"type": "AUTHENTICATE", "payload": {"token": server.token("flo")}})
+    )
+    assert (await seed.next("authenticated"))["data"]["userId"] == "sam"
+    assert (await flow.next("AUTH_SUCCESS"))["payload"]["userId"] == "flo"
+    names = sorted(session.transport_name for session in server.service.open_sessions)
+    assert names == ["chatflow", "seed000"]

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
+from tests.daemon import end_process
 from tests.test_http_api import API_KEY, http
 from tests.test_socketio_node_client import CLIENT_DIR, ISO, require_client
 from tests.wsclient import deferred
@@ -133,13 +134,7 @@ class SeedApp:
         await deferred(self._stop())
 
     async def _stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), TIMEOUT)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        await end_process(self.proc, TIMEOUT)
         await self._reader
         assert self.proc.stderr is not None
         self.stderr = await self.proc.stderr.read()

@@ -4,12 +4,16 @@ asked last: its shape is the least distinctive)."""
 
 from __future__ import annotations
 
+from chatd.bindings.chatflow import CHATFLOW
 from chatd.bindings.codec import NATIVE, Dialect
+from chatd.bindings.seed000 import SEED000
 
 
 def seed_dialects() -> tuple[Dialect, ...]:
-    """The seeds' dialects, each also at ``/ws/<name>``."""
-    return ()
+    """The seeds' dialects, each also at ``/ws/<name>``.  Seed 002's frames
+    (``payload``, ``requestId``, upper-case types) are the most distinctive,
+    so they are asked first."""
+    return (CHATFLOW, SEED000)
 
 
 def root_dialects() -> tuple[Dialect, ...]:
