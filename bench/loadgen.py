@@ -109,6 +109,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--timeout", type=float, default=120.0, help="upper bound for the sending phase")
     f = p.add_argument_group("fanout")
+    f.add_argument(
+        "--receiver-dialect",
+        choices=["native", "chatflow", "seed000"],
+        default="native",
+        help="fanout: the receivers' dialect (its /ws/<name> path); the sender stays native",
+    )
     f.add_argument("--receivers", type=int, default=1000)
     f.add_argument("--messages", type=int, default=2000)
     f.add_argument(

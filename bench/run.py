@@ -448,11 +448,17 @@ class Variant:
     database: str | None = None
     processes: int = 1
     redis: str | None = None
+    #: fanout: the receivers' dialect (``--receiver-dialect``).
+    dialect: str = "native"
 
     @classmethod
-    def chatd(cls, database: str | None, processes: int, redis: str | None) -> Variant:
+    def chatd(
+        cls, database: str | None, processes: int, redis: str | None, dialect: str = "native"
+    ) -> Variant:
         label = f"chatd ({db_label(database)})" + (f" x{processes}" if redis else "")
-        return cls(label, "chatd", database, processes, redis)
+        if dialect != "native":
+            label += f" {dialect}"
+        return cls(label, "chatd", database, processes, redis, dialect)
 
     def servers(self, cpus: set[int] | None) -> Servers:
         return Servers(self.kind, self.database, cpus, self.processes, self.redis)
@@ -553,6 +559,8 @@ def one(opts, scenario: str, variant: Variant, rnd: int) -> dict:
         if opts.protocol == "socketio" and variant.kind == "chatd":
             servers.members[0].check_socketio()
         args = [scenario, *servers.loadgen_args(opts.protocol), *scenario_args(opts, scenario)]
+        if scenario == "fanout" and variant.dialect != "native":
+            args += ["--receiver-dialect", variant.dialect]
         result.update(run_loadgen(args, opts.generator_cpus, opts.loadgen_timeout))
         result["server"], result["round"] = variant.label, rnd
         if scenario == "fanout" and result.get("deliveries_per_s"):
@@ -817,6 +825,7 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
         lines += node_lines(results, fan, "deliveries_per_s", "deliveries/s")
         lines += node_lines(results, fan, "server_us_per_delivery", "server µs/delivery")
         lines += process_lines(opts, results, fan)
+        lines += dialect_lines(opts, results, fan)
 
     if ing:
         lines.append("")
@@ -1058,6 +1067,34 @@ def process_lines(opts, results: list[dict], rows: list[dict]) -> list[str]:
     return lines
 
 
+def dialect_lines(opts, results: list[dict], rows: list[dict]) -> list[str]:
+    """Each receiver dialect against the first one given, in server CPU per
+    delivery (the generator may be the limit of deliveries/s)."""
+    by_label = {r["server"]: r for r in rows if r["deliveries_per_s"]}
+    lines = []
+    for database in opts.database:
+        for n in opts.processes:
+            first, *others = [
+                Variant.chatd(database, n, redis_for(opts, n), d) for d in opts.receiver_dialect
+            ]
+            base = by_label.get(first.label)
+            for variant in others:
+                row = by_label.get(variant.label)
+                if base is None or row is None:
+                    lines.append(f"  {variant.label} vs {first.label}: no comparison")
+                    continue
+                for key, what, spec in (
+                    ("server_us_per_delivery", "server µs/delivery", ".3f"),
+                    ("deliveries_per_s", "deliveries/s", ",.0f"),
+                ):
+                    lines.append(
+                        f"  {variant.dialect} ÷ {first.dialect} receivers ({db_label(database)}), "
+                        f"{what}: {fmt(row[key], spec)} ÷ {fmt(base[key], spec)} = "
+                        f"{ratio_text(results, row, base, key)}"
+                    )
+    return lines
+
+
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
 
@@ -1281,6 +1318,14 @@ def parse_args(argv=None):
         "compare; more than 1 implies --no-pin (default 1)",
     )
     p.add_argument(
+        "--receiver-dialect",
+        action="append",
+        choices=["native", "chatflow", "seed000"],
+        help="fanout: the receivers' plain-WebSocket dialect (/ws, /ws/chatflow, /ws/seed000; the "
+        "sender stays native); repeat to run each in every round and compare server CPU per "
+        "delivery with the first (default native)",
+    )
+    p.add_argument(
         "--redis",
         metavar="URL",
         help=f"Redis for --processes > 1 (default {DEFAULT_REDIS}); given explicitly, single-process "
@@ -1414,6 +1459,7 @@ def parse_args(argv=None):
         None if d in ("sqlite", "", None) else d for d in (opts.database or ["sqlite"])
     ]
     opts.processes = list(dict.fromkeys(opts.processes or [1]))
+    opts.receiver_dialect = list(dict.fromkeys(opts.receiver_dialect or ["native"]))
     if min(opts.processes) < 1:
         p.error("--processes must be at least 1")
     if max(opts.processes) > 1 and not all(d and d.startswith("postgres") for d in opts.database):
@@ -1474,7 +1520,10 @@ def main(argv=None) -> int:
     else:
         scenarios = ["fanout", "ingest", "live", "connect"]
     chatd = [
-        Variant.chatd(db, n, redis_for(opts, n)) for db in opts.database for n in opts.processes
+        Variant.chatd(db, n, redis_for(opts, n), dialect)
+        for db in opts.database
+        for n in opts.processes
+        for dialect in opts.receiver_dialect
     ]
     node: list[Variant] = []
     if opts.protocol == "socketio":

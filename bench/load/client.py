@@ -153,6 +153,13 @@ class Base(WSListener):
             raise RuntimeError(f"{kind} failed: {reply}")
         return reply["data"]
 
+    async def exchange(self, frame: bytes, expect: bytes, timeout: float = 30.0) -> dict:
+        """Send a frame in any dialect and wait for the first frame that
+        starts with ``expect`` (set-up only)."""
+        fut = self.ctl.arm(expect)
+        self.transport.send(WSMsgType.TEXT, frame)
+        return await asyncio.wait_for(fut, timeout)
+
 
 class Tally:
     """What one receiver process counts (shared by all its receivers or
@@ -179,9 +186,11 @@ async def open_all(
     tokens: list[str],
     concurrency: int = 64,
     timeout: float = 30.0,
+    authenticated: bytes = AUTHENTICATED,
 ) -> list:
     """Connect one listener per token, round robin over ``urls`` (one URL
-    or several servers), and wait for ``authenticated``."""
+    or several servers), and wait for ``authenticated`` (the frame that
+    starts with ``authenticated``: a dialect's own, on a dialect's path)."""
     sem = asyncio.Semaphore(concurrency)
     targets = [urls] if isinstance(urls, str) else list(urls)
 
@@ -192,25 +201,34 @@ async def open_all(
             )
             listener.server = server
             reply = await asyncio.wait_for(listener.ctl.future, timeout)
-            if reply.get("type") != "authenticated":
+            if reply.get("type") == "error":
                 raise RuntimeError(f"authentication failed: {reply}")
             return listener
 
     def maker() -> Base:
         listener = factories()
-        listener.ctl.arm(AUTHENTICATED)
+        listener.ctl.arm(authenticated)
         return listener
 
     return await asyncio.gather(*(one(maker, t, i % len(targets)) for i, t in enumerate(tokens)))
 
 
-async def join_all(listeners: list, rooms: list[str], concurrency: int = 64) -> None:
-    """chat:join each listener to its room, ``concurrency`` at a time."""
+async def join_all(
+    listeners: list,
+    rooms: list[str],
+    concurrency: int = 64,
+    join: Callable[[Base, str], Any] | None = None,
+) -> None:
+    """chat:join each listener to its room (or ``join(listener, room)``, a
+    dialect's way), ``concurrency`` at a time."""
     sem = asyncio.Semaphore(concurrency)
 
     async def one(listener: Base, room: str) -> None:
         async with sem:
-            await listener.call("chat:join", "j", {"chatId": room}, timeout=60.0)
+            if join is not None:
+                await join(listener, room)
+            else:
+                await listener.call("chat:join", "j", {"chatId": room}, timeout=60.0)
 
     await asyncio.gather(*(one(ln, r) for ln, r in zip(listeners, rooms, strict=True)))
 

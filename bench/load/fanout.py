@@ -9,13 +9,21 @@ sees the messages in send order with no gap or duplicate and measures the
 send-to-receipt delay of each from the time stamp in the content.  The
 others only count, so the generator stays well below the server's cost
 per delivery.
+
+``--receiver-dialect`` puts the receivers on one of chatd's other
+plain-WebSocket dialects (``/ws/seed000``, ``/ws/chatflow``) while the
+sender stays native: the same room, so the server cost per delivery of a
+dialect's client compares with a native one's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from array import array
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from picows import WSMsgType, WSTransport
@@ -58,12 +66,63 @@ from load.workers import (
     slowest,
 )
 
+# -- the receivers' dialects ---------------------------------------------------------------
+
+
+def _frame(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class ReceiverDialect:
+    """How a receiver on a dialect's endpoint is told it authenticated (the
+    token is in the URL), joins the room, and recognizes a room message."""
+
+    path: str
+    authenticated: bytes
+    push: bytes
+    join_frame: Callable[[str], bytes]
+    joined: bytes
+
+
+RECEIVER_DIALECTS = {
+    "native": ReceiverDialect(
+        "/ws",
+        b'{"type":"authenticated"',
+        PUSH,
+        lambda room: _frame({"type": "chat:join", "id": "j", "data": {"chatId": room}}),
+        b'{"type":"ack","id":"j"',
+    ),
+    "chatflow": ReceiverDialect(
+        "/ws/chatflow",
+        b'{"type":"AUTH_SUCCESS"',
+        b'{"type":"NEW_MESSAGE"',
+        lambda room: _frame({"type": "JOIN_ROOM", "payload": {"roomId": room}, "requestId": "j"}),
+        b'{"type":"ROOM_JOINED"',
+    ),
+    "seed000": ReceiverDialect(
+        "/ws/seed000",
+        b'{"type":"authenticated"',
+        b'{"type":"message"',
+        lambda room: _frame({"type": "join_room", "data": {"roomId": room}}),
+        b'{"type":"room_joined"',
+    ),
+}
+
+
+def dialect_urls(urls: list[str], dialect: ReceiverDialect) -> list[str]:
+    """The servers' ``…/ws`` URLs on the dialect's path."""
+    return [u[: -len("/ws")] + dialect.path if u.endswith("/ws") else u for u in urls]
+
+
 # -- receivers (in the worker processes) -------------------------------------------------
 
 
 class Receiver(Base):
-    """Counts chat:message pushes; the hot path is one bytes copy, one
+    """Counts room-message pushes; the hot path is one bytes copy, one
     prefix test and two additions."""
+
+    push = PUSH
 
     def __init__(self, tally: Tally) -> None:
         super().__init__()
@@ -71,7 +130,7 @@ class Receiver(Base):
         self.got = 0
 
     def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
-        if frame.get_payload_as_bytes().startswith(PUSH):
+        if frame.get_payload_as_bytes().startswith(self.push):
             self.got += 1
             t = self.tally
             t.count += 1
@@ -100,7 +159,7 @@ class Probe(Receiver):
 
     def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
         p = frame.get_payload_as_bytes()
-        if p.startswith(PUSH) and record_probe(self, p):
+        if p.startswith(self.push) and record_probe(self, p):
             return
         self.slow_path(transport, frame)
 
@@ -146,9 +205,16 @@ def receiver_report(tally: Tally, listeners: list, messages: int, cpu_s: float) 
 
 
 async def _receiver_worker(
-    conn: Any, urls: list[str], tokens: list[str], messages: int, stall: float, sample: int
+    conn: Any,
+    urls: list[str],
+    tokens: list[str],
+    messages: int,
+    stall: float,
+    sample: int,
+    dialect_name: str = "native",
 ) -> None:
     """A forked process owning a share of the receivers."""
+    dialect = RECEIVER_DIALECTS[dialect_name]
     tally = Tally(len(tokens) * messages)
     tally.done = asyncio.get_running_loop().create_future()
     room = (await pipe_future(conn))[1]
@@ -158,11 +224,20 @@ async def _receiver_worker(
     def make() -> Receiver:
         nonlocal made
         made += 1
-        return Probe(tally) if (made - 1) % sample == 0 else Receiver(tally)
+        receiver = Probe(tally) if (made - 1) % sample == 0 else Receiver(tally)
+        receiver.push = dialect.push
+        return receiver
 
-    listeners = await open_all(make, urls, tokens)
+    async def join(listener: Base, room: str) -> None:
+        reply = await listener.exchange(dialect.join_frame(room), dialect.joined, timeout=60.0)
+        if reply.get("type") in ("error", "ERROR"):
+            raise RuntimeError(f"join failed: {reply}")
+
+    listeners = await open_all(
+        make, dialect_urls(urls, dialect), tokens, authenticated=dialect.authenticated
+    )
     t1 = time.monotonic()
-    await join_all(listeners, [room] * len(listeners))
+    await join_all(listeners, [room] * len(listeners), join=join)
     t2 = time.monotonic()
     tally.other = 0
     pipe_send(conn, ("ready", {"connect_s": t1 - t0, "join_s": t2 - t1}))
@@ -185,7 +260,14 @@ def start_workers(args: Any) -> tuple[list, list]:
     return fork_workers(
         _receiver_worker,
         [
-            (args.urls, tokens[w::workers], args.messages, args.stall, max(1, args.sample))
+            (
+                args.urls,
+                tokens[w::workers],
+                args.messages,
+                args.stall,
+                max(1, args.sample),
+                args.receiver_dialect,
+            )
             for w in range(workers)
         ],
     )
