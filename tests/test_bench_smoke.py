@@ -90,6 +90,15 @@ def test_fanout_delivers_every_message_to_every_receiver(tmp_path: Path) -> None
     check_fanout(*run_fanout(tmp_path))
 
 
+@pytest.mark.parametrize("dialect", ["chatflow", "seed000"])
+def test_fanout_to_dialect_receivers_delivers_every_message(tmp_path: Path, dialect: str) -> None:
+    """Receivers on a seed's dialect path count that dialect's pushes."""
+    status, out, report = run_fanout(tmp_path, f"--receiver-dialect={dialect}")
+    check_fanout(status, out, report)
+    (result,) = report["results"]
+    assert result["server"] == f"chatd (sqlite) {dialect}"
+
+
 def require_node_server() -> None:
     """Skip without Node or bench/socketio-node's packages, unless CI
     requires every service (then it fails: .ci/run installs them)."""
