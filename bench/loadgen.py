@@ -58,7 +58,7 @@ import sys
 
 import uvloop
 
-from load import connect, fanout, idle, ingest, live, sio_connect, sio_fanout
+from load import connect, fanout, idle, ingest, latency, live, sio_connect, sio_fanout
 from load.workers import stop_workers
 
 # -- command line --------------------------------------------------------------------
@@ -66,13 +66,13 @@ from load.workers import stop_workers
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("scenario", choices=["fanout", "ingest", "live", "connect", "idle"])
+    p.add_argument("scenario", choices=["fanout", "ingest", "live", "connect", "idle", "latency"])
     p.add_argument(
         "--protocol",
         choices=["native", "socketio"],
         default="native",
         help="native: chatd's JSON envelope on /ws; socketio: Socket.IO v5 on /socket.io/ "
-        "(fanout, connect, idle) (default native)",
+        "(fanout, connect, idle, latency) (default native)",
     )
     p.add_argument(
         "--url",
@@ -131,8 +131,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     i = p.add_argument_group("ingest")
     i.add_argument("--connections", type=int, default=50)
-    i.add_argument("--rooms", type=int, default=5)
-    i.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
+    i.add_argument("--rooms", type=int, default=5, help="ingest and latency: rooms")
+    i.add_argument(
+        "--duration", type=float, default=10.0, help="ingest and latency: seconds measured"
+    )
+    la = p.add_argument_group("latency")
+    la.add_argument("--members", type=int, default=5, help="latency: connections per room")
+    la.add_argument(
+        "--rate", type=float, default=1.0, help="latency: messages per second per connection"
+    )
+    la.add_argument(
+        "--warmup", type=float, default=3.0, help="latency: seconds sent before measuring"
+    )
     lv = p.add_argument_group("live")
     lv.add_argument(
         "--viewers", type=int, default=1000, help="connections that join the stream and count"
@@ -179,8 +189,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "counted per connection (default 100)",
     )
     args = p.parse_args(argv)
-    if args.protocol == "socketio" and args.scenario not in ("fanout", "connect", "idle"):
-        p.error("--protocol socketio has the scenarios fanout, connect and idle")
+    if args.protocol == "socketio" and args.scenario not in (
+        "fanout",
+        "connect",
+        "idle",
+        "latency",
+    ):
+        p.error("--protocol socketio has the scenarios fanout, connect, idle and latency")
     if args.scenario == "live" and (
         args.reactions < 1 or args.reaction_rate <= 0 or args.viewers < 1
     ):
@@ -222,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             stop_workers(pipes, procs)
     elif args.scenario == "idle":
         result = uvloop.run(idle.run(args))
+    elif args.scenario == "latency":
+        result = uvloop.run(latency.run(args))
     else:
         result = uvloop.run(ingest.run(args))
     result["protocol"] = args.protocol

@@ -517,6 +517,20 @@ def scenario_args(opts, scenario: str) -> list[str]:
             "--sample",
             str(opts.sample),
         ]
+    if scenario == "latency":
+        return [
+            *common,
+            "--rooms",
+            str(opts.latency_rooms),
+            "--members",
+            str(opts.members),
+            "--rate",
+            str(opts.rate),
+            "--duration",
+            str(opts.latency_duration),
+            "--warmup",
+            str(opts.warmup),
+        ]
     if scenario == "connect":
         return [
             *common,
@@ -587,6 +601,12 @@ def one(opts, scenario: str, variant: Variant, rnd: int) -> dict:
 def round_note(scenario: str, result: dict) -> str:
     if "failed" in result:
         return "FAILED"
+    if scenario == "latency":
+        return (
+            f"p50/p99/p99.9 {fmt(result['p50_ms'], '.2f')}/{fmt(result['p99_ms'], '.2f')}/"
+            f"{fmt(result['p999_ms'], '.2f')} ms, {fmt(result['messages_per_s'])} msgs/s, "
+            f"{fmt(result['server_us_per_message'])} µs/msg"
+        )
     if scenario == "fanout":
         return f"{result['deliveries_per_s']:>10,.0f} deliveries/s, {result['delivered']:,}/{result['expected']:,}"
     if scenario == "live":
@@ -679,6 +699,21 @@ INGEST_METRICS = (
     "steal_pct",
     "server_peak_rss_mb",
 )
+LATENCY_METRICS = (
+    "p50_ms",
+    "p99_ms",
+    "p999_ms",
+    "max_ms",
+    "messages_per_s",
+    "deliveries_per_s",
+    "server_us_per_message",
+    "server_cpu_pct",
+    "generator_cpu_pct",
+    "other_cpu_pct",
+    "kernel_threads_cpu_pct",
+    "machine_cpu_pct",
+    "steal_pct",
+)
 CONNECT_METRICS = (
     "connects_per_s",
     "p50_ms",
@@ -746,12 +781,17 @@ AGGREGATES = {
         ("completed", "connects", "errors", "unclean_closes"),
     ),
     "idle": (IDLE_METRICS, "kib_per_connection", ("alive", "expected_alive")),
+    "latency": (LATENCY_METRICS, "p99_ms", ("acked", "errors", "deliveries", "sent_total")),
 }
 # Socket.IO: what the issue asks of chatd ÷ node (at least, or at most for memory).
 AIMS = {
     "deliveries_per_s": (">=", 3.0),
     "connects_per_s": (">=", 1.5),
     "kib_per_connection": ("<=", 0.7),
+    # The everyday-load issue's: at most Node's latency and CPU per message.
+    "p99_ms": ("<=", 1.0),
+    "p999_ms": ("<=", 1.0),
+    "server_us_per_message": ("<=", 1.0),
 }
 
 
@@ -798,6 +838,7 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
     ing = [r for r in rows if r["scenario"] == "ingest"]
     live = [r for r in rows if r["scenario"] == "live"]
     conn = [r for r in rows if r["scenario"] == "connect"]
+    lat = [r for r in rows if r["scenario"] == "latency"]
     if fan:
         lines.append("")
         lines.append(
@@ -826,6 +867,36 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
         lines += node_lines(results, fan, "server_us_per_delivery", "server µs/delivery")
         lines += process_lines(opts, results, fan)
         lines += dialect_lines(opts, results, fan)
+
+    if lat:
+        lines.append("")
+        lines.append(
+            f"latency: {opts.latency_rooms} rooms x {opts.members} connections, each sending "
+            f"{opts.rate:g} msg/s open loop, {opts.latency_duration:g} s measured after "
+            f"{opts.warmup:g} s; delay = send → each member's push (the sender's own included)"
+        )
+        lines.append(
+            f"  {'server':{w}s} {'p50 ms':>7s} {'p99 ms':>7s} {'p99.9 ms':>8s} {'[p99 min–max]':>15s} "
+            f"{'msgs/s':>7s} {'dlv/s':>7s} {'µs/msg':>7s} {'server':>7s} {'gen':>5s} {'other':>6s}  errors"
+        )
+        for r in lat:
+            if r["p99_ms"] is None:
+                lines.append(f"  {r['server']:{w}s} FAILED")
+                continue
+            lo, hi = r["p99_ms_range"]
+            lines.append(
+                f"  {r['server']:{w}s} {fmt(r['p50_ms'], '.2f'):>7s} {fmt(r['p99_ms'], '.2f'):>7s} "
+                f"{fmt(r['p999_ms'], '.2f'):>8s} {f'[{lo:.1f}–{hi:.1f}]':>15s} "
+                f"{fmt(r['messages_per_s']):>7s} {fmt(r['deliveries_per_s']):>7s} "
+                f"{fmt(r['server_us_per_message']):>7s} {pct(r['server_cpu_pct']):>7s} "
+                f"{pct(r['generator_cpu_pct']):>5s} {pct(r['other_cpu_pct']):>6s}  {r['errors']}"
+            )
+        for key, what in (
+            ("p99_ms", "p99 delay"),
+            ("p999_ms", "p99.9 delay"),
+            ("server_us_per_message", "server µs per inbound message"),
+        ):
+            lines += node_lines(results, lat, key, what)
 
     if ing:
         lines.append("")
@@ -1194,6 +1265,15 @@ def find_problems(opts, results: list[dict]) -> list[str]:
                 )
             if r["worker_failures"]:
                 problems.append(f"{name}: connect worker failures {r['worker_failures']}")
+        elif r["scenario"] == "latency":
+            expected = r["expected_deliveries_per_s"] * r["seconds"]
+            if r["errors"] or r["deliveries"] < 0.98 * expected:
+                problems.append(
+                    f"{name}: {r['errors']} errors {r['error_samples'][:2]}, "
+                    f"{r['deliveries']:,} deliveries measured of ~{expected:,.0f} scheduled"
+                )
+            if r["disconnected"]:
+                problems.append(f"{name}: {r['disconnected']} connections were closed")
         else:
             if r["errors"] or r["unanswered"]:
                 problems.append(
@@ -1273,7 +1353,9 @@ def parse_args(argv=None):
         epilog=__doc__.split("\n\n", 1)[1],
     )
     p.add_argument(
-        "--scenario", choices=["fanout", "ingest", "live", "connect", "idle", "all"], default="all"
+        "--scenario",
+        choices=["fanout", "ingest", "live", "connect", "idle", "latency", "all"],
+        default="all",
     )
     p.add_argument(
         "--protocol",
@@ -1330,6 +1412,15 @@ def parse_args(argv=None):
         metavar="URL",
         help=f"Redis for --processes > 1 (default {DEFAULT_REDIS}); given explicitly, single-process "
         f"runs use it too; every run gets a key prefix of its own",
+    )
+    p.add_argument("--latency-rooms", type=int, default=200, help="latency: rooms (default 200)")
+    p.add_argument("--members", type=int, default=5, help="latency: connections per room (5)")
+    p.add_argument("--rate", type=float, default=1.0, help="latency: messages/s per connection (1)")
+    p.add_argument(
+        "--latency-duration", type=float, default=20.0, help="latency: seconds measured (20)"
+    )
+    p.add_argument(
+        "--warmup", type=float, default=5.0, help="latency: seconds sent before measuring (5)"
     )
     p.add_argument(
         "--receivers", type=int, default=1000, help="fanout: room members receiving (default 1000)"
@@ -1451,7 +1542,7 @@ def parse_args(argv=None):
     opts.repeat = max(1, opts.repeat)
     if opts.protocol == "socketio":
         if opts.scenario in ("ingest", "live"):
-            p.error("--protocol socketio has the scenarios fanout, connect and idle")
+            p.error("--protocol socketio has the scenarios fanout, connect, idle and latency")
         opts.against = opts.against or "both"
     elif opts.against not in (None, "chatd"):
         p.error("--against node needs --protocol socketio (the Node server speaks only Socket.IO)")
