@@ -153,3 +153,16 @@ async def test_each_dialect_on_root_is_counted_under_its_own_transport(server):
     assert (await flow.next("AUTH_SUCCESS"))["payload"]["userId"] == "flo"
     names = sorted(session.transport_name for session in server.service.open_sessions)
     assert names == ["chatflow", "seed000"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_are_accepted_without_nagle(server):
+    """TCP_NODELAY on every accepted connection: a small frame written
+    right after another must not wait for the client's delayed ACK."""
+    client = await server.connect("alice")
+    assert client.user_id == "alice"
+    (session,) = list(server.service.open_sessions)
+    transport = session.transport
+    while not hasattr(transport, "getTcpNoDelay"):
+        transport = transport.transport
+    assert transport.getTcpNoDelay() is True

@@ -62,6 +62,20 @@ def parse_upgrade(data: bytes) -> tuple[bytes, bytes, Headers] | None:
     return path, query, headers
 
 
+def no_delay(transport: Any) -> None:
+    """Turn Nagle's algorithm off on a new connection.  chatd writes small
+    frames as they are ready (an ack, then a push); with Nagle on, a frame
+    written while the previous one is unacknowledged waits for the peer's
+    delayed ACK, about 40 ms on Linux: that was the p99 of the latency
+    benchmark.  Autobahn means to set it, but asks for its option before it
+    has copied the options from its factory, and swallows the error.  Not
+    every transport has the option (UNIX sockets); TLS passes it down."""
+    try:
+        transport.setTcpNoDelay(True)
+    except Exception:  # no TCP under this transport
+        pass
+
+
 class FrontDoor(Protocol):
     """Waits for a connection's first segment, then hands the connection
     (and that segment) to the protocol that will serve it."""
@@ -75,6 +89,7 @@ class FrontDoor(Protocol):
     def connectionMade(self) -> None:
         factory = self.factory
         self._timer = factory.clock.callLater(factory.first_request_timeout, self._idle)
+        no_delay(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         self._cancel_timer()
