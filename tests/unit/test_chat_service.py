@@ -133,3 +133,24 @@ async def test_reactions_and_reads_are_stamped_by_the_wall_clock(world):
 
 def test_pong_tells_the_wall_clock(world):
     assert world.chat.pong() == {"timestamp": T0_ISO}
+
+
+def test_ids_are_random_hex_never_repeated_and_fresh_after_fork() -> None:
+    import os
+    import re
+
+    from chatd.domain.publishing import new_id
+
+    ids = [new_id("m_") for _ in range(5000)]  # more than one 4 KiB buffer
+    assert all(re.fullmatch(r"m_[0-9a-f]{20}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id must not be the parent's next
+        os.write(write, new_id("m_").encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert child != new_id("m_") and child not in ids
