@@ -198,6 +198,13 @@ def _log_format(value: Any) -> str:
     return text
 
 
+def _sqlite_synchronous(value: Any) -> str:
+    text = _text(value).lower()
+    if text not in ("full", "normal"):
+        raise ValueError("expected 'full' or 'normal'")
+    return text
+
+
 def _redis_prefix(value: Any) -> str:
     text = _text(value)
     if not text or len(text) > 64 or any(c.isspace() for c in text):
@@ -444,6 +451,14 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("tls_key", _public_key_file, None, "PEM private key file for tls_cert"),
     Setting(
+        "sqlite_synchronous",
+        _sqlite_synchronous,
+        "full",
+        "SQLite only: 'full' fsyncs every commit, so an acked message survives power loss; "
+        "'normal' leaves commits to the OS (fsync at checkpoints): an acked message survives "
+        "chatd crashing or kill -9, not an OS crash or power loss",
+    ),
+    Setting(
         "log_format",
         _log_format,
         "text",
@@ -499,6 +514,7 @@ class Config:
     tls_cert: str | None = None
     tls_key: str | None = None
     log_format: str = "text"
+    sqlite_synchronous: str = "full"
     secret_generated: bool = False
 
     @property
@@ -517,6 +533,11 @@ def config_warnings(config: Config) -> list[str]:
         warnings.append(
             "accept_tokens_without_exp is on: JWTs without an `exp` claim are accepted"
             " and never expire (a leaked one works until the signing key changes)"
+        )
+    if config.sqlite_synchronous == "normal" and config.database.startswith("sqlite:"):
+        warnings.append(
+            "sqlite_synchronous is 'normal': commits are not fsynced, so messages acked in the"
+            " last moments before an OS crash or power loss can be lost (a chatd crash loses none)"
         )
     return warnings
 

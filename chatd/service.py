@@ -91,7 +91,7 @@ class ChatdService(AsyncMultiService):
             reactor = default_reactor
         self.config = config
         self.reactor = reactor
-        self.engine = engine_for(config.database)
+        self.engine = engine_for(config.database, config.sqlite_synchronous)
         self.exit_on_failure = exit_on_failure
         self.logs_to_stdout = logs_to_stdout
         # Timers and durations use the reactor; timestamps use this.

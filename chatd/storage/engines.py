@@ -56,7 +56,17 @@ class Engine(ABC):
     data_error: type[BaseException] = ValueError
 
 
+SQLITE_SYNCHRONOUS = ("full", "normal")
+
+
+@dataclass(frozen=True)
 class SqliteEngine(Engine):
+    """``synchronous``: ``full`` fsyncs every commit (an ack survives power
+    loss); ``normal`` leaves WAL commits to the OS and fsyncs at
+    checkpoints (an ack survives chatd crashing or being killed, not the
+    machine losing power) — the ``sqlite_synchronous`` setting."""
+
+    synchronous: str = "full"
     data_error = sqlite3.DataError
 
     @property
@@ -70,7 +80,7 @@ class SqliteEngine(Engine):
     def connect(self) -> sqlite3.Connection:
         self._prepare_directory()
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        _tune_sqlite(conn)
+        _tune_sqlite(conn, self.synchronous)
         return conn
 
     def pool(self) -> adbapi.ConnectionPool:
@@ -84,7 +94,7 @@ class SqliteEngine(Engine):
             check_same_thread=False,
             cp_min=1,
             cp_max=1,
-            cp_openfun=_tune_sqlite,
+            cp_openfun=lambda conn: _tune_sqlite(conn, self.synchronous),
             cp_reconnect=False,
         )
 
@@ -95,10 +105,11 @@ class SqliteEngine(Engine):
         return isinstance(error, sqlite3.OperationalError | adbapi.ConnectionLost)
 
 
-def _tune_sqlite(conn: sqlite3.Connection) -> None:
+def _tune_sqlite(conn: sqlite3.Connection, synchronous: str = "full") -> None:
     # WAL lets readers (python -m chatd tools) run beside the server;
     # synchronous=FULL keeps "ack means committed" true across power loss;
-    # group commit pays the fsync once per batch.
+    # group commit pays the fsync once per batch.  NORMAL (an operator's
+    # choice) keeps it true across a crash of chatd, not of the machine.
     for attempt in range(50):
         try:
             conn.execute("PRAGMA journal_mode=WAL")
@@ -109,7 +120,9 @@ def _tune_sqlite(conn: sqlite3.Connection) -> None:
             if attempt == 49:
                 raise
             time.sleep(0.1)
-    conn.execute("PRAGMA synchronous=FULL")
+    if synchronous not in SQLITE_SYNCHRONOUS:
+        raise ValueError(f"sqlite synchronous must be one of {SQLITE_SYNCHRONOUS}")
+    conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
 
@@ -151,9 +164,9 @@ class PostgresEngine(Engine):
         )
 
 
-def engine_for(url: str) -> Engine:
+def engine_for(url: str, sqlite_synchronous: str = "full") -> Engine:
     if url.startswith("sqlite:///"):
-        return SqliteEngine("sqlite", url)
+        return SqliteEngine("sqlite", url, synchronous=sqlite_synchronous)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresEngine("postgresql", url)
     raise ValueError(f"unsupported database URL: {url}")

@@ -658,3 +658,25 @@ async def test_drain_waits_for_batched_transactions(store):
     pending = [store.close_session(f"v{i}", 5000) for i in range(10)]
     await store.drain()
     assert all(d.called for d in pending)
+
+
+def test_sqlite_synchronous_is_the_settings(tmp_path):
+    from chatd.storage.engines import SqliteEngine
+
+    for setting, pragma in (("full", 2), ("normal", 1)):
+        engine = engine_for(f"sqlite:///{tmp_path}/{setting}.db", setting)
+        assert isinstance(engine, SqliteEngine)
+        conn = engine.connect()
+        try:
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == pragma
+        finally:
+            conn.close()
+
+
+def test_sqlite_synchronous_normal_is_warned_about(tmp_path):
+    from chatd.config import config_warnings, load_config
+
+    base = {"data_dir": str(tmp_path), "jwt_secret": "s" * 40}
+    assert not config_warnings(load_config(base, environ={}))
+    warned = config_warnings(load_config({**base, "sqlite_synchronous": "normal"}, environ={}))
+    assert any("sqlite_synchronous" in w for w in warned)
