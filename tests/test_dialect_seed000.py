@@ -377,6 +377,22 @@ async def test_typing_reaches_the_friend_in_the_conversation(chatd, clients):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_conversation_started_while_connected_carries_typing_at_once(chatd, clients):
+    """Bob is online when Alice writes to him for the first time; without
+    writing or typing back, he hears her typing (his connection noticed
+    the new conversation in the message it was sent, and joined it)."""
+    alice, bob = users("alice", "bob")
+    await befriend(chatd, alice, bob)
+    bob_seed = await seed(chatd, clients, bob)
+    alice_seed = await seed(chatd, clients, alice)
+    await dm(alice_seed, bob, "first words")
+    assert (await bob_seed.next("message"))["message"]["content"] == "first words"
+    await send(alice_seed, {"type": "typing_start", "data": {"friendId": bob}})
+    typing = await bob_seed.next("typing")
+    assert typing["data"]["userId"] == alice and typing["data"]["isTyping"] is True
+
+
+@pytest_twisted.ensureDeferred
 async def test_presence_and_friend_requests_reach_friends_only(chatd, clients):
     alice, bob, mallory, frank = users("alice", "bob", "mallory", "frank")
     await befriend(chatd, alice, bob)

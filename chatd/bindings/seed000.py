@@ -19,13 +19,14 @@ and remembers, in a small bounded map, what the reply to it must become
 Typing in chatd belongs to a room, and only connections that joined the
 room hear it: a direct conversation's room (``dm_…``) is joined by the
 codec itself, quietly (a ``since`` past any message, so no history is
-read): for every friend when the connection authenticates, and on the
-first message or typing to someone.  A typing frame waits for that join.
+read): for every friend when the connection authenticates, on the first
+message or typing to someone, and when a message of a conversation it has
+not joined is written to it (``wrap_writer`` watches the connection's own
+frames).  A typing frame waits for that join.
 
 Fan-out (``frame_event``) renders each event once for every seed-000
 recipient; it parses JSON only for the events whose shape changes
-(messages and typing).  See /tmp/dialect-seed000.md (docs/dialects.md)
-for every event and shape.
+(messages and typing).  See docs/dialects.md for every event and shape.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from chatd.bindings.codec import Codec, json_object
-from chatd.bindings.socket_write import frame_text
+from chatd.bindings.socket_write import Write, frame_text
 from chatd.clock import now_iso
 from chatd.domain.interfaces import Framer
 from chatd.domain.models import DIRECT_ROOM_PREFIX, Published, dm_room_id
@@ -58,6 +59,8 @@ MAX_PENDING = 1024
 forgotten (its reply then goes out in a generic form or not at all).  The
 rate limit keeps a well-behaved client far below it."""
 MAX_FRIEND_ROOMS = 50
+CONVERSATION_MARKER = b'"chatId":"' + DIRECT_ROOM_PREFIX.encode()
+"""How a direct conversation's room shows in an outgoing frame (compact JSON)."""
 """Direct conversations joined for typing when a connection authenticates."""
 PAST_EVERY_MESSAGE = 2**53
 """The ``since`` of a quiet join: no history is read."""
@@ -367,6 +370,40 @@ class Seed000Codec:
         )
 
     # -- the codec's own requests ----------------------------------------------------------
+
+    def bind_session(self, session: Session) -> None:
+        """The connection's session, known from the open on."""
+        self._session = session
+
+    def wrap_writer(self, write: Write) -> Write:
+        """The connection's fan-out write, watched for a direct
+        conversation this connection has not joined (the first message
+        someone sends it arrives on the user's channel): the codec joins
+        it, quietly, so the partner's typing reaches this connection too.
+        Only seed 000 connections pay the ``find``."""
+        marker = CONVERSATION_MARKER
+
+        def watched(frame: bytes) -> None:
+            write(frame)
+            if marker in frame:
+                self._notice_conversations(frame)
+
+        return watched
+
+    def _notice_conversations(self, frame: bytes) -> None:
+        session = self._session
+        if session is None or session.identity is None:
+            return
+        start = frame.find(CONVERSATION_MARKER)
+        while start >= 0:
+            begin = start + len(CONVERSATION_MARKER) - len(DIRECT_ROOM_PREFIX)
+            end = frame.find(b'"', begin)
+            if end < 0:
+                return
+            room = frame[begin:end].decode("ascii", "replace")
+            if room not in self._dm_rooms and room not in self._dm_joining:
+                self._join_dm(session, room, None)
+            start = frame.find(CONVERSATION_MARKER, end)
 
     def _next_turn(self, call: Callable[[], None]) -> object:
         """``callLater(0, …)`` on the session's clock (the reactor's)."""

@@ -126,6 +126,15 @@ class ChatdServerProtocol(WebSocketServerProtocol):
     def use_codec(self, codec: Codec) -> None:
         """The dialect is known (on ``/``: the first frame picked it)."""
         self.codec = codec
+        self._bind_codec()
+
+    def _bind_codec(self) -> None:
+        """A codec that keeps its session (seed 000's) is told it as soon as
+        both exist, before any frame: a token in the URL authenticates at
+        open."""
+        bind = getattr(self.codec, "bind_session", None)
+        if bind is not None and self.session is not None:
+            bind(self.session)
 
     # -- Autobahn's callbacks ------------------------------------------------------
 
@@ -145,6 +154,7 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         else:
             self.codec = dialect.codec()
         session = self.session = self.factory.hub.session(self, self.peer)
+        self._bind_codec()
         transport.unregisterProducer()
         transport.registerProducer(session, True)
         session.open(token)
@@ -181,7 +191,11 @@ class ChatdServerProtocol(WebSocketServerProtocol):
         return self.codec.frame_error(code, message, request_id, event)
 
     def fast_writer(self) -> Write:
-        return direct_writer(self._transport(), self._owner)
+        write = direct_writer(self._transport(), self._owner)
+        # A dialect that must see its own fan-out (seed 000 notices new
+        # direct conversations) wraps the write; the others pay nothing.
+        wrap = getattr(self.codec, "wrap_writer", None)
+        return wrap(write) if wrap is not None else write
 
     def write_queued(self, data: bytes) -> None:
         self._transport().write(data)
