@@ -257,6 +257,31 @@ class _Typing:
     is_typing: bool
 
 
+_scanned: list[Any] = [None, ()]
+
+
+def conversations_in(frame: bytes) -> tuple[str, ...]:
+    """The direct conversations (``dm_…`` rooms) an outgoing frame names.
+    Fan-out hands the same bytes to every seed-000 recipient of a turn one
+    after the other, so the last frame's answer is kept: the bytes are
+    searched once, not once per recipient."""
+    if frame is _scanned[0]:
+        found: tuple[str, ...] = _scanned[1]
+        return found
+    rooms: list[str] = []
+    start = frame.find(CONVERSATION_MARKER)
+    while start >= 0:
+        begin = start + len(CONVERSATION_MARKER) - len(DIRECT_ROOM_PREFIX)
+        end = frame.find(b'"', begin)
+        if end < 0:
+            break
+        rooms.append(frame[begin:end].decode("ascii", "replace"))
+        start = frame.find(CONVERSATION_MARKER, end)
+    found = tuple(dict.fromkeys(rooms))
+    _scanned[0], _scanned[1] = frame, found
+    return found
+
+
 Later = Callable[[Callable[[], None]], object]
 """Runs a call once the current one is over (in a later reactor turn)."""
 
@@ -381,29 +406,24 @@ class Seed000Codec:
         someone sends it arrives on the user's channel): the codec joins
         it, quietly, so the partner's typing reaches this connection too.
         Only seed 000 connections pay the ``find``."""
-        marker = CONVERSATION_MARKER
+        scanned = _scanned
 
         def watched(frame: bytes) -> None:
             write(frame)
-            if marker in frame:
-                self._notice_conversations(frame)
+            # The same bytes as for the previous recipient: no call at all.
+            rooms = scanned[1] if frame is scanned[0] else conversations_in(frame)
+            if rooms:
+                self._notice_conversations(rooms)
 
         return watched
 
-    def _notice_conversations(self, frame: bytes) -> None:
+    def _notice_conversations(self, rooms: tuple[str, ...]) -> None:
         session = self._session
         if session is None or session.identity is None:
             return
-        start = frame.find(CONVERSATION_MARKER)
-        while start >= 0:
-            begin = start + len(CONVERSATION_MARKER) - len(DIRECT_ROOM_PREFIX)
-            end = frame.find(b'"', begin)
-            if end < 0:
-                return
-            room = frame[begin:end].decode("ascii", "replace")
+        for room in rooms:
             if room not in self._dm_rooms and room not in self._dm_joining:
                 self._join_dm(session, room, None)
-            start = frame.find(CONVERSATION_MARKER, end)
 
     def _next_turn(self, call: Callable[[], None]) -> object:
         """``callLater(0, …)`` on the session's clock (the reactor's)."""

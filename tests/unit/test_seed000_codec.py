@@ -524,3 +524,21 @@ def test_other_native_events_keep_their_names() -> None:
     assert frame["type"] == "chat:read" and frame["data"]["seq"] == 3
     note = decoded(SEED000.codec().frame_push("notification", {"id": "n_1", "title": "T"}))
     assert note["type"] == "notification" and note["data"] == {"id": "n_1", "title": "T"}
+
+
+def test_the_conversations_a_frame_names_are_found_once_per_frame() -> None:
+    from chatd.bindings.seed000 import conversations_in
+
+    a, b = dm_room_id("alice", "bob"), dm_room_id("alice", "carol")
+    frame = (
+        b'{"type":"message","data":{"chatId":"'
+        + a.encode()
+        + b'"},"message":{"chatId":"'
+        + a.encode()
+        + b'"}}{"type":"message","data":{"chatId":"'
+        + b.encode()
+        + b'"}}'
+    )
+    assert conversations_in(frame) == (a, b)
+    assert conversations_in(frame) is conversations_in(frame)  # the same bytes: kept
+    assert conversations_in(b'{"type":"message","data":{"chatId":"r_1"}}') == ()
