@@ -144,3 +144,38 @@ def check_fanout(status: int, out: str, report: dict[str, Any]) -> None:
     # The server was stopped (not left behind) and stopped cleanly.
     assert result["server_exit_code"] in (0, -signal.SIGTERM), out
     assert not result["server_killed"]
+
+
+def test_latency_scenario_delivers_to_every_member(tmp_path: Path) -> None:
+    """The everyday-load scenario, tiny: every scheduled message acked and
+    pushed to each member of its room, with delays measured."""
+    out_json = tmp_path / "latency.json"
+    cmd = [
+        sys.executable,
+        str(REPO / "bench" / "run.py"),
+        "--scenario=latency",
+        "--latency-rooms=4",
+        "--members=3",
+        "--rate=5",
+        "--warmup=0.5",
+        "--latency-duration=2",
+        "--repeat=1",
+        "--no-pin",
+        f"--json={out_json}",
+    ]
+    proc = subprocess.run(
+        cmd,
+        env=clean_env(TMPDIR=str(tmp_path)),
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (result,) = json.loads(out_json.read_text())["results"]
+    assert "failed" not in result, result.get("server_log_tail")
+    assert result["errors"] == 0 and result["disconnected"] == 0
+    # 4 rooms x 3 members x 3 deliveries per message x 5 msg/s x 2 s, give or take the edges.
+    assert result["deliveries"] >= 0.9 * result["expected_deliveries_per_s"] * 2
+    assert result["p99_ms"] is not None and result["server_us_per_message"] > 0

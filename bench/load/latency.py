@@ -61,8 +61,11 @@ class _Counts:
             self.error_samples.append(payload.decode(errors="replace")[:300])
 
 
-class NativeMember(client.Base):
-    """A room member over ``/ws``: pushes carry the delay, acks are counted."""
+class _Member:
+    """What a room member is whatever the protocol: its counts, its room,
+    and the scheduled send (``message_frame`` is the protocol's)."""
+
+    transport: Any
 
     def __init__(self, counts: _Counts) -> None:
         super().__init__()
@@ -70,12 +73,19 @@ class NativeMember(client.Base):
         self.room = ""
         self.n = 0
 
+    def message_frame(self, text: str) -> bytes:
+        raise NotImplementedError
+
     def send_message(self, size: int) -> None:
         self.n += 1
-        self.transport.send(
-            WSMsgType.TEXT,
-            client.message_request(f"m{self.n}", self.room, client.content(self.n, size)),
-        )
+        self.transport.send(WSMsgType.TEXT, self.message_frame(client.content(self.n, size)))
+
+
+class NativeMember(_Member, client.Base):
+    """A room member over ``/ws``: pushes carry the delay, acks are counted."""
+
+    def message_frame(self, text: str) -> bytes:
+        return client.message_request(f"m{self.n}", self.room, text)
 
     def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
         if frame.msg_type != WSMsgType.TEXT:
@@ -93,21 +103,11 @@ class NativeMember(client.Base):
             self.ctl.offer(p)
 
 
-class SioMember(sio.SioBase):
+class SioMember(_Member, sio.SioBase):
     """A room member over Socket.IO's WebSocket transport."""
 
-    def __init__(self, counts: _Counts) -> None:
-        super().__init__()
-        self.counts = counts
-        self.room = ""
-        self.n = 0
-
-    def send_message(self, size: int) -> None:
-        self.n += 1
-        self.transport.send(
-            WSMsgType.TEXT,
-            sio.message_packet(self.take_ack_id(), self.room, client.content(self.n, size)),
-        )
+    def message_frame(self, text: str) -> bytes:
+        return sio.message_packet(self.take_ack_id(), self.room, text)
 
     def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
         if frame.msg_type == WSMsgType.TEXT:
