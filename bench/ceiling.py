@@ -1,7 +1,8 @@
 """Reference ceiling: the smallest Twisted+Autobahn broadcast server that
 speaks enough of the chatd protocol for bench/loadgen.py.  Every chat:message
 is framed ONCE (factory.prepareMessage) and the same bytes are written to
-every open connection's transport; no storage, no rooms, no validation.
+every connection joined to its room; rooms live in a dict (chat:create
+makes one, chat:join enters it); no storage, no tokens, no validation.
 Replies come in the shapes chatd uses (compact JSON, same field order).
 
     python bench/ceiling.py PORT
@@ -16,7 +17,7 @@ from twisted.internet import reactor
 
 dumps = partial(json.dumps, separators=(",", ":"))  # compact, like chatd
 ROOM = {
-    "id": "r_ceiling",
+    "id": "r_ceiling_0",
     "name": "bench",
     "description": "",
     "type": "public",
@@ -29,6 +30,7 @@ ROOM = {
 class Broadcast(WebSocketServerProtocol):
     def onOpen(self):
         self.factory.conns[self] = None
+        self.rooms = []
         self.user = f"u{id(self):x}"
         hello = {
             "type": "authenticated",
@@ -38,6 +40,8 @@ class Broadcast(WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         self.factory.conns.pop(self, None)
+        for room in getattr(self, "rooms", ()):  # not set when the handshake failed
+            self.factory.rooms[room].pop(self, None)
 
     def onMessage(self, payload, isBinary):
         req = json.loads(payload)
@@ -56,11 +60,19 @@ class Broadcast(WebSocketServerProtocol):
             frame = f.prepareMessage(
                 dumps({"type": "chat:message", "data": msg}).encode()
             ).payloadHybi
-            for conn in f.conns:
+            for conn in f.rooms.get(msg["chatId"], ()):
                 conn.transport.write(frame)
             reply = {"id": msg["id"], "seq": f.seq, "createdAt": msg["createdAt"]}
-        elif kind in ("chat:create", "chat:join"):
-            reply = {"room": ROOM, "messages": [], "users": [], "hasMore": False}
+        elif kind == "chat:create":
+            f = self.factory
+            room = {**ROOM, "id": f"r_ceiling_{len(f.rooms)}"}
+            f.rooms[room["id"]] = {}
+            reply = {"room": room, "messages": [], "users": [], "hasMore": False}
+        elif kind == "chat:join":
+            room = {**ROOM, "id": data.get("chatId")}
+            self.factory.rooms.setdefault(room["id"], {})[self] = None
+            self.rooms.append(room["id"])
+            reply = {"room": room, "messages": [], "users": [], "hasMore": False}
         else:
             reply = {}
         if rid is not None:
@@ -69,7 +81,7 @@ class Broadcast(WebSocketServerProtocol):
 
 if __name__ == "__main__":
     factory = WebSocketServerFactory(f"ws://127.0.0.1:{sys.argv[1]}/ws")
-    factory.protocol, factory.conns, factory.seq = Broadcast, {}, 0
+    factory.protocol, factory.conns, factory.rooms, factory.seq = Broadcast, {}, {}, 0
     factory.setProtocolOptions(
         perMessageCompressionAccept=lambda offers: None, tcpNoDelay=True, autoFragmentSize=0
     )

@@ -28,9 +28,15 @@ Scenarios (each on a fresh server on a free loopback port):
   Runs against chatd and bench/ceiling.py, and prints the ratio.
 * idle    — ``--idle-connections`` connections opened and held idle (after
   ``--idle-warmup`` ones): the server's resident memory per connection.
-  Not part of ``all``; against chatd and bench/ceiling.py.
+  Against chatd and bench/ceiling.py.
+* latency — ``--latency-rooms`` rooms of ``--members`` connections, each
+  sending ``--rate`` messages/s open loop: p50/p99/p99.9 send-to-push delay,
+  server CPU per inbound message.  Against chatd and bench/ceiling.py (which
+  keeps rooms but stores nothing and checks no token: the bare stack).
 
-``--protocol socketio`` runs fanout, connect and idle (``all``: the three)
+``all`` (the default) runs every scenario.
+
+``--protocol socketio`` runs fanout, connect, idle and latency (``all``)
 over Socket.IO (Engine.IO v4 WebSocket transport, ``/socket.io/``) against
 chatd's Socket.IO binding and/or bench/socketio-node, a Node socket.io 4
 server (``--against chatd|node|both``, default both; ``npm ci --prefix
@@ -783,12 +789,13 @@ AGGREGATES = {
     "idle": (IDLE_METRICS, "kib_per_connection", ("alive", "expected_alive")),
     "latency": (LATENCY_METRICS, "p99_ms", ("acked", "errors", "deliveries", "sent_total")),
 }
-# Socket.IO: what the issue asks of chatd ÷ node (at least, or at most for memory).
+# Socket.IO: what the everyday-load issue asks of chatd ÷ node (at least, or
+# at most; the Socket.IO issue's were 3, 1.5 and 0.7 for the first three).
 AIMS = {
-    "deliveries_per_s": (">=", 3.0),
-    "connects_per_s": (">=", 1.5),
-    "kib_per_connection": ("<=", 0.7),
-    # The everyday-load issue's: at most Node's latency and CPU per message.
+    "deliveries_per_s": (">=", 4.0),
+    "connects_per_s": (">=", 2.0),
+    "kib_per_connection": ("<=", 0.5),
+    # At most Node's latency and CPU per message.
     "p99_ms": ("<=", 1.0),
     "p999_ms": ("<=", 1.0),
     "server_us_per_message": ("<=", 1.0),
@@ -897,6 +904,7 @@ def summary(opts, results: list[dict], pin_note: str) -> str:
             ("server_us_per_message", "server µs per inbound message"),
         ):
             lines += node_lines(results, lat, key, what)
+            lines += ceiling_lines(results, lat, key, what)
 
     if ing:
         lines.append("")
@@ -1506,7 +1514,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--no-ceiling",
         action="store_true",
-        help="fanout/connect: skip the bench/ceiling.py reference run",
+        help="fanout/connect/idle/latency: skip the bench/ceiling.py reference run",
     )
     p.add_argument(
         "--no-pin", action="store_true", help="do not pin server and generator to separate CPUs"
@@ -1607,9 +1615,10 @@ def main(argv=None) -> int:
     if opts.scenario != "all":
         scenarios = [opts.scenario]
     elif opts.protocol == "socketio":
-        scenarios = ["fanout", "connect", "idle"]
+        # Every ratio of the everyday-load targets, beside Node, in one run.
+        scenarios = ["fanout", "connect", "idle", "latency"]
     else:
-        scenarios = ["fanout", "ingest", "live", "connect"]
+        scenarios = ["fanout", "ingest", "live", "connect", "idle", "latency"]
     chatd = [
         Variant.chatd(db, n, redis_for(opts, n), dialect)
         for db in opts.database
@@ -1633,7 +1642,7 @@ def main(argv=None) -> int:
             # The ceiling speaks only the native protocol; over Socket.IO
             # the Node server is the reference.
             with_ceiling = (
-                scenario in ("fanout", "connect", "idle")
+                scenario in ("fanout", "connect", "idle", "latency")
                 and not opts.no_ceiling
                 and opts.protocol == "native"
             )
