@@ -292,6 +292,47 @@ def test_heartbeat_drops_a_peer_that_misses_its_pong():
     assert session not in world.hub.open
 
 
+def test_every_session_shares_one_heartbeat_timer():
+    """An idle connection holds no DelayedCall of its own (one is ~550
+    bytes): the sessions' pings and pong deadlines share the wheel's timer,
+    and a session that closes leaves nothing behind in it."""
+    world = World()
+
+    def heartbeat_timers() -> int:
+        return sum(
+            1
+            for call in world.clock.getDelayedCalls()
+            if getattr(call.func, "__self__", None) in (world.engine.heartbeats, *sockets)
+        )
+
+    sids = [world.connect(f"u{i}")[0] for i in range(20)]
+    sockets = [world.engine.get(sid) for sid in sids]
+    assert len(world.engine.heartbeats) == 20
+    assert heartbeat_timers() == 1
+    world.clock.advance(25)
+    for sid in sids:
+        assert world.get(sid) == ["2"]  # every one pinged by the one timer
+    assert len(world.engine.heartbeats) == 20  # each waiting for its pong now
+    assert heartbeat_timers() == 1
+    for sid in sids:
+        assert world.post(sid, "1") == (200, b"ok")
+    assert len(world.engine.heartbeats) == 0
+    assert heartbeat_timers() == 0
+
+
+def test_a_heartbeat_due_between_ticks_is_not_early():
+    """Due times round up to the wheel's resolution: a ping is never sent
+    before ping_interval has passed."""
+    world = World()
+    world.clock.advance(0.4)
+    sid, _ = world.connect()
+    world.clock.advance(24.9)  # 25.3: the ping is due at 25.4
+    assert world.engine.get(sid) is not None
+    request = world.pending_get(sid)
+    world.clock.advance(0.7)  # 26.0, the next tick
+    assert b"".join(request.written) == b"2"
+
+
 def test_polling_queue_is_bounded_like_a_send_buffer():
     world = World(max_send_buffer=150_000)
     sid, session = world.connect()

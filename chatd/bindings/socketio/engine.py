@@ -18,6 +18,8 @@ and a polling request with that sid is a bad request.
 
 from __future__ import annotations
 
+import heapq
+import math
 import re
 import secrets
 from collections.abc import Callable
@@ -77,6 +79,94 @@ class EngineSettings:
     connect_timeout: float = 10.0
 
 
+class HeartbeatWheel:
+    """One timer for the heartbeats of every Engine.IO session of a server,
+    instead of a ``DelayedCall`` per session (about 550 bytes each, the
+    largest object an idle Socket.IO connection held beyond the native
+    one's).  Due times are rounded up to ``resolution``: a ping goes out at
+    most that much late (clients allow ``pingInterval + pingTimeout``) and a
+    missed pong is noticed at most that much late."""
+
+    # A timer fires at or just after its due time; a tick counts as passed
+    # within this much of it (float sums of seconds are not exact).
+    _SLACK = 1e-6
+
+    def __init__(self, clock: IReactorTime, resolution: float) -> None:
+        self._clock = clock
+        self._resolution = resolution
+        self._buckets: dict[int, dict[EngineSocket, None]] = {}
+        self._ticks: list[int] = []  # a heap of the buckets' ticks
+        self._timer: IDelayedCall | None = None
+        self._timer_tick: int | None = None
+        self._waiting = 0
+
+    @classmethod
+    def for_settings(cls, clock: IReactorTime, settings: EngineSettings) -> HeartbeatWheel:
+        """A second (a twentieth of the default timeout), or finer when the
+        intervals are short: the protocol test suites run with fractions of
+        a second, and three pings must fit in their 1 s connect timeout."""
+        shortest = min(settings.ping_interval, settings.ping_timeout)
+        return cls(clock, min(1.0, shortest / 20) if shortest > 0 else 1.0)
+
+    def __len__(self) -> int:
+        """Sessions waiting for a heartbeat."""
+        return self._waiting
+
+    def add(self, socket: EngineSocket, delay: float) -> int:
+        """Call ``socket.heartbeat_due()`` after ``delay``; the tick returned
+        is what ``remove`` needs."""
+        tick = math.ceil((self._clock.seconds() + delay) / self._resolution - self._SLACK)
+        bucket = self._buckets.get(tick)
+        if bucket is None:
+            bucket = self._buckets[tick] = {}
+            heapq.heappush(self._ticks, tick)
+            if self._timer_tick is None or tick < self._timer_tick:
+                self._arm(tick)
+        bucket[socket] = None
+        self._waiting += 1
+        return tick
+
+    def remove(self, socket: EngineSocket, tick: int) -> None:
+        bucket = self._buckets.get(tick)
+        if bucket is not None and bucket.pop(socket, 0) is None:
+            self._waiting -= 1
+            if not self._waiting:
+                # Nobody left: no timer stays behind (a stopped server, a
+                # test's reactor); an empty bucket otherwise goes at its tick.
+                self.stop()
+
+    def _arm(self, tick: int) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer_tick = tick
+        delay = max(0.0, tick * self._resolution - self._clock.seconds())
+        self._timer = self._clock.callLater(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = self._timer_tick = None
+        now = self._clock.seconds() + self._SLACK
+        ticks = self._ticks
+        while ticks and ticks[0] * self._resolution <= now:
+            bucket = self._buckets.pop(heapq.heappop(ticks), None) or {}
+            self._waiting -= len(bucket)
+            for socket in list(bucket):
+                try:
+                    socket.heartbeat_due()
+                except Exception:
+                    log.failure("heartbeat of {sid} failed", sid=socket.sid)
+        if ticks:
+            self._arm(ticks[0])
+
+    def stop(self) -> None:
+        """Forget every heartbeat and cancel the timer."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self._timer_tick = None
+        self._buckets.clear()
+        self._ticks.clear()
+        self._waiting = 0
+
+
 class SocketHandler(Protocol):
     """What the engine tells the layer above it (the Socket.IO binding)."""
 
@@ -102,6 +192,26 @@ PollingFactory = Callable[["EngineSocket"], Transport]
 
 class EngineSocket:
     """One Engine.IO session; see the module docstring."""
+
+    # One per connection: slots keep an idle connection's memory down.
+    __slots__ = (
+        "sid",
+        "server",
+        "transport",
+        "peer",
+        "offered_token",
+        "open",
+        "upgraded",
+        "_clock",
+        "_settings",
+        "_probing",
+        "upgrading",
+        "_upgrade_timer",
+        "_beat_tick",
+        "_awaiting_pong",
+        "_closing",
+        "handler",
+    )
 
     def __init__(
         self,
@@ -130,8 +240,10 @@ class EngineSocket:
         # The probe was answered (3probe): a GET now gets a noop at once.
         self.upgrading = False
         self._upgrade_timer: IDelayedCall | None = None
-        self._ping_timer: IDelayedCall | None = None
-        self._pong_timer: IDelayedCall | None = None
+        # The heartbeat: the wheel's tick this session waits for, and
+        # whether that is the pong's deadline (else the next ping).
+        self._beat_tick: int | None = None
+        self._awaiting_pong = False
         self._closing = False
         self.handler: SocketHandler = server.handler_factory(self)
 
@@ -154,15 +266,24 @@ class EngineSocket:
         self.handler.opened()
 
     def _schedule_ping(self) -> None:
-        self._ping_timer = self._clock.callLater(self._settings.ping_interval, self._ping)
+        self._awaiting_pong = False
+        self._beat_tick = self.server.heartbeats.add(self, self._settings.ping_interval)
+
+    def heartbeat_due(self) -> None:
+        """The wheel's call: time for the next ping, or the pong is late."""
+        self._beat_tick = None
+        if self._awaiting_pong:
+            self._pong_missed()
+        else:
+            self._ping()
 
     def _ping(self) -> None:
-        self._ping_timer = None
         self.send(eio.encode(eio.PING))
-        self._pong_timer = self._clock.callLater(self._settings.ping_timeout, self._pong_missed)
+        self._awaiting_pong = True
+        self._beat_tick = self.server.heartbeats.add(self, self._settings.ping_timeout)
 
     def _pong_missed(self) -> None:
-        self._pong_timer = None
+        self._awaiting_pong = False
         log.info(
             "Engine.IO session {sid} missed its pong; dropping it",
             event="socketio.ping_timeout",
@@ -171,10 +292,9 @@ class EngineSocket:
         self.fail(CLOSE_ABNORMAL, "ping timeout")
 
     def _pong(self) -> None:
-        if self._pong_timer is None:
+        if not self._awaiting_pong:
             return  # an unsolicited pong: harmless
-        self._pong_timer.cancel()
-        self._pong_timer = None
+        self._stop_timers()
         self._schedule_ping()
 
     # -- sending -------------------------------------------------------------------
@@ -337,10 +457,10 @@ class EngineSocket:
         self.handler.closed(clean, code, reason)
 
     def _stop_timers(self) -> None:
-        for timer in (self._ping_timer, self._pong_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._ping_timer = self._pong_timer = None
+        if self._beat_tick is not None:
+            self.server.heartbeats.remove(self, self._beat_tick)
+        self._beat_tick = None
+        self._awaiting_pong = False
 
 
 class EngineServer:
@@ -361,6 +481,7 @@ class EngineServer:
         self.handler_factory = handler_factory
         self.polling_factory = polling_factory
         self.sockets: dict[str, EngineSocket] = {}
+        self.heartbeats = HeartbeatWheel.for_settings(clock, settings)
 
     def __len__(self) -> int:
         return len(self.sockets)

@@ -39,6 +39,8 @@ class WebSocketTransport:
 
     name = "websocket"
     framer = staticmethod(frame_event_websocket)
+    # One per connection: slots keep an idle connection's memory down.
+    __slots__ = ("_protocol", "_tcp", "_owner", "write")
 
     def __init__(self, protocol: EngineWebSocketProtocol) -> None:
         self._protocol = protocol
