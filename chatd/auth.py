@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 from chatd.config import Config
 from chatd.domain.models import Identity
+from chatd.errors import unstorable
 from chatd.nextauth import SessionTokenDecryptor, SessionTokenError
 
 MAX_USER_ID_LENGTH = 128
@@ -195,10 +196,26 @@ def hmac_decoder(secret: str | None) -> jwt.PyJWT:
     return decoder
 
 
+def _check_text(claims: dict[str, Any], claim: str) -> None:
+    """A text claim chatd keeps, logs or stores must be text every store
+    and log can hold: PyJWT's JSON lets a lone surrogate (``"\\ud800"``)
+    through, which no UTF-8 encoder takes (a user id holding one would
+    authenticate and then fail wherever it is written), and PostgreSQL
+    text cannot hold NUL.  Refused like any bad token."""
+    value = claims.get(claim)
+    if not isinstance(value, str):
+        return
+    problem = unstorable(value)
+    if problem is not None:
+        raise AuthError(f"token {claim!r} {problem}")
+
+
 def identity_from_claims(claims: dict[str, Any]) -> Identity:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub.strip() or len(sub) > MAX_USER_ID_LENGTH:
         raise AuthError("token 'sub' must be a non-empty string of at most 128 characters")
+    for claim in ("sub", "name", "username", "role"):
+        _check_text(claims, claim)
     name = claims.get("name")
     if not isinstance(name, str) or not name.strip():
         name = claims.get("username")  # what some apps (seed 002's) call it

@@ -23,13 +23,29 @@ class ErrorCode(StrEnum):
 class ChatError(Exception):
     """A request failed for a reason the client is told about."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        #: Seconds after which the same request may succeed (a limit's
+        #: refill); HTTP sends it as ``Retry-After``.
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         return f"ChatError({self.code.value}, {self.message!r})"
+
+
+def unstorable(text: str) -> str | None:
+    """Why ``text`` cannot be kept (in the store, a log, a frame), or None:
+    a lone surrogate, which no UTF-8 encoder takes, or a NUL, which
+    PostgreSQL text cannot hold.  The end of a message naming the value."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode text"
+    if "\x00" in text:
+        return "must not contain NUL characters"
+    return None
 
 
 def invalid(message: str) -> ChatError:

@@ -48,6 +48,7 @@ from chatd.bindings.codec import Codec, json_object
 from chatd.bindings.socket_write import frame_text
 from chatd.domain.models import Published
 from chatd.errors import ErrorCode
+from chatd.protocol.envelope import strict_dumps
 
 if TYPE_CHECKING:
     from chatd.session.session import Session
@@ -94,17 +95,13 @@ _ROOM_REQUESTS = frozenset(
 # -- frames and shapes ----------------------------------------------------------------
 
 
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
 def encode_frame(kind: str, payload: Any, request_id: Any = None) -> bytes:
     """One Chat Flow frame, ready for the transport; ``requestId`` only
     when there is one to echo."""
     frame: dict[str, Any] = {"type": kind, "payload": payload}
     if request_id is not None:
         frame["requestId"] = request_id
-    return frame_text(_dumps(frame))
+    return frame_text(strict_dumps(frame))
 
 
 def seed_message(message: dict[str, Any]) -> dict[str, Any]:

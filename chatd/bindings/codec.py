@@ -20,7 +20,6 @@ frame that fits none gets the native protocol's error.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, Protocol
 
 from chatd.bindings.socket_write import frame_text
@@ -33,6 +32,7 @@ from chatd.protocol.envelope import (
     encode_error,
     encode_push,
     parse_envelope,
+    strict_loads,
     wrap_push,
 )
 
@@ -82,9 +82,10 @@ class Dialect(Protocol):
 
 def json_object(payload: bytes) -> dict[str, Any] | None:
     """A text frame's JSON object, or None for anything else (not UTF-8,
-    not JSON, nested too deeply, not an object)."""
+    not strict JSON, as NaN or Infinity are not, nested too deeply, not an
+    object)."""
     try:
-        obj = json.loads(payload.decode("utf-8"))
+        obj = strict_loads(payload)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None

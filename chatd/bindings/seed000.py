@@ -43,6 +43,7 @@ from chatd.clock import now_iso
 from chatd.domain.interfaces import Framer
 from chatd.domain.models import DIRECT_ROOM_PREFIX, Published, dm_room_id
 from chatd.errors import ChatError, ErrorCode, invalid
+from chatd.protocol.envelope import MAX_INTEGER, strict_dumps
 
 if TYPE_CHECKING:
     from chatd.session.session import Session
@@ -70,14 +71,10 @@ TEXT = "TEXT"
 # -- frames out --------------------------------------------------------------------
 
 
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
 def _frame(event_type: str, data: Any, timestamp: str | None = None) -> bytes:
     """``{type, data, timestamp}`` as one text frame."""
     body = {"type": event_type, "data": data, "timestamp": timestamp or now_iso()}
-    return frame_text(_dumps(body))
+    return frame_text(strict_dumps(body))
 
 
 def _wrapped(type_json: bytes, data_json: bytes) -> bytes:
@@ -123,7 +120,7 @@ def message_frame(event_type: str, wire: dict[str, Any]) -> bytes:
         "message": message,
         "timestamp": created if isinstance(created, str) else now_iso(),
     }
-    return frame_text(_dumps(body))
+    return frame_text(strict_dumps(body))
 
 
 def _render_direct_message(data: bytes) -> bytes:
@@ -175,7 +172,7 @@ def frame_event(event: Published) -> bytes:
     if render is not None:
         return render(event.data)
     type_json = _RENAMED.get(event.type)
-    return _wrapped(type_json if type_json is not None else _dumps(event.type), event.data)
+    return _wrapped(type_json if type_json is not None else strict_dumps(event.type), event.data)
 
 
 # -- frames in ---------------------------------------------------------------------------
@@ -218,8 +215,10 @@ def _check_message_type(fields: dict[str, Any]) -> None:
 
 def _since(fields: dict[str, Any]) -> int | None:
     since = fields.get("since")
-    if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
-        raise invalid("'since' must be a non-negative integer")
+    if since is not None and (
+        isinstance(since, bool) or not isinstance(since, int) or not 0 <= since <= MAX_INTEGER
+    ):
+        raise invalid("'since' must be a non-negative integer below 2^63")
     return since
 
 
@@ -612,7 +611,7 @@ class Seed000Codec:
         if event_type == "chat:left":
             room = data.get("chatId") if isinstance(data, dict) else None
             return self._left(room, removed=True) if isinstance(room, str) else b""
-        return frame_event(Published(event_type, _dumps(data)))
+        return frame_event(Published(event_type, strict_dumps(data)))
 
 
 _Handler = Callable[[Seed000Codec, "Session", str, dict[str, Any]], None]

@@ -15,8 +15,10 @@ ROOM_TYPES = ("public", "private")
 
 def encode_body(data: dict[str, Any]) -> bytes:
     """The one JSON encoding of an event body (ASCII-safe, compact), made
-    once by the publisher whatever the number of recipients."""
-    return json.dumps(data, separators=(",", ":")).encode()
+    once by the publisher whatever the number of recipients.  Strict: a
+    NaN or an infinity raises here, before any recipient is involved,
+    instead of reaching clients whose ``JSON.parse`` would fail."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
 
 
 DIRECT_ROOM_PREFIX = "dm_"

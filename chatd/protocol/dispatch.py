@@ -202,11 +202,20 @@ class _Request:
 
 
 def _succeeded(result: Any, responder: Responder, request: _Request) -> None:
-    if isinstance(result, Outcome):
-        responder.reply(request.id, request.route.confirmation, result.data)
-        result.after_reply()
-    else:
-        responder.reply(request.id, request.route.confirmation, result)
+    """The reply; one that cannot be framed (a value strict JSON refuses,
+    which input validation should have kept out) is a ``SERVER_ERROR``,
+    never a frame the client cannot parse nor an error escaping into the
+    binding.  An ``Outcome``'s follow-up runs either way (it releases what
+    waited for the request)."""
+    outcome = result if isinstance(result, Outcome) else None
+    try:
+        responder.reply(
+            request.id, request.route.confirmation, result if outcome is None else outcome.data
+        )
+    except Exception:
+        _server_error(Failure(), responder, request)
+    if outcome is not None:
+        outcome.after_reply()
 
 
 def _failed(failure: Failure, responder: Responder, request: _Request) -> None:

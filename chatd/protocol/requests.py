@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatd.domain.models import ROOM_TYPES
-from chatd.errors import ChatError, ErrorCode, invalid
+from chatd.errors import ChatError, ErrorCode, invalid, unstorable
+from chatd.protocol.envelope import MAX_INTEGER
 
 MAX_ROOM_ID = 128
 MAX_USER_ID = 128
@@ -29,12 +30,9 @@ def _object(data: Any, event: str) -> dict[str, Any]:
 def _valid_text(value: str, field: str) -> str:
     """Text every store can keep: encodable as UTF-8 (no lone surrogates)
     and without NUL, which PostgreSQL text cannot hold."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise invalid(f"'{field}' is not valid Unicode text") from None
-    if "\x00" in value:
-        raise invalid(f"'{field}' must not contain NUL characters")
+    problem = unstorable(value)
+    if problem is not None:
+        raise invalid(f"'{field}' {problem}")
     return value
 
 
@@ -68,13 +66,21 @@ def optional_str(data: dict[str, Any], field: str, max_length: int) -> str | Non
     return required_str(data, field, max_length)
 
 
-def optional_seq(data: dict[str, Any], field: str) -> int | None:
+def optional_integer(data: dict[str, Any], field: str, minimum: int) -> int | None:
+    """A JSON integer from ``minimum`` to ``MAX_INTEGER`` (what storage
+    holds: a larger one would fail in the driver, for every request that
+    sent it); ``1.0``, ``"1"`` and ``true`` are refused."""
     value = data.get(field)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise invalid(f"'{field}' must be a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_INTEGER:
+        kind = "non-negative" if minimum == 0 else "positive"
+        raise invalid(f"'{field}' must be a {kind} integer below 2^63")
     return value
+
+
+def optional_seq(data: dict[str, Any], field: str) -> int | None:
+    return optional_integer(data, field, 0)
 
 
 def optional_bool(data: dict[str, Any], field: str, default: bool = False) -> bool:
@@ -244,11 +250,9 @@ class ChatHistory:
     @classmethod
     def parse(cls, data: Any) -> ChatHistory:
         fields = _object(data, "chat:history")
-        limit = fields.get("limit")
+        limit = optional_integer(fields, "limit", 1)
         if limit is None:
             limit = 50
-        elif isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise invalid("'limit' must be a positive integer")
         return cls(
             identifier(fields, "chatId", MAX_ROOM_ID),
             optional_seq(fields, "before"),

@@ -16,7 +16,15 @@ from chatd.domain.live import LiveService
 from chatd.domain.models import ROOM_TYPES, Limits, Published
 from chatd.domain.registry import LocalRegistry, user_channel
 from chatd.domain.social import SocialService
-from chatd.web.api import MAX_ID, ApiError, Call, Endpoint, bad_request, endpoint
+from chatd.web.api import (
+    MAX_ID,
+    ApiError,
+    Call,
+    Endpoint,
+    bad_request,
+    endpoint,
+    query_integer,
+)
 
 CLOSE_BY_ADMIN = 4003
 DISCONNECT_CONTROL = "chatd:disconnect"
@@ -200,9 +208,9 @@ class NativeApi:
 
     async def history(self, call: Call) -> dict[str, Any]:
         room = await self.chat.room(call.params["room_id"], self._reader(call))
-        before = _query_seq(call, "before")
-        after = _query_seq(call, "after")
-        limit = _query_seq(call, "limit") or 50
+        before = query_integer(call, "before")
+        after = query_integer(call, "after")
+        limit = query_integer(call, "limit") or 50
         page = await self.chat.page(room.id, before, after, limit)
         return {"messages": [m.to_wire() for m in page.messages], "hasMore": page.has_more}
 
@@ -244,15 +252,6 @@ class NativeApi:
 
 def _is_user_id(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip()) and len(value) <= MAX_ID
-
-
-def _query_seq(call: Call, name: str) -> int | None:
-    raw = call.query.get(name)
-    if raw is None or raw == "":
-        return None
-    if not raw.isdigit():
-        raise bad_request(f"'{name}' must be a non-negative integer")
-    return int(raw)
 
 
 def _pair(call: Call) -> tuple[str, str]:

@@ -163,6 +163,31 @@ def test_sub_length_limit():
     refused(verifier(), hs256(claims(sub="u" * 129)), "sub")
 
 
+@pytest.mark.parametrize(
+    "claim, value",
+    [
+        ("sub", "\ud800"),
+        ("sub", "alice\udfff"),
+        ("sub", "nul\x00user"),
+        ("name", "\ud83d"),
+        ("username", "x\udc00"),
+        ("role", "admin\ud800"),
+    ],
+)
+def test_text_claims_no_store_or_log_can_hold_are_refused(claim, value):
+    """PyJWT's JSON lets a lone surrogate through; such a token must not
+    authenticate (its user could be neither stored nor logged)."""
+    token = hs256(claims(**{claim: value}))
+    refused(verifier(), token, repr(claim))
+    with pytest.raises(AuthError):
+        identity_from_claims({"sub": "alice", claim: value})
+
+
+def test_control_characters_in_a_sub_are_text_like_any():
+    """They are escaped where they are logged (chatd/logs.py), not refused."""
+    assert verifier().verify(hs256(claims(sub="eve\x1b[31m"))).user_id == "eve\x1b[31m"
+
+
 def test_wrong_signature():
     refused(verifier(), hs256(claims(), secret=OTHER_SECRET), "signature")
 

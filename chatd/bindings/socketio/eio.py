@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass
 from typing import Any
+
+from chatd.protocol.envelope import strict_dumps
 
 OPEN = "0"
 CLOSE = "1"
@@ -98,12 +99,12 @@ def open_packet(
         "pingTimeout": round(ping_timeout * 1000),
         "maxPayload": max_payload,
     }
-    return encode(OPEN, json.dumps(body, separators=(",", ":")))
+    return encode(OPEN, strict_dumps(body))
 
 
 def error_body(code: int, message: str) -> bytes:
     """Engine.IO's HTTP error body, ``{"code":N,"message":"…"}``."""
-    return json.dumps({"code": code, "message": message}, separators=(",", ":")).encode()
+    return strict_dumps({"code": code, "message": message})
 
 
 class ErrorCode:

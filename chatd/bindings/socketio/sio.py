@@ -18,11 +18,16 @@ transport adds Engine.IO's ``4``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatd.protocol.envelope import MAX_TYPE_LENGTH
+from chatd.protocol.envelope import (
+    MAX_TYPE_LENGTH,
+    NOT_JSON_NUMBERS,
+    NonFiniteNumber,
+    strict_dumps,
+    strict_loads,
+)
 
 CONNECT = 0
 DISCONNECT = 1
@@ -117,7 +122,9 @@ def _ack_id(text: str, position: int) -> tuple[int | None, int]:
 
 def _json(text: str, ack_id: int | None) -> Any:
     try:
-        return json.loads(text)
+        return strict_loads(text)
+    except NonFiniteNumber:
+        raise SocketIOError(f"packet data is not valid JSON: {NOT_JSON_NUMBERS}", ack_id) from None
     except ValueError:
         raise SocketIOError("packet data is not valid JSON", ack_id) from None
     except RecursionError:
@@ -154,19 +161,15 @@ def _check(packet: SioPacket) -> None:
 # -- encoding (server to client) ------------------------------------------------
 
 
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
 def encode_connect(sid: str) -> bytes:
-    return b"0" + _dumps({"sid": sid})
+    return b"0" + strict_dumps({"sid": sid})
 
 
 def encode_connect_error(message: str, data: Any = None, namespace: str = "/") -> bytes:
     body: dict[str, Any] = {"message": message}
     if data is not None:
         body["data"] = data
-    return b"4" + _prefix(namespace) + _dumps(body)
+    return b"4" + _prefix(namespace) + strict_dumps(body)
 
 
 def encode_disconnect() -> bytes:
@@ -174,12 +177,12 @@ def encode_disconnect() -> bytes:
 
 
 def encode_event(name: str, data: Any) -> bytes:
-    return b"2" + _dumps([name, data])
+    return b"2" + strict_dumps([name, data])
 
 
 def wrap_event(name: str, data_json: bytes) -> bytes:
     """An EVENT around a body that is already JSON (encoded once upstream)."""
-    return b"2[" + _dumps(name) + b"," + data_json + b"]"
+    return b"2[" + strict_dumps(name) + b"," + data_json + b"]"
 
 
 def notification_message(notification: Any) -> bytes | None:
@@ -205,7 +208,7 @@ def notification_message(notification: Any) -> bytes | None:
 
 
 def encode_ack(ack_id: int, data: Any) -> bytes:
-    return b"3" + str(ack_id).encode() + _dumps([data])
+    return b"3" + str(ack_id).encode() + strict_dumps([data])
 
 
 def _prefix(namespace: str) -> bytes:
@@ -278,7 +281,7 @@ def encode_packet(
     if attachments:
         head += f"{len(attachments)}-"
     ack = str(ack_id).encode() if ack_id is not None else b""
-    body = _dumps(data) if data is not None else b""
+    body = strict_dumps(data) if data is not None else b""
     return head.encode() + _prefix(namespace) + ack + body, attachments
 
 
