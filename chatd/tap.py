@@ -13,7 +13,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from chatd.config import SETTINGS, ConfigError, load_config
-from chatd.logs import twistd_logs_to_stdout
+from chatd.logs import twistd_log_target
 from chatd.service import ChatdService, StartupError, fail_startup
 
 
@@ -43,7 +43,7 @@ def makeService(options: Options) -> IService:
         service = ChatdService(
             options.config,
             exit_on_failure=True,
-            logs_to_stdout=twistd_logs_to_stdout(getattr(options, "parent", None)),
+            log_target=twistd_log_target(getattr(options, "parent", None)),
         )
         service.prepare()
     except StartupError as e:
