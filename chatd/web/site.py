@@ -1,21 +1,34 @@
 """One port, two protocols: a twisted.web ``Site`` whose ``/ws`` child is
 Autobahn's ``WebSocketResource``; health and the HTTP API hang off the
-same root."""
+same root.
+
+The ``Site`` is chatd's (``ChatdSite``): its connections are the front
+door's ``HttpConnection`` (header deadline, per-address cap) and its
+requests are ``BoundedRequest``, whose body is judged from the headers,
+before a byte of it is read (docs/security.md, "The HTTP front").
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.web.http import unquote
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from chatd import __version__
+from chatd.addresses import AddressCounts
 from chatd.clock import now_iso
+from chatd.web.front import HttpConnection
+
+log = Logger()
 
 
 class JsonResource(Resource):
@@ -52,12 +65,15 @@ class Console(Resource):
     """``GET /``: the built-in web console (plain HTML, CSS and JavaScript,
     no build step).  It renders everything from the network as text; the
     Content-Security-Policy allows no other origin and no remote images, as
-    a second line of defence."""
+    a second line of defence; no other site may frame it (``frame-ancestors
+    'none'``, and ``X-Frame-Options`` for browsers that predate it), so a
+    page cannot overlay the console to make a user click in it."""
 
     isLeaf = True
     CSP = (
         b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-        b"connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; form-action 'none'"
+        b"connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+        b"frame-ancestors 'none'"
     )
 
     def __init__(self, upgrade: Any = None) -> None:
@@ -80,6 +96,7 @@ class Console(Resource):
             return b"not found\n"
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"content-security-policy", self.CSP)
+        request.setHeader(b"x-frame-options", b"DENY")
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"cache-control", b"no-store")
         return self._page
@@ -106,11 +123,46 @@ class WebSocketPaths(Resource):
         return b"no such WebSocket endpoint (see docs/dialects.md)\n"
 
 
+def names_this_host_locally(host_header: bytes | None, local: Any, secure: bool) -> bool:
+    """Whether a ``Host`` header names this server by a loopback name:
+    ``localhost`` or a loopback IP, with the port the connection came in
+    on (no port: the scheme's default).  A DNS-rebinding page reaches a
+    loopback server under its attacker's name (``Host: evil.example:8080``),
+    which this refuses; the embedded default only ever listens on loopback,
+    so its configured listen host is always one of these names."""
+    if not host_header:
+        return False
+    text = host_header.decode("latin-1").strip().lower()
+    port: str | None
+    if text.startswith("["):
+        name, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return False
+        port = rest[1:] if rest else None
+    else:
+        name, colon, port = text.partition(":")
+        port = port if colon else None
+    if name != "localhost":
+        try:
+            if not ipaddress.ip_address(name).is_loopback:
+                return False
+        except ValueError:
+            return False
+    local_port = getattr(local, "port", None)
+    if local_port is None:  # a UNIX socket: no port to compare
+        return True
+    if port is None:
+        return bool(local_port == (443 if secure else 80))
+    return port.isascii() and port.isdigit() and int(port) == local_port
+
+
 class DemoToken(JsonResource):
     """``GET /console/demo-token?user=demo-…``: on the embedded default only
     (a generated secret, loopback listening), a short-lived token for a
     ``demo-`` user, so the console works out of the box.  Real user ids
-    cannot be minted here."""
+    cannot be minted here, and only a page opened under a loopback name
+    gets one (``names_this_host_locally``): a page of another site that
+    rebinds its name to 127.0.0.1 gets 403."""
 
     def __init__(self, mint: Callable[[str], str] | None) -> None:
         super().__init__()
@@ -129,6 +181,21 @@ class DemoToken(JsonResource):
                     "error": {
                         "code": "NOT_FOUND",
                         "message": "demo tokens exist only on the embedded default",
+                    }
+                },
+            )
+        if not names_this_host_locally(
+            request.getHeader(b"host"), request.getHost(), request.isSecure()
+        ):
+            return self.json(
+                request,
+                403,
+                {
+                    "error": {
+                        "code": "FORBIDDEN",
+                        "message": "demo tokens are served only to the console opened as "
+                        "localhost or a loopback address with this server's port; this "
+                        "request's Host names another host (a DNS-rebinding page?)",
                     }
                 },
             )
@@ -154,7 +221,9 @@ class DemoToken(JsonResource):
 
 class Ready(JsonResource):
     """``GET /readyz``: 200 only when storage answers; the body says which
-    part failed."""
+    part failed.  The checks run at once, side by side, so the answer comes
+    as soon as the slowest one (each is bounded where it is built: a check
+    that does not answer within ``database_timeout`` fails)."""
 
     def __init__(self, checks: dict[str, Callable[[], Deferred[Any]]]) -> None:
         super().__init__()
@@ -166,13 +235,17 @@ class Ready(JsonResource):
         return NOT_DONE_YET
 
     async def _probe(self) -> tuple[int, dict[str, Any]]:
+        names = list(self._checks)
+        results = await DeferredList(
+            [maybeDeferred(self._checks[name]) for name in names], consumeErrors=True
+        )
         parts: dict[str, str] = {}
-        for name, check in self._checks.items():
-            try:
-                await check()
+        for name, (passed, outcome) in zip(names, results, strict=True):
+            if passed:
                 parts[name] = "ok"
-            except Exception as e:
-                parts[name] = f"unavailable: {' '.join(str(e).split()) or type(e).__name__}"
+            else:
+                error = outcome.value
+                parts[name] = f"unavailable: {' '.join(str(error).split()) or type(error).__name__}"
         ready = all(v == "ok" for v in parts.values())
         return (200 if ready else 503), {"status": "ready" if ready else "unavailable", **parts}
 
@@ -200,6 +273,181 @@ class MetricsPage(Resource):
             return b'{"error":{"code":"UNAUTHORIZED","message":"/metrics needs the API key or an admin token"}}'
         request.setHeader(b"content-type", self._metrics.content_type.encode())
         return self._metrics.render()
+
+
+# -- origins and CORS on the HTTP API ----------------------------------------------------
+
+
+class Origins(Protocol):
+    """The one origin policy (``allowed_origins``;
+    ``chatd.bindings.socketio.origins.OriginPolicy``, handed in by the
+    composition root: the web layer does not import the bindings)."""
+
+    def allows(self, request: Request) -> bool: ...
+
+    def add_cors_headers(self, request: Request) -> None: ...
+
+    def preflight(self, request: Request, methods: bytes = ...) -> bytes: ...
+
+
+API_METHODS = b"GET, POST, PUT, DELETE, OPTIONS"
+
+
+class CrossOriginApi(Resource):
+    """The HTTP API behind the origin policy: a request without ``Origin``
+    (a backend, curl) or from the server's own origin is the API's; a
+    listed origin gets CORS headers (and its ``OPTIONS`` preflight 204);
+    any other browser origin gets 403, before the API looks at anything."""
+
+    isLeaf = True
+
+    def __init__(self, api: Resource, origins: Origins) -> None:
+        super().__init__()
+        self._api = api
+        self._origins = origins
+
+    def render(self, request: Request) -> Any:
+        if not self._origins.allows(request):
+            request.setResponseCode(403)
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"cache-control", b"no-store")
+            return (
+                b'{"error":{"code":"FORBIDDEN","message":"this Origin is not allowed '
+                b'(list it in allowed_origins)"}}'
+            )
+        if request.method == b"OPTIONS":
+            return self._origins.preflight(request, API_METHODS)
+        self._origins.add_cors_headers(request)
+        if request.responseHeaders.hasHeader(b"access-control-allow-origin"):
+            request.setHeader(b"access-control-expose-headers", b"Retry-After")
+        return self._api.render(request)
+
+    def body_limit(self, request: Request) -> int:
+        """A refused origin and a preflight take no body; else the API's
+        rule."""
+        if not self._origins.allows(request) or request.method == b"OPTIONS":
+            return 0
+        return _limit_of(self._api, request)
+
+
+# -- bodies judged before they are read --------------------------------------------------
+
+BodyLimit = Callable[[Request], int]
+"""For a request whose headers are in and whose body is not read yet: the
+largest body it may carry, or 0 when it is answered whatever its body (no
+such endpoint, a wrong method, no or bad credentials, a resource that takes
+no body), so it is answered at once.  The resource itself must refuse a
+body over the limit (413): it sees the ``Content-Length`` over it, or the
+``limit + 1`` bytes a chunked body is cut at."""
+
+
+def post_bodies(limit: int) -> BodyLimit:
+    """Engine.IO polling (``/socket.io/``): POST bodies up to its
+    ``max_payload`` (the resource answers 413 over it and ends the
+    session); no other method takes one."""
+
+    def body_limit(request: Request) -> int:
+        return limit if request.method == b"POST" else 0
+
+    return body_limit
+
+
+def _limit_of(resource: Any, request: Request) -> int:
+    limit = getattr(resource, "body_limit", None)
+    return int(limit(request)) if limit is not None else 0
+
+
+class BoundedRequest(Request):
+    """A request whose body is judged from its headers before a byte of it
+    is read.  twisted.web reads a whole body (spooling it to a temporary
+    file) before any resource runs: 100 MiB to ``/api/rooms`` without
+    credentials were received in full, then answered 401.
+
+    When the headers are in (``gotLength``) the resource is found as the
+    ``Site`` will find it and asked its ``BodyLimit`` (``ChatdSite``).  A
+    request that is answered whatever its body, or that declares a
+    ``Content-Length`` over the limit, is answered at once without its body
+    (the resource's own 401/404/405/413, no ``100 Continue``); a chunked body
+    is cut at ``limit + 1`` bytes and answered then (the resource's 413).
+    Either way the connection closes after the answer and the rest is never
+    read (``HttpConnection.skip_body`` / ``cut_body``)."""
+
+    channel: Any
+
+    body_limit = 0
+    _body_bytes = 0
+    _cut = False
+
+    def gotLength(self, length: int | None) -> None:
+        channel = self.channel
+        if length == 0 or not isinstance(channel, HttpConnection):
+            super().gotLength(length)
+            return
+        method, target = channel.pending_request_line()
+        try:
+            limit = channel.site.body_limit(self, method, target)
+        except Exception:
+            # Answered at once: rendering it will say what is wrong (a 500
+            # at worst), and no body is read for a request nobody judged.
+            path = target.split(b"?", 1)[0]  # never a ?token= in a log
+            log.failure("judging the body of {method} {path} failed", method=method, path=path)
+            limit = 0
+        self.body_limit = limit
+        if limit == 0 or (length is not None and length > limit):
+            self.requestHeaders.removeHeader(b"expect")  # no 100 Continue: no body is wanted
+            self.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            channel.skip_body()
+            super().gotLength(0)
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._cut:
+            return
+        room = self.body_limit + 1 - self._body_bytes
+        if len(data) < room or not isinstance(self.channel, HttpConnection):
+            self._body_bytes += len(data)
+            super().handleContentChunk(data)
+            return
+        # One byte over the limit is enough for the resource to refuse it.
+        self._cut = True
+        super().handleContentChunk(data[:room])
+        self.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        self.channel.cut_body()
+
+
+class ChatdSite(Site):
+    """The ``Site`` behind the front door: ``HttpConnection`` channels
+    (``header_timeout``, ``open_connections``) carrying ``BoundedRequest``
+    requests, whose body limits come from ``body_limits`` (a resource
+    absent from it takes no body)."""
+
+    protocol = HttpConnection  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        root: Resource,
+        body_limits: Mapping[Resource, BodyLimit],
+        header_timeout: float,
+        open_connections: AddressCounts,
+        clock: Any = None,
+    ) -> None:
+        super().__init__(root, BoundedRequest, logFormatter=access_log_line, reactor=clock)
+        self._body_limits = dict(body_limits)
+        self.header_timeout = header_timeout
+        self.open_connections = open_connections
+
+    def body_limit(self, request: Request, method: bytes, target: bytes) -> int:
+        """The ``BodyLimit`` of the resource this request (its headers in)
+        is for, found as ``Request.process`` will find it (which sets the
+        same attributes again from scratch)."""
+        path = target.split(b"?", 1)[0]
+        request.method, request.uri, request.path = method, target, path
+        request.prepath = []
+        request.postpath = list(map(unquote, path[1:].split(b"/")))
+        resource = self.getResourceFor(request)
+        limit = self._body_limits.get(resource)
+        return limit(request) if limit is not None else 0
 
 
 def _escape(value: bytes | str) -> str:
@@ -238,7 +486,16 @@ def build_site(
     socketio_test_suite: Resource | None = None,
     root_ws_factory: Any = None,
     dialect_ws_factories: dict[str, Any] | None = None,
-) -> Site:
+    origins: Origins | None = None,
+    body_limits: Mapping[Resource, BodyLimit] | None = None,
+    header_timeout: float = 10.0,
+    max_http_connections_per_ip: int = 64,
+    ip_limit_exempt: tuple[str, ...] = (),
+    clock: Any = None,
+) -> ChatdSite:
+    """The root and its children.  ``origins`` guards the HTTP API (CORS);
+    ``body_limits`` names the resources besides the API that take bodies
+    (Socket.IO polling) and their limits."""
     root = Resource()
     root.putChild(
         b"",
@@ -267,11 +524,20 @@ def build_site(
         root.putChild(b"engine.io", engine_io_test_suite)
     root.putChild(b"healthz", Health(ws_factory.connections))
     root.putChild(b"readyz", Ready(ready_checks))
-    root.putChild(b"websocket", api)
-    root.putChild(b"api", api)
+    api_front: Resource = CrossOriginApi(api, origins) if origins is not None else api
+    root.putChild(b"websocket", api_front)
+    root.putChild(b"api", api_front)
     if metrics_page is not None:
         root.putChild(b"metrics", metrics_page)
-    site = Site(root, logFormatter=access_log_line)
+    limits: dict[Resource, BodyLimit] = dict(body_limits or {})
+    limits[api_front] = lambda request: _limit_of(api_front, request)
+    site = ChatdSite(
+        root,
+        limits,
+        header_timeout,
+        AddressCounts(max_http_connections_per_ip, ip_limit_exempt),
+        clock,
+    )
     site.displayTracebacks = False
     site.noisy = False
     return site

@@ -4,11 +4,16 @@ A request without ``Origin`` is no browser's cross-site request (native
 apps, servers, curl): it passes, its token is what protects it.  A request
 from the server's own host passes (the scheme is not compared, so a proxy
 that terminates TLS does not make a page of its own site foreign).  Any
-other origin must be listed; ``*`` lists every origin.  Listed origins get
-CORS headers; chatd uses no cookies, so credentials are never allowed.
+other origin must be listed; ``*`` lists every origin (``null``, the origin
+of sandboxed frames and ``file:`` pages, passes only then).  Listed
+origins get CORS headers; chatd uses no cookies, so credentials are never
+allowed.
 
-Written for ``/socket.io/`` first; the one setting is meant to cover every
-entry point later, so nothing here is Engine.IO's.
+The one policy of every entry point: ``/socket.io/`` (polling, CORS and
+its WebSocket upgrade), the plain WebSocket endpoints (``/ws``,
+``/ws/<dialect>``, ``/``: ``chatd.bindings.websocket`` refuses the upgrade
+with 403) and the HTTP API (CORS, ``chatd.web.site.CrossOriginApi``).
+Nothing here is Engine.IO's.
 """
 
 from __future__ import annotations
@@ -42,11 +47,12 @@ class OriginPolicy:
         request.setHeader(b"access-control-allow-origin", origin.encode("utf-8"))
         request.setHeader(b"vary", b"Origin")
 
-    def preflight(self, request: Request) -> bytes:
-        """The answer to an ``OPTIONS`` preflight of an allowed origin."""
+    def preflight(self, request: Request, methods: bytes = b"GET, POST, OPTIONS") -> bytes:
+        """The answer to an ``OPTIONS`` preflight of an allowed origin
+        (``methods``: the entry point's; Engine.IO polling's by default)."""
         self.add_cors_headers(request)
         request.setResponseCode(204)
-        request.setHeader(b"access-control-allow-methods", b"GET, POST, OPTIONS")
+        request.setHeader(b"access-control-allow-methods", methods)
         wanted = request.getHeader(b"access-control-request-headers")
         request.setHeader(b"access-control-allow-headers", wanted or b"authorization, content-type")
         request.setHeader(b"access-control-max-age", b"600")
