@@ -212,16 +212,19 @@ async def test_posting_into_a_dm_room_over_http_is_a_direct_message(server_facto
 
 @pytest_twisted.ensureDeferred
 async def test_member_limits_at_creation_are_one_rule_for_both_entry_points(server_factory):
-    """One Limits object: a user may name 1,000 members in chat:create, the
-    backend 10,000 in POST /api/rooms; over it both refuse with
-    PAYLOAD_TOO_LARGE (413 over HTTP), before anything is stored."""
+    """One Limits object: a user may name 100 members in chat:create (the
+    max_members_per_request default), the backend 10,000 in POST
+    /api/rooms; over it both refuse with PAYLOAD_TOO_LARGE (413 over HTTP),
+    before anything is stored."""
     server = await native_server(server_factory)
     alice = await server.connect("alice")
     many = [f"u{n}" for n in range(1001)]
     await alice.fails(
-        "chat:create", {"name": "big", "type": "private", "members": many}, "PAYLOAD_TOO_LARGE"
+        "chat:create",
+        {"name": "big", "type": "private", "members": many[:101]},
+        "PAYLOAD_TOO_LARGE",
     )
-    await alice.ok("chat:create", {"name": "ok", "type": "private", "members": many[:1000]})
+    await alice.ok("chat:create", {"name": "ok", "type": "private", "members": many[:100]})
 
     status, answer = await http(
         server, "POST", "/api/rooms", API_KEY, {"name": "big", "type": "private", "members": many}

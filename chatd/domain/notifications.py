@@ -22,10 +22,16 @@ log = Logger()
 
 
 class Notifications:
-    def __init__(self, store: Store, publisher: Publisher, wall_clock: WallClock) -> None:
+    """``keep``: the stored notifications kept per user (the newest; see
+    ``Store.add_notification``), or None for no bound."""
+
+    def __init__(
+        self, store: Store, publisher: Publisher, wall_clock: WallClock, keep: int | None = None
+    ) -> None:
         self._store = store
         self._publisher = publisher
         self._wall_clock = wall_clock
+        self._keep = keep
 
     def notify(
         self, user_id: str, kind: str, title: str, message: str, data: Any = None
@@ -40,7 +46,7 @@ class Notifications:
         note = Notification(
             new_id("n_"), user_id, kind, title, message, data, self._wall_clock.now_ms()
         )
-        await guard(self._store.add_notification(note))
+        await guard(self._store.add_notification(note, self._keep))
         self._publisher.to_user(user_id, "notification", note.to_wire())
         return note
 

@@ -38,6 +38,11 @@ log = Logger()
 
 NOTIFICATIONS_ON_CONNECT = 100
 
+FRIEND_REQUEST_COOLDOWN = 86400.0
+"""Seconds after a friend request's notification in which another request
+from the same user to the same user (once withdrawn or declined, asked
+again) is stored but pushes and notifies nothing."""
+
 
 class SocialService:
     def __init__(
@@ -49,8 +54,12 @@ class SocialService:
         direct: DirectMessages,
         notifications: Notifications,
         wall_clock: WallClock,
+        friend_request_cooldown: float = FRIEND_REQUEST_COOLDOWN,
+        max_pending_requests: int | None = None,
     ) -> None:
         self.chat = chat
+        self.max_pending_requests = max_pending_requests
+        self.friend_request_cooldown_ms = int(friend_request_cooldown * 1000)
         self.store: Store = chat.store
         self.registry = registry
         self.presence = presence
@@ -131,10 +140,28 @@ class SocialService:
     async def _ask(self, user: str, target: str, shown_as: str) -> str:
         """Store the request and make its pushes: ``friend:request`` and a
         ``friend_request`` notification for a new one, ``friend:accepted``
-        when the target had asked first, nothing otherwise."""
+        when the target had asked first, nothing otherwise.  A new request
+        that repeats one the target was notified of within the cooldown
+        (request, withdraw, request...) is stored without either: one
+        user cannot make another's client ring over and over."""
         at = self.wall_clock.now_ms()
-        outcome: str = await guard(self.store.request_friend(user, target, at))
-        if outcome == "requested":
+        outcome: str = await guard(
+            self.store.request_friend(user, target, at, self.max_pending_requests)
+        )
+        if outcome == "limit":
+            raise ChatError(
+                ErrorCode.RATE_LIMIT_EXCEEDED,
+                f"{user} has {self.max_pending_requests} friend requests waiting for an answer"
+                " already; withdraw some (friend:remove) or wait",
+            )
+        if outcome == "requested" and await self._repeated(user, target, at):
+            log.info(
+                "friend request from {user} to {target} repeated within the cooldown: no push",
+                event="friend.request_repeated",
+                user=user,
+                target=target,
+            )
+        elif outcome == "requested":
             self.chat.publisher.to_user(target, "friend:request", {"fromUserId": user})
             await self.notifications.notify_quietly(
                 target,
@@ -146,6 +173,14 @@ class SocialService:
         elif outcome == "accepted":
             self.became_friends(user, target)
         return outcome
+
+    async def _repeated(self, user: str, target: str, at: int) -> bool:
+        cooldown = self.friend_request_cooldown_ms
+        if cooldown <= 0:
+            return False
+        since = at - cooldown
+        repeated: bool = await guard(self.store.renew_friend_request_notice(user, target, since))
+        return repeated
 
     async def _other_known_user(self, caller: Caller, other: str) -> str:
         user = _user(caller)

@@ -11,6 +11,10 @@ from twisted.internet.defer import Deferred
 
 from chatd.domain.models import FriendLists, Notification, PendingRequest, Room
 
+WITHDRAWN_AT = 0
+"""The ``read_at`` of a friend request's notification settled because the
+sender withdrew the request (one its user read or answered has the time)."""
+
 
 class SocialQueries:
     """Mixed into SqlStore: ``self.run`` and ``self.engine`` come from it."""
@@ -147,18 +151,26 @@ class SocialQueries:
         )
         return cur.fetchone() is not None
 
-    def request_friend(self, from_user: str, to_user: str, at_ms: int) -> Deferred[str]:
-        return self.run(self._request_friend, from_user, to_user, at_ms)
+    def request_friend(
+        self, from_user: str, to_user: str, at_ms: int, max_pending: int | None = None
+    ) -> Deferred[str]:
+        return self.run(self._request_friend, from_user, to_user, at_ms, max_pending)
 
-    def _request_friend(self, cur: Any, from_user: str, to_user: str, at_ms: int) -> str:
+    def _request_friend(
+        self, cur: Any, from_user: str, to_user: str, at_ms: int, max_pending: int | None = None
+    ) -> str:
         """'friends' (already), 'accepted' (the other had asked us: now
-        friends), 'pending' (asked before) or 'requested' (new request)."""
+        friends), 'pending' (asked before), 'requested' (new request) or
+        'limit' (a new request, but ``from_user`` has ``max_pending``
+        unanswered ones already: nothing stored)."""
         if self._are_friends(cur, from_user, to_user):
             return "friends"
         if self._delete_request(cur, to_user, from_user):
             self._befriend(cur, from_user, to_user, at_ms)
             self._settle_request_notification(cur, from_user, to_user, at_ms)
             return "accepted"
+        if max_pending is not None and self._pending_beyond(cur, from_user, to_user, max_pending):
+            return "limit"
         cur.execute(
             self.engine.sql(
                 "INSERT INTO friend_requests (from_user, to_user, created_at) VALUES (?, ?, ?)"
@@ -199,6 +211,36 @@ class SocialQueries:
             (at_ms, user_id, json.dumps({"fromUserId": requester})),
         )
 
+    def renew_friend_request_notice(
+        self, from_user: str, to_user: str, since_ms: int
+    ) -> Deferred[bool]:
+        """Was ``to_user`` notified of a friend request from ``from_user``
+        at ``since_ms`` or later?  Then a new request is a repeat (asked,
+        withdrawn, asked again) and gets no push or notification of its
+        own.  If withdrawing settled that notification, it is unsettled
+        again: the request is pending once more, and its one notification is
+        handed over on the user's next connection as a pending request's is."""
+        return self.run(self._renew_friend_request_notice, from_user, to_user, since_ms)
+
+    def _renew_friend_request_notice(
+        self, cur: Any, from_user: str, to_user: str, since_ms: int
+    ) -> bool:
+        sql = self.engine.sql
+        cur.execute(
+            sql(
+                "SELECT id, read_at FROM notifications WHERE user_id = ? AND type = 'friend_request'"
+                " AND data = ? AND created_at >= ? ORDER BY created_at DESC LIMIT 1"
+            ),
+            (to_user, json.dumps({"fromUserId": from_user}), since_ms),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return False
+        if row[1] == WITHDRAWN_AT:
+            # Settled by the withdrawal, not read or answered by its user.
+            cur.execute(sql("UPDATE notifications SET read_at = NULL WHERE id = ?"), (row[0],))
+        return True
+
     def remove_friend(self, user_id: str, other: str) -> Deferred[bool]:
         return self.run(self._remove_friend, user_id, other)
 
@@ -213,7 +255,7 @@ class SocialQueries:
         removed = cur.rowcount > 0
         if self._delete_request(cur, user_id, other):
             # A withdrawn request's notification is no longer news.
-            self._settle_request_notification(cur, other, user_id, 0)
+            self._settle_request_notification(cur, other, user_id, WITHDRAWN_AT)
             return True
         return removed
 
@@ -275,10 +317,51 @@ class SocialQueries:
 
     # -- notifications -------------------------------------------------------------
 
-    def add_notification(self, notification: Notification) -> Deferred[Notification]:
-        return self.run(self._add_notification, notification)
+    def _pending_beyond(self, cur: Any, from_user: str, to_user: str, cap: int) -> bool:
+        """Would a new request from ``from_user`` to ``to_user`` make more
+        than ``cap`` of theirs wait for an answer?  (Asking again someone
+        already asked is no new request.)"""
+        cur.execute(
+            self.engine.sql(
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN to_user = ? THEN 1 ELSE 0 END), 0)"
+                " FROM friend_requests WHERE from_user = ?"
+            ),
+            (to_user, from_user),
+        )
+        pending, to_this_user = cur.fetchone()
+        return int(to_this_user) == 0 and int(pending) >= cap
 
-    def _add_notification(self, cur: Any, n: Notification) -> Notification:
+    def add_notification(
+        self, notification: Notification, keep: int | None = None
+    ) -> Deferred[Notification]:
+        return self.run(self._add_notification, notification, keep)
+
+    def _add_notification(self, cur: Any, n: Notification, keep: int | None = None) -> Notification:
+        """Store ``n``; with ``keep``, the user's oldest notifications beyond
+        the newest ``keep`` go (read ones first), so what one user can make
+        the store hold for another stays bounded."""
+        self._insert_notification(cur, n)
+        if keep is not None:
+            self._prune_notifications(cur, n.user_id, keep)
+        return n
+
+    def _prune_notifications(self, cur: Any, user_id: str, keep: int) -> None:
+        cur.execute(
+            self.engine.sql("SELECT COUNT(*) FROM notifications WHERE user_id = ?"), (user_id,)
+        )
+        excess = int(cur.fetchone()[0]) - keep
+        if excess <= 0:
+            return
+        cur.execute(
+            self.engine.sql(
+                "DELETE FROM notifications WHERE id IN (SELECT id FROM notifications"
+                " WHERE user_id = ? ORDER BY CASE WHEN read_at IS NULL THEN 1 ELSE 0 END,"
+                " created_at, id LIMIT ?)"
+            ),
+            (user_id, excess),
+        )
+
+    def _insert_notification(self, cur: Any, n: Notification) -> None:
         cur.execute(
             self.engine.sql(
                 "INSERT INTO notifications (id, user_id, type, title, message, data, created_at)"
@@ -294,7 +377,6 @@ class SocialQueries:
                 n.created_at_ms,
             ),
         )
-        return n
 
     def unread_notifications(self, user_id: str, limit: int) -> Deferred[list[Notification]]:
         return self.run(self._unread_notifications, user_id, limit)
