@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.types import ConnectionRequest
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 
@@ -28,6 +28,7 @@ from chatd.bindings.socket_write import (
     frame_text,
     socket_transport,
 )
+from chatd.bindings.socketio.origins import OriginPolicy
 from chatd.config import Config
 from chatd.domain.interfaces import Framer
 from chatd.session.hub import SessionHub
@@ -54,8 +55,8 @@ def protocol_options(
     and Autobahn's own leave sizes unlimited and auto-ping off): bounded
     frames and messages, the closing handshake's timeout, no compression
     on the fan-out path, no fragmentation, no status page.  Origins are
-    checked before the upgrade (``allowedOrigins`` is not where chatd
-    decides).
+    chatd's ``OriginPolicy``'s, checked in ``onConnect`` (``allowedOrigins``
+    is not where chatd decides).
 
     Autobahn's opening-handshake timer is off: both ways in (the front
     door, ``chatd.web.front``, and the ``Site``'s ``WebSocketResource``)
@@ -139,6 +140,11 @@ class ChatdServerProtocol(WebSocketServerProtocol):
     # -- Autobahn's callbacks ------------------------------------------------------
 
     def onConnect(self, request: ConnectionRequest) -> None:
+        # The one origin policy (allowed_origins), whichever way the upgrade
+        # came (the front door or the Site): a foreign page gets 403.
+        headers = request.headers
+        if not self.factory.origins.allows_origin(headers.get("origin"), headers.get("host")):
+            raise ConnectionDeny(403, "Forbidden: this Origin is not allowed (allowed_origins)")
         self._offered_token = offered_token(request)
 
     def onOpen(self) -> None:
@@ -190,6 +196,8 @@ class ChatdServerProtocol(WebSocketServerProtocol):
     ) -> bytes:
         return self.codec.frame_error(code, message, request_id, event)
 
+    corks = True  # one WebSocket over one stream: replies may join the turn's write
+
     def fast_writer(self) -> Write:
         write = direct_writer(self._transport(), self._owner)
         # A dialect that must see its own fan-out (seed 000 notices new
@@ -202,6 +210,17 @@ class ChatdServerProtocol(WebSocketServerProtocol):
 
     def buffered_bytes(self) -> int | None:
         return buffered_bytes(self._owner)
+
+    def pause_reading(self) -> None:
+        """Stop reading the client's frames (the session asks while the
+        client is far behind on what it was sent); TCP pushes back on it.
+        Twisted's transports are push producers of what they read (a TLS
+        wrapper hands this to the TCP connection below it)."""
+        self._transport().pauseProducing()
+
+    def resume_reading(self) -> None:
+        """Read the client's frames again (the transport drained)."""
+        self._transport().resumeProducing()
 
     def close_transport(self, code: int, reason: str) -> None:
         """Any code of PROTOCOL.md section 3, 1001 included (which
@@ -233,6 +252,7 @@ class ChatdWebSocketFactory(WebSocketServerFactory):
         self.dialect = dialect
         self.dialects = dialects
         self.connections = hub.open
+        self.origins = OriginPolicy(config.allowed_origins)
         self.setProtocolOptions(
             **protocol_options(
                 config.max_message_size,

@@ -18,11 +18,12 @@ path, which stays a plain chain of Deferred callbacks.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IReactorTime
 
 from chatd.clock import WallClock, iso_from_ms
@@ -60,6 +61,22 @@ __all__ = [
 JOIN_PAGE = 50
 SINCE_PAGE = 100
 MAX_PAGE = 100
+
+MAX_PAGE_BYTES = 256 * 1024
+"""What the messages of one page (``chat:history``, the HTTP history, a
+join snapshot) may add up to in JSON.  The count alone does not bound a
+reply: 100 messages of 4,000 astral characters are 4.8 MB of ``\\uXXXX``
+escapes.  A page cut by size says ``hasMore`` like one cut by count, so the
+client pages on; it always holds at least one message.  Well below
+``max_send_buffer`` (1 MiB by default), so that one page does not make a
+connection a slow consumer by itself."""
+
+_MESSAGE_JSON_FIXED = 110
+"""A message's JSON apart from its strings: the keys, ``seq``,
+``createdAt``, the punctuation and the comma between messages."""
+
+MAX_ROOMS_PER_USER = 500
+"""Rooms one user may create (``chat:create``), counted from storage."""
 
 LEAVE_ROOM_CONTROL = "chatd:leave-room"
 """Control event on a user's channel: their connections leave a room."""
@@ -110,8 +127,11 @@ class ChatService:
         direct: DirectMessages | None = None,
         typing_timeout: float = TYPING_TIMEOUT,
         online: OnlineDirectory | None = None,
+        max_rooms_per_user: int = MAX_ROOMS_PER_USER,
     ) -> None:
         self.store = store
+        self.max_rooms_per_user = max_rooms_per_user
+        self._creating: dict[str, DeferredLock] = {}
         self.publisher = publisher
         self.registry = registry
         self.wall_clock = wall_clock
@@ -152,11 +172,50 @@ class ChatService:
     def create_room(
         self, caller: Caller, name: str, description: str, room_type: str, members: list[str]
     ) -> Deferred[dict[str, Any]]:
-        """``chat:create``: the caller creates the room and is its first member."""
+        """``chat:create``: the caller creates the room and is its first
+        member, within the user's quota of rooms.
+
+        One user's creations run one after another (``_one_at_a_time``):
+        the quota's count and the insert cannot interleave with another of
+        the user's creations (two tabs cannot both take the last room), and
+        a user's backlog of creations holds at most one place at a time in
+        the storage queue that every user's messages go through."""
         self.limits.check_room(name, description, len(members), by_backend=False)
+        user = _user(caller)
+        return self._one_at_a_time(
+            user, lambda: self._create_room(user, name, description, room_type, members)
+        )
+
+    async def _create_room(
+        self, user: str, name: str, description: str, room_type: str, members: list[str]
+    ) -> dict[str, Any]:
+        created: int = await guard(self.store.count_rooms_created_by(user))
+        if created >= self.max_rooms_per_user:
+            raise ChatError(
+                ErrorCode.RATE_LIMIT_EXCEEDED,
+                f"room quota reached: a user may create at most {self.max_rooms_per_user} rooms",
+            )
         draft = Room(new_id("r_"), name, description, room_type, 0, self.wall_clock.now_ms(), 0)
-        d = guard(self.store.create_room(draft, _user(caller), members))
-        return d.addCallback(lambda room: {"room": room.to_wire()})
+        room: Room | None = await guard(self.store.create_room(draft, user, members))
+        assert room is not None, "a fresh room id is never taken"
+        return {"room": room.to_wire()}
+
+    def _one_at_a_time(
+        self, user: str, work: Callable[[], Coroutine[Any, Any, dict[str, Any]]]
+    ) -> Deferred[dict[str, Any]]:
+        """Run ``work`` once the user's earlier creations are done; the
+        lock is dropped when nobody holds or waits for it."""
+        lock = self._creating.get(user)
+        if lock is None:
+            lock = self._creating[user] = DeferredLock()
+        done: Deferred[dict[str, Any]] = lock.run(work)
+
+        def forget(result: Any) -> Any:
+            if not lock.locked and not lock.waiting and self._creating.get(user) is lock:
+                del self._creating[user]
+            return result
+
+        return done.addBoth(forget)
 
     def create_room_for_backend(
         self,
@@ -218,8 +277,10 @@ class ChatService:
     def page(
         self, room_id: str, before: int | None, after: int | None, limit: int
     ) -> Deferred[MessagePage]:
-        """A page of history, once the caller's right to it is settled."""
-        return guard(self.store.history(room_id, before, after, min(max(limit, 1), MAX_PAGE)))
+        """A page of history, once the caller's right to it is settled
+        (bounded in count and in bytes, as ``chat:history``)."""
+        read = guard(self.store.history(room_id, before, after, min(max(limit, 1), MAX_PAGE)))
+        return read.addCallback(within_bytes, MAX_PAGE_BYTES, after is None)
 
     # -- join and leave ----------------------------------------------------------
 
@@ -269,6 +330,10 @@ class ChatService:
         snapshot = await guard(self.store.join_snapshot(room_id, user, since, limit))
         if snapshot is None:
             raise ChatError(ErrorCode.ROOM_NOT_FOUND, f"room {room_id} does not exist")
+        # Without ``since`` the newest messages matter (hasMore: older ones
+        # exist); with it the first ones past ``since`` (hasMore: page on
+        # with ``after``).
+        page = within_bytes(snapshot.page, MAX_PAGE_BYTES, since is None)
         room = snapshot.room
         members = snapshot.members
         if not snapshot.is_member:
@@ -281,7 +346,6 @@ class ChatService:
             members = [*members, user]
             if added:
                 room = replace(room, member_count=room.member_count + 1)
-        page = snapshot.page
         online = await self._visible_online(user, room_id, members)
         data = {
             "room": room.to_wire(),
@@ -454,7 +518,11 @@ class ChatService:
                 raise ChatError(
                     ErrorCode.NOT_A_MEMBER, f"room {room_id} is private and you are not a member"
                 )
-        page = await guard(self.store.history(room_id, before, after, min(limit, MAX_PAGE)))
+        page = within_bytes(
+            await guard(self.store.history(room_id, before, after, min(limit, MAX_PAGE))),
+            MAX_PAGE_BYTES,
+            after is None,
+        )
         return {
             "chatId": room_id,
             "messages": [m.to_wire() for m in page.messages],
@@ -537,6 +605,42 @@ class ChatService:
                     ErrorCode.NOT_A_MEMBER, f"you are not a member of room {message.chat_id}"
                 )
         return message
+
+
+def message_json_size(message: Message) -> int:
+    """About the bytes of the message's JSON as chatd writes it: its strings
+    measured by the C encoder (escaped ASCII, the larger of the encodings a
+    binding may use), the rest a constant."""
+    size = (
+        _MESSAGE_JSON_FIXED
+        + len(encode_basestring_ascii(message.content))
+        + len(encode_basestring_ascii(message.user_id))
+        + len(encode_basestring_ascii(message.chat_id))
+        + len(message.id)
+    )
+    if message.username is not None:
+        size += len(',"username":') + len(encode_basestring_ascii(message.username))
+    if message.temp_id is not None:
+        size += len(',"tempId":') + len(encode_basestring_ascii(message.temp_id))
+    return size
+
+
+def within_bytes(page: MessagePage, budget: int, newest: bool) -> MessagePage:
+    """``page`` cut to at most ``budget`` bytes of message JSON (at least one
+    message stays).  ``newest``: keep the end of the page, the messages
+    nearest the present (a page read backwards, whose ``hasMore`` means
+    older messages exist); otherwise keep its start (a page read forwards
+    with ``after``, continued from its last ``seq``)."""
+    messages = page.messages
+    count = len(messages)
+    total = 0
+    for kept in range(count):
+        index = count - 1 - kept if newest else kept
+        total += message_json_size(messages[index])
+        if total > budget and kept > 0:
+            cut = messages[index + 1 :] if newest else messages[:index]
+            return MessagePage(cut, True)
+    return page
 
 
 def _user(caller: Caller) -> str:

@@ -542,7 +542,8 @@ def test_join_room_reads_100_messages_before_joining_and_merges_them() -> None:
     native = FakeNative()
     native.answers["chat:history"] = WAIT
     native.answers["chat:join"] = WAIT
-    _, conn = authenticated(native)
+    # a reply of 100 messages: more than the harness's 1,000-byte send bound
+    _, conn = authenticated(native, max_send_buffer=1_000_000)
     conn.send({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}, "requestId": "j"})
     assert native.calls == [("chat:history", {"chatId": "r1", "limit": JOIN_MESSAGES})]
     # Sent right behind the join: waits for it, in order.

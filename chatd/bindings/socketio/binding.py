@@ -24,7 +24,6 @@ dispatches, as for ``/ws``):
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
@@ -41,10 +40,6 @@ from chatd.session.session import CLOSE_GOING_AWAY, CLOSE_UNAUTHENTICATED, Sessi
 log = Logger(namespace="chatd.bindings.socketio")
 
 CLOSE_NORMAL = 1000
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 class SocketIOConnection:
@@ -297,6 +292,10 @@ class SocketIOConnection:
         if event is not None:
             body["event"] = event
         return self._frame(sio.encode_event("error", body))
+
+    @property
+    def corks(self) -> bool:
+        return self._engine.transport.name == "websocket"
 
     def fast_writer(self) -> Write:
         transport = self._engine.transport
