@@ -1,20 +1,45 @@
 """The two SQL engines chatd runs on, and what differs between them:
 driver, parameter style, connection set-up, the errors that mean "the
-database is not reachable", and how migrations are serialised between
-processes that start at the same time."""
+database is not reachable", how a statement stuck on a silent connection
+is cut short, and how migrations are serialised between processes that
+start at the same time."""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import socket
 import sqlite3
+import stat
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
 import psycopg2.extras
 from twisted.enterprise import adbapi
+from twisted.logger import Logger
+
+from chatd.config import make_private_directory
+
+log = Logger()
+
+DATABASE_TIMEOUT = 5.0
+"""The ``database_timeout`` setting's default, in seconds."""
+
+
+class Interrupter(Protocol):
+    """Cuts one pool thread's wait on its connection short."""
+
+    def interrupt(self) -> None:
+        """From the reactor thread: make the waiting call fail now."""
+
+    def release(self) -> None:
+        """From the pool thread, once it no longer waits on the connection."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +55,23 @@ class Engine(ABC):
     @abstractmethod
     def pool(self) -> adbapi.ConnectionPool:
         """The adbapi pool the running server uses."""
+
+    @property
+    def request_timeout(self) -> float | None:
+        """How long the server waits for one transaction before answering
+        UNAVAILABLE (None: as long as it takes)."""
+        return None
+
+    def interrupter(self, connection: Any) -> Interrupter | None:
+        """Made on the pool thread before a transaction, so that the
+        reactor thread can cut short whatever that thread then waits for
+        on ``connection`` (None: nothing can)."""
+        return None
+
+    def connection_broken(self, error: BaseException, connection: Any) -> bool:
+        """True when ``error`` left ``connection`` unusable, so that the
+        transaction is worth one more try on a new connection."""
+        return self.is_unavailable(error)
 
     # -- SQL ----------------------------------------------------------------
     def sql(self, query: str) -> str:
@@ -58,6 +100,11 @@ class Engine(ABC):
 
 SQLITE_SYNCHRONOUS = ("full", "normal")
 
+PRIVATE_FILE_MODE = 0o600
+SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
+"""The database file and the files SQLite keeps beside it: each holds
+messages, so each is readable by chatd's user only."""
+
 
 @dataclass(frozen=True)
 class SqliteEngine(Engine):
@@ -73,18 +120,26 @@ class SqliteEngine(Engine):
     def path(self) -> str:
         return self.url[len("sqlite:///") :]
 
-    def _prepare_directory(self) -> None:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
+    def _prepare_files(self) -> None:
+        """The directory 0700 and the database 0600, whatever the umask.
+        SQLite creates its -wal, -shm and journal files with the database
+        file's mode, so creating that one first covers them; files left
+        wider by an older chatd are narrowed, with a log line each."""
+        make_private_directory(os.path.dirname(os.path.abspath(self.path)))
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+        for suffix in SQLITE_COMPANIONS:
+            _narrow_file(self.path + suffix)
 
     def connect(self) -> sqlite3.Connection:
-        self._prepare_directory()
+        self._prepare_files()
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         _tune_sqlite(conn, self.synchronous)
         return conn
 
     def pool(self) -> adbapi.ConnectionPool:
-        self._prepare_directory()
+        self._prepare_files()
+        _warn_if_open_directory(os.path.dirname(os.path.abspath(self.path)))
         # One connection on one thread: SQLite has a single writer anyway,
         # and sqlite3 objects must not be shared between threads.
         return adbapi.ConnectionPool(
@@ -98,11 +153,65 @@ class SqliteEngine(Engine):
             cp_reconnect=False,
         )
 
+    def interrupter(self, connection: Any) -> Interrupter | None:
+        if not isinstance(connection, sqlite3.Connection):
+            return None  # the placeholder of a lost one
+        return _SqliteInterrupter(connection)
+
     def lock_for_migrations(self, cursor: Any) -> None:
         cursor.execute("BEGIN IMMEDIATE")
 
     def is_unavailable(self, error: BaseException) -> bool:
+        # OperationalError covers SQLITE_FULL ("database or disk is full"),
+        # SQLITE_IOERR, SQLITE_BUSY and SQLITE_CANTOPEN.
         return isinstance(error, sqlite3.OperationalError | adbapi.ConnectionLost)
+
+
+def _narrow_file(path: str) -> None:
+    """Take group and other access away from one of the database's files
+    (an older chatd, or another tool, may have created it 0644)."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if not mode & 0o077:
+        return
+    try:
+        os.chmod(path, mode & 0o700)
+    except OSError as e:
+        log.warn(
+            "{path} is mode {mode:04o} (other users can read messages) and cannot be narrowed: {error}",
+            event="storage.file_mode",
+            path=path,
+            mode=mode,
+            error=e.strerror,
+        )
+        return
+    log.info(
+        "narrowed {path} from mode {mode:04o} to {narrowed:04o}: it holds messages",
+        event="storage.file_mode",
+        path=path,
+        mode=mode,
+        narrowed=mode & 0o700,
+    )
+
+
+def _warn_if_open_directory(directory: str) -> None:
+    """A directory the operator made is left as it is (it may be shared
+    on purpose), but said once: its files are 0600, their names are not
+    hidden from other users."""
+    try:
+        mode = stat.S_IMODE(os.stat(directory).st_mode)
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warn(
+            "the database directory {directory} is mode {mode:04o}: other users can list it"
+            " (the files in it are 0600); chmod 700 {directory} to close it",
+            event="storage.file_mode",
+            directory=directory,
+            mode=mode,
+        )
 
 
 def _tune_sqlite(conn: sqlite3.Connection, synchronous: str = "full") -> None:
@@ -127,22 +236,79 @@ def _tune_sqlite(conn: sqlite3.Connection, synchronous: str = "full") -> None:
     conn.execute("PRAGMA busy_timeout=30000")
 
 
+@dataclass(frozen=True)
 class PostgresEngine(Engine):
+    """``timeout`` (the ``database_timeout`` setting) bounds every wait on
+    the server: connecting, each statement (server side), a transaction
+    left idle, and unacknowledged data or silence on the TCP connection
+    (client side: ``tcp_user_timeout`` and keepalives).  A server that
+    stops answering while the connection stays open (a network partition)
+    is noticed by none of those, so the store also fails the request after
+    ``request_timeout`` and cuts the connection (``interrupter``)."""
+
+    timeout: float = DATABASE_TIMEOUT
     data_error = psycopg2.DataError
 
+    @property
+    def request_timeout(self) -> float | None:
+        return self.timeout
+
     def connect(self) -> Any:
-        return psycopg2.connect(self.url, connect_timeout=5)
+        # Migrations: no statement timeout (a long one, or a wait for
+        # another process's migration lock, is fine before serving).
+        return psycopg2.connect(self.url, **self.connection_settings(for_requests=False))
 
     def pool(self) -> adbapi.ConnectionPool:
         return adbapi.ConnectionPool(
             "psycopg2",
             dsn=self.url,
-            connect_timeout=5,
             cp_min=1,
             cp_max=4,
             cp_reconnect=False,
             cp_noisy=False,
+            **self.connection_settings(for_requests=True),
         )
+
+    def connection_settings(self, for_requests: bool) -> dict[str, Any]:
+        """libpq parameters derived from ``timeout``; a parameter the URL
+        names itself (``?keepalives_idle=60``) is the URL's."""
+        given = _url_parameters(self.url)
+        seconds = self.timeout
+        millis = max(1, round(seconds * 1000))
+        derived: dict[str, Any] = {
+            "connect_timeout": max(2, math.ceil(seconds)),  # libpq's minimum is 2
+            "keepalives": 1,
+            "keepalives_idle": max(1, round(seconds)),
+            "keepalives_interval": max(1, round(seconds / 3)),
+            "keepalives_count": 3,
+            "tcp_user_timeout": millis,
+        }
+        settings = {key: value for key, value in derived.items() if key not in given}
+        if for_requests:
+            ours = f"-c statement_timeout={millis} -c idle_in_transaction_session_timeout={millis}"
+            # The URL's own options come last, so that its settings win.
+            settings["options"] = f"{ours} {given['options']}" if given.get("options") else ours
+        return settings
+
+    def interrupter(self, connection: Any) -> Interrupter | None:
+        try:
+            fd = connection.fileno()
+        except Exception:  # closed, or the placeholder of a lost one
+            return None
+        try:
+            # A socket object of our own on a duplicate descriptor: libpq
+            # closes its descriptor when the connection fails, and the
+            # number may be reused at once; ours names this socket still.
+            return _SocketInterrupter(socket.socket(fileno=os.dup(fd)))
+        except OSError:
+            return None
+
+    def connection_broken(self, error: BaseException, connection: Any) -> bool:
+        # A statement timeout or a lock the server refused leaves the
+        # connection open: retrying would only wait as long again.
+        if not self.is_unavailable(error):
+            return False
+        return getattr(connection, "closed", 1) != 0
 
     def sql(self, query: str) -> str:
         return query.replace("?", "%s")
@@ -159,14 +325,58 @@ class PostgresEngine(Engine):
         cursor.execute("SELECT pg_advisory_xact_lock(7417201)")
 
     def is_unavailable(self, error: BaseException) -> bool:
+        # OperationalError includes QueryCanceled (statement_timeout).
         return isinstance(
             error, psycopg2.OperationalError | psycopg2.InterfaceError | adbapi.ConnectionLost
         )
 
 
-def engine_for(url: str, sqlite_synchronous: str = "full") -> Engine:
+def _url_parameters(url: str) -> dict[str, str]:
+    try:
+        return dict(psycopg2.extensions.parse_dsn(url))
+    except psycopg2.Error:
+        return {}  # libpq says what is wrong with it when connecting
+
+
+class _SocketInterrupter:
+    """``shutdown`` wakes a thread blocked on the socket (libpq then
+    reports "server closed the connection") and sends nothing the server
+    could take for a request; the connection is dropped afterwards."""
+
+    __slots__ = ("_socket",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._socket = sock
+
+    def interrupt(self) -> None:
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
+
+    def release(self) -> None:
+        self._socket.close()
+
+
+class _SqliteInterrupter:
+    """sqlite3's ``interrupt()`` is meant to be called from another thread."""
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def interrupt(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._connection.interrupt()
+
+    def release(self) -> None:
+        return None
+
+
+def engine_for(
+    url: str, sqlite_synchronous: str = "full", database_timeout: float = DATABASE_TIMEOUT
+) -> Engine:
     if url.startswith("sqlite:///"):
         return SqliteEngine("sqlite", url, synchronous=sqlite_synchronous)
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresEngine("postgresql", url)
+        return PostgresEngine("postgresql", url, timeout=database_timeout)
     raise ValueError(f"unsupported database URL: {url}")

@@ -14,24 +14,36 @@ Two rules shape it:
   went stale while idle is retried once on a fresh connection, as long as
   the transaction had not started to commit, so chatd recovers by itself
   when the database comes back.
+* No request waits longer than the engine's ``request_timeout`` (given a
+  reactor): a database that goes silent with its connection open (a
+  network partition) gets the request ``StoreUnavailable`` on time, and its
+  pool thread is woken by cutting that connection (``_Job``).  A
+  transaction cut before its commit was sent is rolled back and never
+  commits later; one cut during its commit has an unknown outcome, like
+  any commit that fails (``_CommitStarted``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet import threads
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from chatd.attribution import SERVER
 from chatd.domain.models import JoinSnapshot, Message, MessagePage, NewMessage, Room
 from chatd.errors import ChatError, ErrorCode, StoreUnavailable
-from chatd.storage.engines import Engine
+from chatd.storage.engines import Engine, Interrupter
+from chatd.storage.fair import FairScheduler
 from chatd.storage.social import SocialQueries, StreamQueries
 
 T = TypeVar("T")
@@ -74,6 +86,11 @@ class _CommitStarted(Exception):
     transaction's outcome is unknown and it must not be retried."""
 
 
+class _NoAnswer(Exception):
+    """Internal marker: the request's time ran out before its transaction
+    committed (or began): nothing of it was, or will be, committed."""
+
+
 class Seconds(Protocol):
     """A monotonic clock (the reactor's ``seconds``)."""
 
@@ -100,7 +117,10 @@ class SqlStore(SocialQueries, StreamQueries):
         max_batch: int = 500,
         observer: WriteObserver | None = None,
         clock: Seconds | None = None,
+        reactor: IReactorTime | None = None,
     ) -> None:
+        """``reactor`` arms the engine's ``request_timeout`` (scripts that
+        build a store without one wait as long as the database takes)."""
         self.engine = engine
         self.pool = pool if pool is not None else engine.pool()
         self.writer = GroupCommitWriter(
@@ -108,6 +128,15 @@ class SqlStore(SocialQueries, StreamQueries):
         )
         self._outage = False
         self._batchers: dict[Callable[..., Any], TransactionBatcher] = {}
+        timeout = engine.request_timeout
+        self._deadline = (timeout, reactor) if timeout is not None and reactor is not None else None
+        # Requests whose deadline is armed, until they are answered; and
+        # who waits for there to be none (close).
+        self._timed: dict[_Job, Deferred[Any]] = {}
+        self._timed_idle: list[Deferred[None]] = []
+        # The database's turns go round the users behind the requests
+        # (chatd.storage.fair): as many in flight as the pool has threads.
+        self._fair = FairScheduler(max(1, int(getattr(self.pool, "max", 1))))
 
     # -- running transactions ------------------------------------------------
 
@@ -122,11 +151,99 @@ class SqlStore(SocialQueries, StreamQueries):
         return batcher.call(*args)
 
     def run(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
-        """Run ``work(cursor, *args)`` in one transaction on a pool thread."""
-        d = self.pool.runWithConnection(self._transaction, work, args)
-        d.addCallback(_raise_failed)
+        """Run ``work(cursor, *args)`` in one transaction on a pool thread,
+        in the turn of the user the current request came from
+        (``chatd.attribution``)."""
+        return self.run_as(None, work, *args)
+
+    def run_as(self, owner: str | None, work: Callable[..., T], *args: Any) -> Deferred[T]:
+        """``run`` in ``owner``'s turn (``SERVER`` for the server's own
+        work, which no request's owner should be charged for)."""
+        if self._deadline is None:
+            d = self._fair.submit(lambda: self._untimed(work, args), owner)
+        else:
+            timeout, reactor = self._deadline
+            # The deadline counts from the request, its wait for a turn
+            # included: a request still waiting when it passes is answered
+            # then, unstarted.
+            due = reactor.seconds() + timeout
+            d = self._fair.submit(lambda: self._run_timed(work, args, due, reactor), owner)
         d.addCallbacks(self._reachable, self._translate)
         return d
+
+    def _untimed(self, work: Callable[..., T], args: tuple[Any, ...]) -> Deferred[T]:
+        d = self.pool.runWithConnection(self._transaction, work, args)
+        return d.addCallback(_raise_failed)
+
+    def _run_timed(
+        self, work: Callable[..., T], args: tuple[Any, ...], due: float, reactor: IReactorTime
+    ) -> Deferred[T]:
+        """``run`` with a deadline: the answer is the transaction's, or
+        ``_NoAnswer``/``_CommitStarted`` once the time ``due`` has come; a
+        late result of the thread is dropped."""
+        timeout = self._deadline[0] if self._deadline is not None else 0.0
+        remaining = due - reactor.seconds()
+        if remaining <= 0:
+            return fail(_NoAnswer(f"no turn at the database within {timeout:g} s"))
+        job = _Job()
+        answer: Deferred[T] = Deferred()
+        self._timed[job] = answer
+        timer = reactor.callLater(remaining, self._expire, job, timeout)
+        running = threads.deferToThreadPool(
+            self.pool._reactor, self.pool.threadpool, self._timed_transaction, job, work, args
+        )
+        running.addCallback(_raise_failed)
+
+        def settle(result: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            if self._answered(job) is not None:
+                if isinstance(result, Failure):
+                    answer.errback(result)
+                else:
+                    answer.callback(result)
+
+        running.addBoth(settle)
+        return answer
+
+    def _answered(self, job: _Job) -> Deferred[Any] | None:
+        """Take ``job``'s answer out of the waiting ones (None: answered
+        already), and tell ``close`` when none waits any more."""
+        answer = self._timed.pop(job, None)
+        if not self._timed and self._timed_idle:
+            idle, self._timed_idle = self._timed_idle, []
+            for d in idle:
+                d.callback(None)
+        return answer
+
+    def _expire(self, job: _Job, timeout: float) -> None:
+        """The deadline passed: answer now, and wake the pool thread."""
+        state = job.abandon()
+        if state == _Job.DONE:
+            return  # the thread's result is on its way: settle() answers
+        answer = self._answered(job)
+        if answer is None:
+            return
+        if state == _Job.COMMITTING:
+            error: Exception = _CommitStarted(f"no answer to the commit within {timeout:g} s")
+        else:
+            error = _NoAnswer(f"no answer from the database within {timeout:g} s")
+        answer.errback(Failure(error))
+
+    def _timed_transaction(
+        self, job: _Job, work: Callable[..., T], args: tuple[Any, ...]
+    ) -> T | _Failed:
+        """On a pool thread, like adbapi's ``runWithConnection`` (which
+        would connect before anything could tell it that the request is
+        over): a request whose time ran out while it was queued is not
+        started at all."""
+        if not job.begin():
+            return _Failed(_NoAnswer("no pool thread became free in time"))
+        try:
+            conn = self.pool.connectionFactory(self.pool)  # connects if need be
+            return self._transaction(conn, work, args, job)
+        finally:
+            job.finish()
 
     def _reachable(self, result: T) -> T:
         if self._outage:
@@ -135,13 +252,21 @@ class SqlStore(SocialQueries, StreamQueries):
         return result
 
     def _transaction(
-        self, conn: adbapi.Connection, work: Callable[..., T], args: tuple[Any, ...]
+        self,
+        conn: adbapi.Connection,
+        work: Callable[..., T],
+        args: tuple[Any, ...],
+        job: _Job | None = None,
     ) -> T | _Failed:
         """Runs on a pool thread.  Never raises: adbapi's own rollback and
         reconnect path logs tracebacks and can trip over a connection we
         replaced, so commit, rollback and reconnection are handled here and
-        a failure travels back as a ``_Failed`` value."""
+        a failure travels back as a ``_Failed`` value.  With a ``job`` (a
+        deadline), each step first checks that the request still waits, and
+        a connection the reactor cut is dropped, not retried."""
         for attempt in (1, 2):
+            if job is not None and not job.attach(self.engine.interrupter(conn._connection)):
+                return _Failed(_NoAnswer("the request's time ran out while connecting"))
             try:
                 cursor = conn.cursor()
                 try:
@@ -149,11 +274,13 @@ class SqlStore(SocialQueries, StreamQueries):
                 finally:
                     _close_quietly(cursor)
             except BaseException as e:
-                lost = self.engine.is_unavailable(e)
-                if not lost:
+                if job is not None and job.abandoned:
+                    self._drop_connection(conn, job)
+                    return _Failed(e)
+                if not self.engine.connection_broken(e, conn._connection):
                     _rollback_quietly(conn)
                     return _Failed(e)
-                if not self._replace_connection(conn) or attempt == 2:
+                if not self._replace_connection(conn, job) or attempt == 2:
                     return _Failed(e)
                 log.warn(
                     "database connection failed ({error}); retrying on a new connection",
@@ -161,30 +288,46 @@ class SqlStore(SocialQueries, StreamQueries):
                     error=_short(e),
                 )
                 continue
+            if job is not None and not job.committing():
+                # Cut before the commit went out: it never will.
+                self._drop_connection(conn, job)
+                return _Failed(_NoAnswer("the request's time ran out before its commit"))
             try:
                 conn.commit()
             except BaseException as e:
-                self._replace_connection(conn)
+                if job is not None and job.abandoned:
+                    self._drop_connection(conn, job)
+                else:
+                    self._replace_connection(conn, job)
                 return _Failed(_CommitStarted(_short(e)))
+            if job is not None and not job.committed():
+                self._drop_connection(conn, job)
             return result
         raise AssertionError("unreachable")
 
-    def _replace_connection(self, conn: adbapi.Connection) -> bool:
+    def _replace_connection(self, conn: adbapi.Connection, job: _Job | None = None) -> bool:
         """Drop this thread's broken connection and try to open a new one;
         False (with a placeholder left behind) when the database is still
         unreachable — the next transaction connects afresh."""
-        with contextlib.suppress(Exception):  # it is broken already
-            self.pool.disconnect(conn._connection)
+        self._drop_connection(conn, job)
         try:
             conn._connection = self.pool.connect()
             return True
         except Exception:
-            conn._connection = _LostConnection()
             return False
+
+    def _drop_connection(self, conn: adbapi.Connection, job: _Job | None) -> None:
+        """Close this thread's connection (broken, or cut by the reactor)
+        and leave a placeholder: the next transaction connects afresh."""
+        if job is not None:
+            job.detach()  # the reactor must not cut what is closed now
+        with contextlib.suppress(Exception):  # it is broken already
+            self.pool.disconnect(conn._connection)
+        conn._connection = _LostConnection()
 
     def _translate(self, failure: Failure) -> Failure:
         error = failure.value
-        if isinstance(error, _CommitStarted) or self.engine.is_unavailable(error):
+        if isinstance(error, _CommitStarted | _NoAnswer) or self.engine.is_unavailable(error):
             if not self._outage:  # once per outage, not once per request
                 self._outage = True
                 log.warn(
@@ -273,6 +416,24 @@ class SqlStore(SocialQueries, StreamQueries):
             (room_id, user_id),
         )
         return cur.rowcount == 1
+
+    def count_rooms_created_by(self, user_id: str) -> Deferred[int]:
+        """The rooms (not direct-message rooms) ``user_id`` created and is
+        still a member of: the count the per-user room quota checks."""
+        return self.run(self._count_rooms_created_by, user_id)
+
+    def _count_rooms_created_by(self, cur: Any, user_id: str) -> int:
+        # Through the user's memberships (indexed by user) rather than
+        # rooms.created_by (not indexed): a creator is a member of every
+        # room they create, so this reads the user's rows, not every room.
+        cur.execute(
+            self.engine.sql(
+                "SELECT COUNT(*) FROM room_members m JOIN rooms r ON r.id = m.room_id"
+                " WHERE m.user_id = ? AND r.created_by = ? AND r.kind = 'room'"
+            ),
+            (user_id, user_id),
+        )
+        return int(cur.fetchone()[0])
 
     def members(self, room_id: str) -> Deferred[list[str]]:
         return self.run(self._members, room_id)
@@ -475,11 +636,22 @@ class SqlStore(SocialQueries, StreamQueries):
         return self.run(_select_one)
 
     def close(self) -> Deferred[None]:
+        """After the queued writes, and the requests still waiting (each
+        answered by its deadline, its pool thread woken): closing the pool
+        joins its threads, which must not be stuck on a silent database."""
         d = self.drain()
+
+        def wait_for_timed(_: object) -> Deferred[None]:
+            if not self._timed:
+                return succeed(None)
+            idle: Deferred[None] = Deferred()
+            self._timed_idle.append(idle)
+            return idle
 
         def close_pool(_: object) -> None:
             self.pool.close()
 
+        d.addBoth(wait_for_timed)
         d.addBoth(close_pool)
         return d
 
@@ -523,7 +695,9 @@ class TransactionBatcher:
         batch = self._pending[: self._max_batch]
         del self._pending[: self._max_batch]
         self._in_flight = True
-        running: Deferred[Any] = self._store.run(self._run_all, [args for args, _ in batch])
+        running: Deferred[Any] = self._store.run_as(
+            SERVER, self._run_all, [args for args, _ in batch]
+        )
         running.addCallbacks(self._done, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
         running.addBoth(self._finished)
 
@@ -550,11 +724,101 @@ class TransactionBatcher:
     async def _one_by_one(self, batch: list[tuple[tuple[Any, ...], Deferred[Any]]]) -> None:
         for args, d in batch:
             try:
-                result = await self._store.run(self._work, *args)
+                result = await self._store.run_as(SERVER, self._work, *args)
             except Exception:
                 d.errback(Failure())
             else:
                 d.callback(result)
+
+
+class _Job:
+    """One timed transaction, between the reactor thread (its deadline) and
+    its pool thread.  The lock makes the two agree on one order of events:
+    either the thread commits (or finishes) before the deadline, or the
+    deadline abandons the job, cuts the connection the thread waits on, and
+    the thread then commits nothing and drops that connection."""
+
+    WAITING, RUNNING, COMMITTING, DONE, ABANDONED = range(5)
+    __slots__ = ("_lock", "state", "_interrupter")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.state = _Job.WAITING
+        self._interrupter: Interrupter | None = None
+
+    @property
+    def abandoned(self) -> bool:
+        """True once the deadline passed; the connection was cut then if
+        the thread was waiting on one."""
+        return self.state == _Job.ABANDONED
+
+    # -- the pool thread --------------------------------------------------------
+
+    def begin(self) -> bool:
+        with self._lock:
+            if self.state == _Job.ABANDONED:
+                return False
+            self.state = _Job.RUNNING
+            return True
+
+    def attach(self, interrupter: Interrupter | None) -> bool:
+        """The connection the thread uses now; False when the job was
+        abandoned meanwhile (while connecting: nothing to cut)."""
+        with self._lock:
+            if self.state == _Job.ABANDONED:
+                abandoned = True
+            else:
+                abandoned = False
+                self._release_locked()
+                self._interrupter = interrupter
+        if abandoned and interrupter is not None:
+            interrupter.release()
+        return not abandoned
+
+    def detach(self) -> None:
+        with self._lock:
+            self._release_locked()
+
+    def committing(self) -> bool:
+        with self._lock:
+            if self.state == _Job.ABANDONED:
+                return False
+            self.state = _Job.COMMITTING
+            return True
+
+    def committed(self) -> bool:
+        """After the commit: False when the deadline passed during it (the
+        request was answered "outcome unknown" and the connection cut)."""
+        with self._lock:
+            if self.state == _Job.ABANDONED:
+                return False
+            self.state = _Job.DONE
+            return True
+
+    def finish(self) -> None:
+        with self._lock:
+            if self.state != _Job.ABANDONED:
+                self.state = _Job.DONE
+            self._release_locked()
+
+    def _release_locked(self) -> None:
+        if self._interrupter is not None:
+            self._interrupter.release()
+            self._interrupter = None
+
+    # -- the reactor thread -----------------------------------------------------
+
+    def abandon(self) -> int:
+        """The state the deadline found; unless DONE (the result is on
+        its way), the job is abandoned and its connection cut."""
+        with self._lock:
+            state = self.state
+            if state in (_Job.DONE, _Job.ABANDONED):
+                return state
+            self.state = _Job.ABANDONED
+            if self._interrupter is not None:
+                self._interrupter.interrupt()
+            return state
 
 
 class _Failed:
@@ -655,7 +919,7 @@ class GroupCommitWriter:
         self._in_flight = True
         if self.observe_batch is not None:
             self.observe_batch(len(batch))
-        d = self._store.run(self._store._write_batch, [m for m, _ in batch])
+        d = self._store.run_as(SERVER, self._store._write_batch, [m for m, _ in batch])
         if self.observe_commit is not None:
             observe, seconds = self.observe_commit, self._clock.seconds
             started = seconds()
@@ -703,7 +967,7 @@ class GroupCommitWriter:
     async def _write_one_by_one(self, batch: list[tuple[NewMessage, Deferred[Message]]]) -> None:
         for item in batch:
             try:
-                results = await self._store.run(self._store._write_batch, [item[0]])
+                results = await self._store.run_as(SERVER, self._store._write_batch, [item[0]])
             except Exception:
                 self._failed(Failure(), [item])
             else:

@@ -622,18 +622,18 @@ async def test_one_unstorable_message_does_not_sink_its_batch(store):
 @pytest_twisted.ensureDeferred
 async def test_session_opens_in_a_burst_share_transactions_and_keep_their_results(store):
     transactions: list[int] = []
-    run = store.run
+    run_as = store.run_as
 
-    def counting_run(work, *args):
+    def counting_run(owner, work, *args):
         transactions.append(len(args[0]) if args and isinstance(args[0], list) else 1)
-        return run(work, *args)
+        return run_as(owner, work, *args)
 
-    store.run = counting_run
+    store.run_as = counting_run
     opened = [store.open_session(f"u{i}", f"User {i}", 1000 + i, 10) for i in range(40)]
     results = await gatherResults(opened)
     assert results == [[] for _ in range(40)]
     assert len(transactions) < 40 and sum(transactions) == 40  # batched, nobody lost
-    store.run = run
+    store.run_as = run_as
     for i in (0, 39):
         assert await store.user_exists(f"u{i}")
 
