@@ -24,12 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from chatd.domain.interfaces import Broker, Caller, Connection, Framer
 from chatd.domain.models import Published
 from chatd.domain.ordering import FetchMissing, RoomOrder
+from chatd.domain.turn import EndOfTurn
 
 log = Logger()
 
@@ -76,11 +77,18 @@ class LocalRegistry:
         clock: IReactorTime | None = None,
         fetch_missing: FetchMissing | None = None,
         on_delivered: Delivered | None = None,
+        turn: EndOfTurn | None = None,
     ) -> None:
+        """``turn`` is where fan-out meets the sessions' held-back replies
+        (shared with the session hub); one of its own with only a clock."""
         self._broker = broker
         self._clock = clock
         self._queue: dict[str, list[tuple[Published, FrameCache]]] = {}
-        self._flush_call: IDelayedCall | None = None
+        if turn is None and clock is not None:
+            turn = EndOfTurn(clock)
+        self._turn = turn
+        if turn is not None:
+            turn.on_fanout(self.flush, self.queued_writes)
         self.on_delivered = on_delivered
         self._listeners: dict[str, dict[Connection, None]] = {}
         # The same listeners grouped by their binding's framer, so that an
@@ -333,7 +341,7 @@ class LocalRegistry:
             # it is framed once per binding, not once per channel.
             self._cached_event, self._cache = event, {}
         item = (event, self._cache)
-        if self._clock is None:
+        if self._turn is None:
             self._deliver(channel, [item])
             return
         queued = self._queue.get(channel)
@@ -341,8 +349,13 @@ class LocalRegistry:
             self._queue[channel] = [item]
         else:
             queued.append(item)
-        if self._flush_call is None:
-            self._flush_call = self._clock.callLater(0, self.flush)
+        self._turn.fanout_due()
+
+    def queued_writes(self) -> int:
+        """About how many writes the next flush makes: the listeners of the
+        channels with queued events (for ``EndOfTurn``)."""
+        listeners = self._listeners
+        return sum(len(listeners.get(channel, ())) for channel in self._queue)
 
     def flush(self) -> None:
         """Deliver everything queued this turn.  Consecutive events of a
@@ -350,9 +363,8 @@ class LocalRegistry:
         (the frames concatenated once), so the per-recipient cost of a burst
         of messages is one ``transport.write`` instead of one per message;
         order per channel is kept."""
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
+        if not self._queue:
+            return  # flushed early this turn (a join, the shutdown drain)
         queue, self._queue = self._queue, {}
         deliveries = 0
         for channel, items in queue.items():

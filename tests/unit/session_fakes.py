@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from chatd.auth import TokenVerifier, mint_token
 from chatd.config import Config
 from chatd.domain.models import Published
+from chatd.domain.turn import EndOfTurn
 from chatd.metrics import Metrics
 from chatd.protocol.dispatch import Dispatcher, Route
 from chatd.protocol.envelope import encode_ack, encode_error, encode_push, wrap_push
@@ -47,6 +48,8 @@ class RecordingBinding:
     """A binding whose frames are the native envelopes unframed, so tests
     read them as JSON.  ``buffered`` is what ``buffered_bytes`` answers
     (``None``: a transport that hides its write buffer)."""
+
+    corks = True  # one stream: replies may wait for the end of the turn
 
     def __init__(self, buffered: int | None = 0) -> None:
         self.framer = wrap_event
@@ -110,10 +113,15 @@ class RecordingLifecycle:
 class Harness:
     """A hub on a ``Clock`` with echo routes, and helpers to open sessions."""
 
-    def __init__(self, routes: dict[str, Route] | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, routes: dict[str, Route] | None = None, turn: bool = False, **overrides: Any
+    ) -> None:
+        """``turn``: replies wait for the end of the turn (``EndOfTurn``,
+        as in the server) instead of being written at once."""
         self.config = config(**overrides)
         self.clock = Clock()
         self.clock.advance(1000)
+        self.turn = EndOfTurn(self.clock) if turn else None
         self.lifecycle = RecordingLifecycle()
         self.metrics = Metrics()
         self.dispatcher = Dispatcher(routes if routes is not None else echo_routes(), self.metrics)
@@ -124,6 +132,7 @@ class Harness:
             self.lifecycle,  # type: ignore[arg-type]
             self.dispatcher,
             self.metrics,
+            turn=self.turn,
         )
 
     def open(
