@@ -1,0 +1,1 @@
+"""The Autobahn TestSuite run against chatd's WebSocket layer (run.py)."""
