@@ -191,6 +191,24 @@ def _origins(value: Any) -> tuple[str, ...]:
     return origins
 
 
+def _networks(value: Any) -> tuple[str, ...]:
+    """IP addresses or networks (``10.0.0.0/8``, ``::1``), comma-separated
+    or a list; empty is allowed."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError("expected a comma-separated list or a list of strings")
+    networks = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            raise ValueError(f"{text!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
 def _log_format(value: Any) -> str:
     text = _text(value)
     if text not in ("text", "json"):
@@ -360,6 +378,18 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds allowed for the closing handshake",
     ),
     Setting(
+        "http_header_timeout",
+        _positive_number,
+        10.0,
+        "seconds an HTTP request has to send all of its headers (from the connection's hand-over, or the previous answer on a kept-alive one); then 408 and close",
+    ),
+    Setting(
+        "max_http_connections_per_ip",
+        _positive_int,
+        64,
+        "open HTTP connections one client address may hold (IPv6: per /64; ip_limit_exempt is not counted; upgraded WebSockets do not count); more: 429 and close",
+    ),
+    Setting(
         "socketio_ping_interval",
         _positive_number,
         25.0,
@@ -384,6 +414,12 @@ SETTINGS: tuple[Setting, ...] = (
         "test only: also serve the Engine.IO/Socket.IO protocol test suites' echo servers at /engine.io/ and /testsuite/ (no auth; loopback listen only)",
     ),
     Setting(
+        "websocket_echo",
+        _boolean,
+        False,
+        "test only: also serve a WebSocket echo at /ws/echo on /ws's protocol and options (16 MiB messages) for the Autobahn TestSuite (no auth; loopback listen only)",
+    ),
+    Setting(
         "runtime_dir",
         _text,
         None,
@@ -393,7 +429,7 @@ SETTINGS: tuple[Setting, ...] = (
         "allowed_origins",
         _origins,
         (),
-        "browser origins allowed besides the server's own (comma-separated, or *); /socket.io/ checks it, CORS included",
+        "browser origins allowed besides the server's own (comma-separated, or *); every WebSocket endpoint (403 at the upgrade) and the HTTP API and /socket.io/ polling (CORS) check it",
     ),
     Setting(
         "rate_limit",
@@ -406,6 +442,72 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
         400,
         "requests a connection may send in a burst above rate_limit",
+    ),
+    Setting(
+        "user_rate_limit",
+        _positive_number,
+        400.0,
+        "sustained request cost per second allowed per user, shared by all of the user's connections to this process (costs: docs/security.md)",
+    ),
+    Setting(
+        "user_rate_burst",
+        _positive_int,
+        1000,
+        "request cost a user may spend in a burst above user_rate_limit",
+    ),
+    Setting(
+        "max_connections",
+        _positive_int,
+        50000,
+        "open WebSocket/Socket.IO sessions this process accepts (more: close 1013)",
+    ),
+    Setting(
+        "max_connections_per_ip",
+        _positive_int,
+        256,
+        "open sessions from one client address (more: close 4013); ip_limit_exempt is not counted",
+    ),
+    Setting(
+        "ip_limit_exempt",
+        _networks,
+        ("127.0.0.0/8", "::1/128"),
+        "addresses or networks (comma-separated) the per-address limit does not count, such as a reverse proxy's; empty: count every address",
+    ),
+    Setting(
+        "max_connections_per_user",
+        _positive_int,
+        20,
+        "authenticated sessions one user may hold in this process (more: close 4013)",
+    ),
+    Setting(
+        "max_rooms_per_user",
+        _positive_int,
+        500,
+        "rooms one user may create with chat:create (more: RATE_LIMIT_EXCEEDED)",
+    ),
+    Setting(
+        "max_members_per_request",
+        _positive_int,
+        100,
+        "members one chat:create may name (more: PAYLOAD_TOO_LARGE)",
+    ),
+    Setting(
+        "friend_request_cooldown",
+        _non_negative_number,
+        86400.0,
+        "seconds in which a repeated friend:request to the same user is stored but pushes and notifies nothing (0: each one notifies)",
+    ),
+    Setting(
+        "max_pending_friend_requests",
+        _positive_int,
+        100,
+        "friend requests one user may have waiting for an answer (more: RATE_LIMIT_EXCEEDED)",
+    ),
+    Setting(
+        "max_notifications_per_user",
+        _positive_int,
+        1000,
+        "stored notifications kept per user; a new one beyond it drops the oldest (read ones first)",
     ),
     Setting(
         "shutdown_timeout",
@@ -459,6 +561,13 @@ SETTINGS: tuple[Setting, ...] = (
         "chatd crashing or kill -9, not an OS crash or power loss",
     ),
     Setting(
+        "database_timeout",
+        _positive_number,
+        5.0,
+        "seconds a request waits for PostgreSQL before UNAVAILABLE (also its connect, statement, "
+        "idle-transaction and TCP timeouts and keepalives), and the most /readyz waits for each check",
+    ),
+    Setting(
         "log_format",
         _log_format,
         "text",
@@ -497,14 +606,28 @@ class Config:
     ping_timeout: float = 15.0
     open_handshake_timeout: float = 10.0
     close_handshake_timeout: float = 3.0
+    http_header_timeout: float = 10.0
+    max_http_connections_per_ip: int = 64
     socketio_ping_interval: float = 25.0
     socketio_ping_timeout: float = 20.0
     socketio_max_payload: int = 100000
     socketio_test_suites: bool = False
+    websocket_echo: bool = False
     allowed_origins: tuple[str, ...] = ()
     runtime_dir: str = ""
     rate_limit: float = 200.0
     rate_burst: int = 400
+    user_rate_limit: float = 400.0
+    user_rate_burst: int = 1000
+    max_connections: int = 50000
+    max_connections_per_ip: int = 256
+    ip_limit_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    max_connections_per_user: int = 20
+    max_rooms_per_user: int = 500
+    max_members_per_request: int = 100
+    friend_request_cooldown: float = 86400.0
+    max_pending_friend_requests: int = 100
+    max_notifications_per_user: int = 1000
     shutdown_timeout: float = 10.0
     dm_policy: str = "anyone"
     presence_grace: float = 3.0
@@ -515,6 +638,7 @@ class Config:
     tls_key: str | None = None
     log_format: str = "text"
     sqlite_synchronous: str = "full"
+    database_timeout: float = 5.0
     secret_generated: bool = False
 
     @property
@@ -640,6 +764,10 @@ def _finish(values: dict[str, Any], create_secret: bool) -> Config:
         raise ConfigError(
             f"invalid socketio_test_suites: refusing it with a non-loopback listen ({listen})"
         )
+    if values.get("websocket_echo") and not is_loopback_endpoint(listen):
+        raise ConfigError(
+            f"invalid websocket_echo: refusing it with a non-loopback listen ({listen})"
+        )
     if bool(values.get("tls_cert")) != bool(values.get("tls_key")):
         raise ConfigError("invalid tls_cert/tls_key: give both, or neither")
     if values.get("tls_cert") and listen.startswith("ssl:"):
@@ -709,6 +837,16 @@ def is_loopback_endpoint(description: str) -> bool:
         return False
 
 
+def make_private_directory(path: str) -> None:
+    """Create ``path`` (and what is missing above it) mode 0700 whatever
+    the umask: the data directory holds the secret and every message.  An
+    existing directory is left as it is (see chatd.storage.engines)."""
+    if os.path.isdir(path):
+        return
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
 def load_or_create_secret(data_dir: str) -> str:
     """The embedded default's HS256 secret, kept in the data directory so
     tokens minted by ``python -m chatd token`` survive a restart."""
@@ -727,7 +865,7 @@ def load_or_create_secret(data_dir: str) -> str:
     # agree on one secret.  Empty (an interrupted first start): replace it.
     secret = secrets.token_urlsafe(48)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_directory(str(path.parent))
         flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if path.exists() else os.O_EXCL)
         fd = os.open(path, flags, 0o600)
     except FileExistsError:

@@ -30,6 +30,8 @@ from twisted.python.failure import Failure
 from chatd import __version__
 from chatd.auth import TokenVerifier, mint_token
 from chatd.bindings.dialects import root_dialects, seed_dialects
+from chatd.bindings.echo import ECHO, echo_factory
+from chatd.bindings.socketio.origins import OriginPolicy
 from chatd.bindings.socketio.server import SocketIOServer
 from chatd.bindings.socketio.testsuite import ProtocolTestSuites
 from chatd.bindings.websocket import ChatdWebSocketFactory
@@ -48,7 +50,9 @@ from chatd.domain.presence import LocalPresence, PresenceAnnouncer
 from chatd.domain.publishing import Publisher
 from chatd.domain.registry import LocalRegistry
 from chatd.domain.social import SocialService
+from chatd.domain.turn import EndOfTurn
 from chatd.lifecycle import AsyncMultiService, ComponentService
+from chatd.logs import LogTarget, observer_for
 from chatd.metrics import Metrics
 from chatd.protocol.dispatch import Dispatcher, chat_routes, live_routes, social_routes
 from chatd.session.hub import SessionHub
@@ -60,7 +64,7 @@ from chatd.storage.store import SqlStore, WriteObserver
 from chatd.web.api import HttpApi
 from chatd.web.endpoints import BackendApi, NativeApi
 from chatd.web.front import FrontDoorFactory, UpgradeRoute
-from chatd.web.site import MetricsPage, build_site
+from chatd.web.site import MetricsPage, build_site, post_bodies
 
 log = Logger()
 
@@ -82,7 +86,7 @@ class ChatdService(AsyncMultiService):
         reactor: Any = None,
         exit_on_failure: bool = False,
         wall_clock: WallClock | None = None,
-        logs_to_stdout: bool = False,
+        log_target: LogTarget | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -91,30 +95,29 @@ class ChatdService(AsyncMultiService):
             reactor = default_reactor
         self.config = config
         self.reactor = reactor
-        self.engine = engine_for(config.database, config.sqlite_synchronous)
+        self.engine = engine_for(
+            config.database, config.sqlite_synchronous, config.database_timeout
+        )
         self.exit_on_failure = exit_on_failure
-        self.logs_to_stdout = logs_to_stdout
+        self.log_target = log_target
         # Timers and durations use the reactor; timestamps use this.
         self.wall_clock: WallClock = wall_clock or SystemWallClock()
         self.build()
 
     def setServiceParent(self, parent: Any) -> Any:
         """Under twistd the parent is the application, whose log observer
-        twistd installs after building the service: with ``log_format =
-        "json"`` that is chatd's JSON-lines observer; with text, when twistd
-        would write to stdout (``logs_to_stdout``), chatd's observer of the
-        same format (cheaper per line)."""
+        twistd installs after building the service: chatd's for the target
+        twistd would write to (``log_target``: stdout, a log file, syslog),
+        so that every client-supplied value is escaped wherever the log
+        goes, in the configured ``log_format``."""
         result = super().setServiceParent(parent)
         if not hasattr(parent, "setComponent"):
             return result
         from twisted.logger import ILogObserver
 
-        from chatd.logs import JsonLinesObserver, TextLinesObserver
-
-        if self.config.log_format == "json":
-            parent.setComponent(ILogObserver, JsonLinesObserver())
-        elif self.logs_to_stdout:
-            parent.setComponent(ILogObserver, TextLinesObserver())
+        observer = observer_for(self.log_target, self.config.log_format)
+        if observer is not None:
+            parent.setComponent(ILogObserver, observer)
         return result
 
     # -- building ---------------------------------------------------------------
@@ -142,17 +145,25 @@ class ChatdService(AsyncMultiService):
             self.engine,
             observer=WriteObserver(metrics.batch_size.observe, metrics.store_latency.observe),
             clock=self.reactor,
+            reactor=self.reactor,
         )
         self._build_fanout()
         self.verifier = TokenVerifier.from_config(config)
+        # One end of the reactor's turn for the fan-out and the sessions'
+        # replies: a connection gets what a turn made for it in one write.
+        self.turn = EndOfTurn(self.reactor)
         self.registry = LocalRegistry(
             self.broker,
             self.reactor,
             fetch_missing=read_back_from(self.store),
             on_delivered=metrics.delivered,
+            turn=self.turn,
         )
         wall_clock = self.wall_clock
-        limits = Limits(max_content_length=config.max_content_length)
+        limits = Limits(
+            max_content_length=config.max_content_length,
+            max_members_by_user=config.max_members_per_request,
+        )
         publisher = Publisher(
             self.broker,
             self.registry,
@@ -160,7 +171,9 @@ class ChatdService(AsyncMultiService):
             observe=metrics.publish_latency.observe,
         )
         viewers = self._build_presence(publisher)
-        notifications = Notifications(self.store, publisher, wall_clock)
+        notifications = Notifications(
+            self.store, publisher, wall_clock, keep=config.max_notifications_per_user
+        )
         direct = DirectMessages(
             self.store,
             publisher,
@@ -179,6 +192,7 @@ class ChatdService(AsyncMultiService):
             limits,
             direct,
             online=self.presence,
+            max_rooms_per_user=config.max_rooms_per_user,
         )
         self.social = SocialService(
             self.chat,
@@ -188,6 +202,8 @@ class ChatdService(AsyncMultiService):
             direct,
             notifications,
             wall_clock,
+            friend_request_cooldown=config.friend_request_cooldown,
+            max_pending_requests=config.max_pending_friend_requests,
         )
         self.live = LiveService(
             self.chat,
@@ -211,12 +227,17 @@ class ChatdService(AsyncMultiService):
             self.dispatcher,
             self.metrics,
             open_sessions=self.open_sessions,
+            turn=self.turn,
         )
         self.factory = ChatdWebSocketFactory(config, self.hub)
         self.dialect_factories = {
             dialect.name: ChatdWebSocketFactory(config, self.hub, dialect)
             for dialect in seed_dialects()
         }
+        if config.websocket_echo:
+            # Test only: the Autobahn TestSuite's echo at /ws/echo, on /ws's
+            # protocol class and options (routed like the dialects).
+            self.dialect_factories[ECHO.name] = echo_factory(config, self.hub)
         self.root_factory = ChatdWebSocketFactory(config, self.hub, None, root_dialects())
         self.socketio = SocketIOServer(config, self.hub, self.reactor)
         self.test_suites = (
@@ -237,6 +258,10 @@ class ChatdService(AsyncMultiService):
         checks = {"storage": self.store.ping}
         if self.cluster is not None:
             checks["redis"] = self.broker.ping
+        checks = {
+            name: partial(_bounded, check, config.database_timeout, self.reactor)
+            for name, check in checks.items()
+        }
         self.site = build_site(
             self.factory,
             self.api,
@@ -250,8 +275,23 @@ class ChatdService(AsyncMultiService):
             socketio_test_suite=self.test_suites.socket_io.resource if self.test_suites else None,
             root_ws_factory=self.root_factory,
             dialect_ws_factories=self.dialect_factories,
+            origins=OriginPolicy(config.allowed_origins),
+            body_limits=self._body_limits(),
+            header_timeout=config.http_header_timeout,
+            max_http_connections_per_ip=config.max_http_connections_per_ip,
+            ip_limit_exempt=config.ip_limit_exempt,
+            clock=self.reactor,
         )
         self._build_tree()
+
+    def _body_limits(self) -> dict[Any, Any]:
+        """The resources besides the HTTP API that take request bodies:
+        Engine.IO polling POSTs, up to each engine's ``max_payload``."""
+        engines = [(self.socketio.resource, self.socketio.engine)]
+        if self.test_suites is not None:
+            for suite in (self.test_suites.engine_io, self.test_suites.socket_io):
+                engines.append((suite.resource, suite.engine))
+        return {resource: post_bodies(engine.settings.max_payload) for resource, engine in engines}
 
     def _build_fanout(self) -> None:
         """In-process broker, or Redis for a cluster (presence and viewer
@@ -581,6 +621,31 @@ def _data_dir_hint(config: Config) -> str:
     from chatd.config import default_data_dir
 
     return "" if config.data_dir == default_data_dir() else f" --data-dir {config.data_dir}"
+
+
+def _bounded(check: Callable[[], Deferred[Any]], seconds: float, reactor: Any) -> Deferred[Any]:
+    """One readiness check that fails after ``seconds`` without an answer,
+    so that /readyz answers in time whatever hangs behind it (a late
+    answer of the check is dropped)."""
+    answer: Deferred[Any] = Deferred()
+
+    def late() -> None:
+        if not answer.called:
+            answer.errback(Failure(TimeoutError(f"no answer within {seconds:g} s")))
+
+    timer = reactor.callLater(seconds, late)
+
+    def settle(result: Any) -> None:
+        if timer.active():
+            timer.cancel()
+        if not answer.called:
+            if isinstance(result, Failure):
+                answer.errback(result)
+            else:
+                answer.callback(result)
+
+    maybeDeferred(check).addBoth(settle)
+    return answer
 
 
 def _one_line(error: BaseException) -> str:

@@ -18,7 +18,15 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "chatd"
 
 # Modules any layer may use: value types, errors, clocks, configuration.
-SHARED = ("chatd.errors", "chatd.clock", "chatd.config", "chatd.auth", "chatd.metrics")
+SHARED = (
+    "chatd.errors",
+    "chatd.clock",
+    "chatd.config",
+    "chatd.auth",
+    "chatd.metrics",
+    "chatd.addresses",
+    "chatd.attribution",
+)
 DOMAIN_CONTRACT = ("chatd.domain.interfaces", "chatd.domain.models")
 
 # layer -> chatd modules it may import (prefixes), besides itself and SHARED.
