@@ -447,7 +447,7 @@ SETTINGS: tuple[Setting, ...] = (
         "user_rate_limit",
         _positive_number,
         400.0,
-        "sustained request cost per second allowed per user, shared by all of the user's connections to this process (costs: docs/security.md)",
+        "sustained request cost per second allowed per user, shared by all of the user's connections (with Redis: on every process; costs: docs/security.md)",
     ),
     Setting(
         "user_rate_burst",

@@ -35,6 +35,7 @@ from chatd.bindings.socketio.origins import OriginPolicy
 from chatd.bindings.socketio.server import SocketIOServer
 from chatd.bindings.socketio.testsuite import ProtocolTestSuites
 from chatd.bindings.websocket import ChatdWebSocketFactory
+from chatd.broker.budgets import RedisSpendLedger
 from chatd.broker.cluster import Cluster
 from chatd.broker.memory import InProcessBroker
 from chatd.broker.target import RedisTarget
@@ -388,6 +389,9 @@ class ChatdService(AsyncMultiService):
         ]
         if self.cluster is not None:
             stages.append(ComponentService("cluster", self._join_cluster, self._leave_cluster))
+            # One request budget per user across the processes.
+            shared = self.hub.share_budgets(RedisSpendLedger(self.link))
+            stages.append(ComponentService("shared user budgets", shared.start, shared.stop))
         stages += [
             ComponentService("domain timers", stop=self._stop_timers),
             # Stops after the connections: draining polling sessions whose

@@ -85,6 +85,26 @@ def test_room_events_cross_nodes_exactly_once(cluster):
     )
 
 
+def test_a_users_request_budget_is_one_across_nodes(cluster):
+    """alice on two nodes: together her requests pass at one budget's rate
+    (user_rate_limit 2/s, burst 4), not at one budget per node."""
+    a, b = cluster.start(2, extra=["--user-rate-limit", "2", "--user-rate-burst", "4"])
+    on_a, on_b = cluster.client(a, "alice"), cluster.client(b, "alice")
+    passed = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 5:  # each node asked ~8 times a second
+        for client in (on_a, on_b):
+            frame = client.request("ping", {})
+            passed += frame["type"] == "ack"
+        time.sleep(0.06)
+    elapsed = time.monotonic() - started
+    # one budget: 4 + 2/s x 5 s = 14 (a burst per node can pass before the
+    # first exchange; the ledger lags by half a second); two budgets: 28
+    one_budget = 4 + 2 * elapsed
+    assert passed <= one_budget + 4 + 2, (passed, elapsed)
+    assert passed >= 0.8 * one_budget, (passed, elapsed)
+
+
 def test_presence_friends_and_direct_messages_cross_nodes(cluster):
     a, b = cluster.start(2)
     alice, bob = cluster.client(a, "alice"), cluster.client(b, "bob")

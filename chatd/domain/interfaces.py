@@ -298,3 +298,15 @@ class LocalViewerTable(Protocol):
         """Whether the user's only local viewing connection is the last added."""
 
     def streams(self) -> dict[str, dict[str, int]]: ...
+
+
+class SpendLedger(Protocol):
+    """What every process of a deployment has charged each user's request
+    budget (Redis when several processes share one; see
+    ``chatd.session.rate.SharedSpending``)."""
+
+    def exchange(self, spent: dict[str, float]) -> Deferred[dict[str, float]]:
+        """Add this process's ``spent`` (per user, since its last exchange)
+        and answer, for the same users, the total all processes have spent
+        (it only grows)."""
+        ...

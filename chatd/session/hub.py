@@ -8,11 +8,12 @@ from twisted.internet.interfaces import IReactorTime
 from chatd.addresses import AddressCounts
 from chatd.auth import TokenVerifier
 from chatd.config import Config
+from chatd.domain.interfaces import SpendLedger
 from chatd.domain.turn import EndOfTurn
 from chatd.metrics import Metrics
 from chatd.protocol.dispatch import Dispatcher
 from chatd.session.lifecycle import Sessions
-from chatd.session.rate import TokenBucket, UserBuckets
+from chatd.session.rate import SharedSpending, TokenBucket, UserBuckets
 from chatd.session.session import (
     ADDRESS_FULL,
     CLOSE_GOING_AWAY,
@@ -81,6 +82,9 @@ class SessionHub:
         self.max_connections_per_user = config.max_connections_per_user
         self.max_members_per_request = config.max_members_per_request
         self.user_buckets = UserBuckets(config.user_rate_limit, config.user_rate_burst, clock)
+        #: With several processes (Redis), what users spend here is shared
+        #: (the composition root sets it: ``share_budgets``).
+        self.shared_spending: SharedSpending | None = None
         self.per_address = AddressCounts(config.max_connections_per_ip, config.ip_limit_exempt)
         self.open: dict[Session, None] = open_sessions if open_sessions is not None else {}
         self._address_of: dict[Session, str] = {}
@@ -108,6 +112,13 @@ class SessionHub:
             self._address_of[session] = address
         self.open[session] = None
         return None
+
+    def share_budgets(self, ledger: SpendLedger) -> SharedSpending:
+        """Users' request budgets count what they spend on every process
+        that shares ``ledger`` (start and stop the result with the
+        server)."""
+        self.shared_spending = SharedSpending(self.user_buckets, ledger, self.clock)
+        return self.shared_spending
 
     def join_user(self, user_id: str) -> TokenBucket | None:
         """A session authenticated as ``user_id``: the request bucket it

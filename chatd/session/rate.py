@@ -13,9 +13,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from chatd.domain.chat import JOIN_PAGE, MAX_PAGE, SINCE_PAGE
+from chatd.domain.interfaces import SpendLedger
+
+log = Logger()
 
 
 class TokenBucket:
@@ -141,8 +148,8 @@ class UserBuckets:
     bucket.  ``holders`` is also the user's count of sessions, which the
     per-user connection limit reads.
 
-    Per process: with several chatd processes behind a balancer, a user's
-    connections on different processes have a bucket each."""
+    With several chatd processes (Redis), ``SharedSpending`` charges each
+    process's buckets what the users spent on the others."""
 
     def __init__(self, rate: float, burst: int, clock: IReactorTime) -> None:
         self.rate = rate
@@ -189,3 +196,97 @@ class UserBuckets:
         entry = self._users.get(user_id)
         if entry is not None and entry.holders == 0:
             del self._users[user_id]
+
+    def charge(self, user_id: str, cost: float) -> None:
+        """Take ``cost`` from the user's bucket whatever it holds (what the
+        user spent on other processes), down to one burst in debt at most."""
+        entry = self._users.get(user_id)
+        if entry is None:
+            return
+        bucket, now = entry.bucket, self._clock.seconds()
+        bucket.tokens = max(-bucket.burst, bucket.level(now) - cost)
+        bucket.stamp = now
+
+
+SHARE_INTERVAL = 0.5
+"""Seconds between two exchanges of what the users spent."""
+
+
+class SharedSpending:
+    """One request budget per user across the processes of a deployment.
+
+    Each process keeps its users' buckets (``UserBuckets``) and charges
+    them at once, as alone; every ``interval`` it adds what each user spent
+    here to a shared ledger and charges each bucket what the user spent on
+    the other processes meanwhile.  So a user's sustained rate over all
+    processes is the budget's, not the budget times the processes; a burst
+    can pass on each process before the next exchange (at most one burst
+    each), and the ledger's lag is ``interval``.
+
+    Only users who spent here since the last exchange are exchanged; a user
+    idle here for two exchanges starts from the ledger's total again, so
+    what they spent elsewhere meanwhile, while this process had nothing to
+    protect, is not charged later."""
+
+    def __init__(
+        self,
+        buckets: UserBuckets,
+        ledger: SpendLedger,
+        clock: IReactorTime,
+        interval: float = SHARE_INTERVAL,
+    ) -> None:
+        self._buckets = buckets
+        self._ledger = ledger
+        self._interval = interval
+        self._pending: dict[str, float] = {}
+        self._seen: dict[str, tuple[float, int]] = {}  # user -> (total, exchange)
+        self._exchange_no = 0
+        self._busy = False
+        self._loop = LoopingCall(self._exchange)
+        self._loop.clock = clock
+        self._done: Deferred[LoopingCall] | None = None
+
+    def spent(self, user_id: str, cost: float) -> None:
+        """A request of the user passed its bucket here."""
+        self._pending[user_id] = self._pending.get(user_id, 0.0) + cost
+
+    def start(self) -> None:
+        self._done = self._loop.start(self._interval, now=False)
+
+    def stop(self) -> Deferred[None] | None:
+        if self._loop.running:
+            self._loop.stop()
+        done, self._done = self._done, None
+        return done.addCallback(lambda _: None) if done is not None else None
+
+    def _exchange(self) -> Deferred[None] | None:
+        if self._busy or not self._pending:
+            return None
+        pending, self._pending = self._pending, {}
+        self._busy = True
+        self._exchange_no += 1
+        d = self._ledger.exchange(pending)
+        d.addCallbacks(self._charge, self._failed, callbackArgs=(pending,), errbackArgs=(pending,))
+        return d.addBoth(self._idle)
+
+    def _charge(self, totals: dict[str, float], pending: dict[str, float]) -> None:
+        number = self._exchange_no
+        for user, total in totals.items():
+            seen = self._seen.get(user)
+            if seen is not None and seen[1] >= number - 2:
+                others = total - seen[0] - pending.get(user, 0.0)
+                if others > 0:
+                    self._buckets.charge(user, others)
+            self._seen[user] = (total, number)
+        if len(self._seen) > 4 * len(totals) + 1024:
+            self._seen = {u: s for u, s in self._seen.items() if s[1] >= number - 2}
+
+    def _failed(self, failure: Failure, pending: dict[str, float]) -> None:
+        """The ledger is out of reach: each process limits alone until it
+        is back; what was spent here is added with the next exchange."""
+        for user, cost in pending.items():
+            self._pending[user] = self._pending.get(user, 0.0) + cost
+        log.debug("sharing user budgets failed: {error}", error=failure.getErrorMessage())
+
+    def _idle(self, _: object) -> None:
+        self._busy = False

@@ -424,7 +424,12 @@ class Session:
         bucket = self._user_bucket
         assert bucket is not None
         cost = request_cost(event_type, data, self._hub.max_members_per_request)
-        return bucket.take(self._hub.clock.seconds(), cost)
+        if not bucket.take(self._hub.clock.seconds(), cost):
+            return False
+        shared = self._hub.shared_spending
+        if shared is not None and self.identity is not None:
+            shared.spent(self.identity.user_id, cost)
+        return True
 
     def _user_limited(self, request_id: str | None, event_type: str | None, data: Any) -> None:
         """The user's bucket is short of the request's cost: refused, not
