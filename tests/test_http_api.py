@@ -225,6 +225,25 @@ async def test_status_connected_and_disconnect(api_server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_status_api_tells_the_story_the_presence_pushes_tell(server_factory):
+    """Right after the last connection closes the user is still online
+    (the grace period: no user:offline yet, so no lastSeen); once the push
+    has gone out, offline with its lastSeen."""
+    server = await server_factory(api_key=API_KEY, presence_grace=1.0)
+    bob = await server.connect("bob")
+    alice = await server.connect("alice")
+    await bob.ok("friend:request", {"userId": "alice"})
+    await alice.ok("friend:accept", {"userId": "bob"})
+    await alice.close()
+    during = (await http(server, "GET", "/websocket/users/alice/status", API_KEY))[1]
+    assert during == {"userId": "alice", "online": True, "connections": 0, "lastSeen": None}
+    offline = await bob.next("user:offline", timeout=5)
+    after = (await http(server, "GET", "/websocket/users/alice/status", API_KEY))[1]
+    assert after["online"] is False and after["connections"] == 0
+    assert after["lastSeen"] == offline["data"]["lastSeen"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_readyz_answers_when_storage_does(api_server):
     server = await api_server
     status, body = await http(server, "GET", "/readyz")

@@ -108,11 +108,16 @@ class BackendApi:
         return {"users": users, "count": len(users)}
 
     async def _status(self, user_id: str) -> dict[str, Any]:
+        """The story the presence pushes tell: a user stays online through
+        the grace period after the last connection closes (a page reload),
+        with ``connections`` 0 meanwhile, and has a ``lastSeen`` once the
+        ``user:offline`` push has gone out."""
         connections = (await self.presence.connection_counts([user_id])).get(user_id, 0)
-        last_seen = None if connections else await self.social.last_seen(user_id)
+        online = connections > 0 or self.presence.is_online(user_id)
+        last_seen = None if online else await self.social.last_seen(user_id)
         return {
             "userId": user_id,
-            "online": connections > 0,
+            "online": online,
             "connections": connections,
             "lastSeen": iso_from_ms(last_seen) if last_seen is not None else None,
         }
