@@ -215,9 +215,15 @@ class Session:
             )
 
     def _log_open(self, user: str | None) -> None:
+        """Logged when the connection opens (``user`` None: not yet
+        authenticated, said in words; the event's ``user`` field stays
+        None for JSON logs) or, with a first-frame token, as it
+        authenticates."""
         self._open_logged = True
         log.info(
-            "connection {connection} opened from {peer} as {user}",
+            "connection {connection} opened from {peer} as {user}"
+            if user is not None
+            else "connection {connection} opened from {peer}, not authenticated yet",
             event="connection.open",
             connection=self.connection_id,
             peer=self._peer,

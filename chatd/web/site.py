@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
 from twisted.logger import Logger
+from twisted.web.error import UnsupportedMethod
 from twisted.web.http import unquote
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -31,14 +32,77 @@ from chatd.web.front import HttpConnection
 log = Logger()
 
 
+def json_answer(request: Request, status: int, body: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def json_error(request: Request, status: int, code: str, message: str) -> bytes:
+    """The HTTP API's error shape (docs/http-api.md), for every error the
+    site answers itself, so a client parses one format wherever it asks."""
+    return json_answer(request, status, {"error": {"code": code, "message": message}})
+
+
+def not_found(request: Request, message: str | None = None) -> bytes:
+    # Cut, so a long path is not echoed back in full.
+    path = (request.path or b"/").decode("utf-8", "replace")[:200]
+    return json_error(request, 404, "NOT_FOUND", message or f"nothing is served at {path}")
+
+
+class NotFound(Resource):
+    """Every path nothing else claims: a JSON 404 instead of twisted.web's
+    HTML page."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return not_found(request)
+
+
+class Directory(Resource):
+    """A path segment that only holds children (the root, ``/console/``,
+    ``/testsuite/``): the segment itself and an unknown child are JSON
+    404s (a plain ``Resource`` answers HTML 404, and 405 on itself)."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return NotFound()
+
+    def render(self, request: Request) -> bytes:
+        return not_found(request)
+
+
+class JsonMethodErrors:
+    """Wraps the resource a request is rendered with, so that a method the
+    resource has no ``render_*`` for is a JSON 405 with ``Allow`` (not
+    twisted.web's HTML 405, or 501 for a method it does not know).  HEAD
+    on a resource with GET is left to twisted.web, which answers it as a
+    GET without the body."""
+
+    def __init__(self, resource: Any) -> None:
+        self._resource = resource
+
+    def render(self, request: Request) -> Any:
+        try:
+            return self._resource.render(request)
+        except UnsupportedMethod as e:
+            allowed: list[bytes] = list(e.allowedMethods)
+            if request.method == b"HEAD" and b"GET" in allowed:
+                raise
+            request.setHeader(b"allow", b", ".join(allowed))
+            method = request.method.decode("latin-1")[:32]
+            path = (request.path or b"/").decode("utf-8", "replace")[:200]
+            return json_error(
+                request, 405, "METHOD_NOT_ALLOWED", f"{method} is not allowed on {path}"
+            )
+
+
 class JsonResource(Resource):
     isLeaf = True
 
     def json(self, request: Request, status: int, body: Any) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        return json.dumps(body, separators=(",", ":")).encode()
+        return json_answer(request, status, body)
 
 
 class Health(JsonResource):
@@ -91,9 +155,7 @@ class Console(Resource):
             # frame picks the dialect (chatd.bindings.codec).
             return self._upgrade.render(request)
         if request.postpath not in ([], [b""]):
-            request.setResponseCode(404)
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"not found\n"
+            return not_found(request)
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"content-security-policy", self.CSP)
         request.setHeader(b"x-frame-options", b"DENY")
@@ -118,9 +180,7 @@ class WebSocketPaths(Resource):
             return self._native.render(request)
         if len(rest) == 1 and rest[0] in self._dialects:
             return self._dialects[rest[0]].render(request)
-        request.setResponseCode(404)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"no such WebSocket endpoint (see docs/dialects.md)\n"
+        return not_found(request, "no such WebSocket endpoint (see docs/dialects.md)")
 
 
 def names_this_host_locally(host_header: bytes | None, local: Any, secure: bool) -> bool:
@@ -401,6 +461,9 @@ class BoundedRequest(Request):
             return
         super().gotLength(length)
 
+    def render(self, resrc: Any) -> None:
+        super().render(JsonMethodErrors(resrc))
+
     def handleContentChunk(self, data: bytes) -> None:
         if self._cut:
             return
@@ -496,12 +559,12 @@ def build_site(
     """The root and its children.  ``origins`` guards the HTTP API (CORS);
     ``body_limits`` names the resources besides the API that take bodies
     (Socket.IO polling) and their limits."""
-    root = Resource()
+    root = Directory()
     root.putChild(
         b"",
         Console(WebSocketResource(root_ws_factory) if root_ws_factory is not None else None),
     )
-    console = Resource()
+    console = Directory()
     console.putChild(b"demo-token", DemoToken(demo_mint))
     root.putChild(b"console", console)
     dialects = {
@@ -517,7 +580,7 @@ def build_site(
         # socketio_test_suites (test only): the protocol suites' servers.
         # Each suite asks for ${URL}/engine.io/ or ${URL}/socket.io/, so
         # URL=http://host:port/testsuite serves both, /socket.io/ untouched.
-        testsuite = Resource()
+        testsuite = Directory()
         testsuite.putChild(b"engine.io", engine_io_test_suite)
         testsuite.putChild(b"socket.io", socketio_test_suite)
         root.putChild(b"testsuite", testsuite)
