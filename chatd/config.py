@@ -10,6 +10,7 @@ list, so they cannot drift apart.  A bad value or an unknown key raises
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import secrets
 import tomllib
@@ -17,13 +18,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 # Twisted's endpoint-description parser; private, but unchanged for over a
 # decade, and the only way to read a description exactly as Twisted will.
 from twisted.internet.endpoints import _parse as _parse_endpoint
 
 ENV_PREFIX = "CHATD_"
+MIN_SECRET_LENGTH = 16
+SECRETS = ("jwt_secret", "nextauth_secret", "api_key")
+"""Settings that are secrets someone could guess: each, when set, needs
+``MIN_SECRET_LENGTH`` characters (a 5-character API key is an admin
+password anyone can try)."""
 SECRET_FILE_NAME = "jwt-secret"
 SUPPORTED_ALGORITHMS = frozenset(
     {
@@ -83,39 +89,70 @@ def _optional_text(value: Any) -> str | None:
     return text or None
 
 
+def _shown(value: Any) -> str:
+    """A rejected value as the operator wrote it, on one short line."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _number(value: Any) -> float:
+    """A finite number from TOML or text, refused in chatd's words (not
+    ``float()``'s ``could not convert string to float``)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{_shown(value)} is not a number") from None
+    else:
+        raise ValueError(f"{_shown(value)} is not a number")
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"{_shown(value)} is not a finite number")
+    return number
+
+
+def _integer(value: Any) -> int:
+    """A whole number from TOML or text (``1000`` or ``1000.0``), refused
+    in chatd's words (not ``int()``'s ``invalid literal``)."""
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    number = _number(value)
+    if not number.is_integer():
+        raise ValueError(f"{_shown(value)} is not a whole number")
+    return int(number)
+
+
 def _positive_number(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("expected a number")
-    number = float(value)
-    if not number > 0 or number != number or number == float("inf"):
-        raise ValueError("expected a positive number")
+    number = _number(value)
+    if not number > 0:
+        raise ValueError(f"{_shown(value)} is not a positive number")
     return number
 
 
 def _positive_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected an integer")
-    if isinstance(value, float) and not value.is_integer():
-        raise ValueError("expected an integer")
-    number = int(value)
+    number = _integer(value)
     if number <= 0:
-        raise ValueError("expected a positive integer")
+        raise ValueError(f"{_shown(value)} is not a positive whole number")
     return number
 
 
 def _non_negative_number(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("expected a number")
-    number = float(value)
-    if not number >= 0 or number == float("inf"):
-        raise ValueError("expected a number >= 0")
+    number = _number(value)
+    if not number >= 0:
+        raise ValueError(f"{_shown(value)} is not a number >= 0")
     return number
 
 
 def _boolean(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    text = _text(value).strip().lower()
+    if not isinstance(value, str):
+        raise ValueError(f"{_shown(value)} is not true or false")
+    text = value.strip().lower()
     if text in ("1", "true", "yes", "on"):
         return True
     if text in ("0", "false", "no", "off"):
@@ -154,11 +191,26 @@ def _nextauth_formats(value: Any) -> tuple[str, ...]:
     return parse_formats(items)
 
 
+def _split_url(url: str) -> SplitResult:
+    """``urlsplit`` with the port read, refused in chatd's words rather
+    than ``Invalid IPv6 URL`` or ``Port could not be cast to integer``.
+    The URL is not echoed: it may hold a password."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - reading it is the check
+    except ValueError:
+        raise ValueError(
+            "not a valid URL (check the [ ] around an IPv6 host, and that the port is a number"
+            " from 0 to 65535)"
+        ) from None
+    return parts
+
+
 def _database(value: Any) -> str | None:
     url = _optional_text(value)
     if url is None:
         return None
-    scheme = urlsplit(url).scheme
+    scheme = _split_url(url).scheme
     if scheme == "sqlite":
         if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
             raise ValueError("expected sqlite:///path/to/file.db")
@@ -172,6 +224,7 @@ def _redis(value: Any) -> str | None:
     if url is not None:
         from chatd.broker.target import RedisTarget
 
+        _split_url(url)
         RedisTarget.parse(url)
     return url
 
@@ -185,7 +238,10 @@ def _origins(value: Any) -> tuple[str, ...]:
     for origin in origins:
         if origin == "*":
             continue
-        parts = urlsplit(origin)
+        try:
+            parts = _split_url(origin)
+        except ValueError:
+            parts = urlsplit("")
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
             raise ValueError(f"{origin!r} is not an origin like https://app.example.com or *")
     return origins
@@ -232,7 +288,13 @@ def _redis_prefix(value: Any) -> str:
 
 def _public_key_file(value: Any) -> str | None:
     path = _optional_text(value)
-    if path is not None and not Path(path).is_file():
+    if path is None:
+        return None
+    try:
+        found = Path(path).is_file()
+    except OSError as e:  # a name too long, say: Path only hides "not found"
+        raise ValueError(f"cannot use {_shown(path)}: {e.strerror}") from None
+    if not found:
         raise ValueError(f"no such file: {path}")
     return path
 
@@ -640,6 +702,7 @@ class Config:
     sqlite_synchronous: str = "full"
     database_timeout: float = 5.0
     secret_generated: bool = False
+    unknown_environment: tuple[str, ...] = ()  # CHATD_* names that are no setting
 
     @property
     def sqlite_path(self) -> str | None:
@@ -658,6 +721,12 @@ def config_warnings(config: Config) -> list[str]:
             "accept_tokens_without_exp is on: JWTs without an `exp` claim are accepted"
             " and never expire (a leaked one works until the signing key changes)"
         )
+    if config.unknown_environment:
+        warnings.append(
+            f"ignoring {', '.join(config.unknown_environment)}: not chatd settings (a typo?"
+            " Kubernetes also sets CHATD_PORT, CHATD_SERVICE_* and the like for a Service"
+            " named chatd)"
+        )
     if config.sqlite_synchronous == "normal" and config.database.startswith("sqlite:"):
         warnings.append(
             "sqlite_synchronous is 'normal': commits are not fsynced, so messages acked in the"
@@ -670,7 +739,9 @@ def _parse(setting: Setting, raw: Any, source: str) -> Any:
     try:
         return setting.parse(raw)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"invalid {setting.name} ({source}): {e}") from None
+        # Control characters from the value are escaped: one line, always.
+        why = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))
+        raise ConfigError(f"invalid {setting.name} ({source}): {why}") from None
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -694,17 +765,25 @@ def read_config_file(path: str) -> dict[str, Any]:
 
 
 def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Read ``CHATD_*`` variables; an unknown ``CHATD_`` name is an error."""
+    """Read the ``CHATD_*`` variables that name a setting (a bad value is
+    an error); other ``CHATD_`` names are left to ``unknown_environment``."""
     known = {s.env: s for s in SETTINGS}
     values: dict[str, Any] = {}
     for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
-            continue
         setting = known.get(key)
-        if setting is None:
-            raise ConfigError(f"unknown environment variable {key}")
-        values[setting.name] = _parse(setting, raw, f"environment {key}")
+        if setting is not None:
+            values[setting.name] = _parse(setting, raw, f"environment {key}")
     return values
+
+
+def unknown_environment(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """``CHATD_*`` names that are no setting: warned about, not refused.
+    Kubernetes gives every pod of a Service named ``chatd`` variables such
+    as ``CHATD_PORT=tcp://…`` and ``CHATD_SERVICE_HOST``, so refusing them
+    would stop chatd there; a typo is still named at start-up and by
+    ``check-config`` (``config_warnings``)."""
+    known = {s.env for s in SETTINGS} | {ENV_PREFIX + "CONFIG"}
+    return tuple(sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known))
 
 
 def load_config(
@@ -725,6 +804,7 @@ def load_config(
     if config_file:
         values.update(read_config_file(config_file))
     values.update(read_environment(environ))
+    values["unknown_environment"] = unknown_environment(environ)
     for name, raw in cli.items():
         if raw is None:
             continue
@@ -774,10 +854,9 @@ def _finish(values: dict[str, Any], create_secret: bool) -> Config:
         raise ConfigError("invalid tls_cert: listen is ssl: already (use one or the other)")
     if values.get("tls_cert"):
         _check_tls(values["tls_cert"], values["tls_key"])
-    if values.get("jwt_secret") and len(values["jwt_secret"]) < 16:
-        raise ConfigError("invalid jwt_secret: use at least 16 characters")
-    if values.get("nextauth_secret") and len(values["nextauth_secret"]) < 16:
-        raise ConfigError("invalid nextauth_secret: use at least 16 characters")
+    for name in SECRETS:
+        if values.get(name) and len(values[name]) < MIN_SECRET_LENGTH:
+            raise ConfigError(f"invalid {name}: use at least {MIN_SECRET_LENGTH} characters")
     cfg = Config(
         **{k: v for k, v in values.items() if k in {f.name for f in fields(Config)}},
         secret_generated=generated,
@@ -798,12 +877,90 @@ def _check_tls(cert_file: str, key_file: str) -> None:
         ) from None
 
 
+_LISTEN_EXAMPLE = "e.g. tcp:8080:interface=127.0.0.1"
+
+
 def _check_endpoint(description: str) -> None:
-    kind = description.split(":", 1)[0]
+    """Refuse a ``listen`` that start-up would refuse, with one line.
+
+    The values Twisted's endpoint parsers turn with ``int()`` are checked
+    first, so the operator reads chatd's words rather than ``invalid literal
+    for int()``; then the description goes through ``serverFromString``,
+    the call start-up makes (chatd.service), on a MemoryReactor so that
+    nothing is bound.  check-config and twistd therefore agree on every
+    description, systemd: aside: its sockets exist only under systemd, so
+    only its form is checked here."""
+    if not description.isprintable():
+        # Said without echoing it raw, so the error stays one line.
+        raise ConfigError(f"invalid listen {_shown(description)}: contains a control character")
+    problem = _endpoint_problem(description)
+    if problem is None and not description.startswith("systemd:"):
+        problem = _endpoint_parse_problem(description)
+    if problem is not None:
+        raise ConfigError(f"invalid listen ({description}): {problem}")
+
+
+def _endpoint_problem(description: str) -> str | None:
+    try:
+        args, kwargs = _parse_endpoint(description)
+    except Exception:
+        return f"not an endpoint description ({_LISTEN_EXAMPLE})"
+    kind = args[0] if args else ""
     if kind not in ("tcp", "tcp6", "ssl", "unix", "systemd"):
-        raise ConfigError(
-            f"invalid listen ({description}): expected tcp:, tcp6:, ssl:, unix: or systemd:"
-        )
+        return "expected tcp:, tcp6:, ssl:, unix: or systemd:"
+    if kind in ("tcp", "tcp6", "ssl"):
+        port = args[1] if len(args) > 1 else kwargs.get("port")
+        if port is None:
+            return f"no port ({_LISTEN_EXAMPLE})"
+        if not port.isdigit() or int(port) > 65535:
+            return f"port {port!r} is not a number from 0 to 65535 ({_LISTEN_EXAMPLE})"
+    backlog = kwargs.get("backlog")
+    if backlog is not None and not backlog.isdigit():
+        return f"backlog {backlog!r} is not a whole number"
+    if kind == "unix":
+        mode = kwargs.get("mode", "666")
+        if not mode or any(c not in "01234567" for c in mode):
+            return f"mode {mode!r} is not an octal file mode such as 660"
+        if kwargs.get("lockfile", "1") not in ("0", "1"):
+            return f"lockfile {kwargs['lockfile']!r} is not 0 or 1"
+    if kind == "systemd":
+        return _systemd_problem(args, kwargs)
+    return None
+
+
+def _systemd_problem(args: list[str], kwargs: dict[str, str]) -> str | None:
+    import socket
+
+    domain = kwargs.get("domain", args[1] if len(args) > 1 else "")
+    if not domain or not hasattr(socket, "AF_" + domain):
+        return f"domain {domain!r} is not an address family such as INET, INET6 or UNIX"
+    index = kwargs.get("index", args[2] if len(args) > 2 else None)
+    name = kwargs.get("name", args[3] if len(args) > 3 else None)
+    if (index is None) == (name is None):
+        return "give exactly one of index= or name= (e.g. systemd:domain=INET:index=0)"
+    if index is not None and not index.isdigit():
+        return f"index {index!r} is not a whole number"
+    return None
+
+
+def _endpoint_parse_problem(description: str) -> str | None:
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        serverFromString(MemoryReactor(), description)
+    except OSError as e:
+        return f"cannot read {e.filename or 'a file it names'}: {e.strerror or e}"
+    except TypeError as e:
+        words = str(e)
+        if "unexpected keyword argument" in words:
+            return f"unknown parameter {words.rsplit(' ', 1)[-1]} ({_LISTEN_EXAMPLE})"
+        if "positional argument" in words:
+            return f"too many ':'-separated values ({_LISTEN_EXAMPLE})"
+        return " ".join(words.split()) or type(e).__name__
+    except Exception as e:
+        return " ".join(str(e).split()) or type(e).__name__
+    return None
 
 
 def is_loopback_endpoint(description: str) -> bool:
@@ -845,6 +1002,28 @@ def make_private_directory(path: str) -> None:
         return
     os.makedirs(path, mode=0o700, exist_ok=True)
     os.chmod(path, 0o700)
+
+
+def generated_secret_path(config: Config) -> Path | None:
+    """Where the daemon keeps the secret it generates for ``config``, or
+    None when it would not use one (a configured jwt_secret, no HS*
+    algorithm, or a listen that is not loopback); ``_finish`` applies the
+    same rule, so the token command signs with what the daemon checks."""
+    hmac = any(a.startswith("HS") for a in config.jwt_algorithms)
+    if config.jwt_secret or not hmac or not is_loopback_endpoint(config.listen):
+        return None
+    return Path(config.data_dir) / SECRET_FILE_NAME
+
+
+def read_generated_secret(path: Path) -> str | None:
+    """The generated secret at ``path``, or None while the daemon has not
+    written one; never creates it (see ``load_or_create_secret``)."""
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ConfigError(f"cannot read the generated secret {path}: {e.strerror}") from None
 
 
 def load_or_create_secret(data_dir: str) -> str:

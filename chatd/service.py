@@ -558,7 +558,9 @@ class ChatdService(AsyncMultiService):
         )
         if self.config.secret_generated:
             log.info(
-                "Get a token: python -m chatd token alice{extra}  — then connect to {ws}://{where}/ws?token=<token>",
+                "Get a token: {python} -m chatd token alice{extra}  — then connect to {ws}://{where}/ws?token=<token>",
+                # The interpreter that has chatd (a bare `python` may lack jwt).
+                python=sys.executable,
                 extra=_data_dir_hint(self.config),
                 ws=ws,
                 where=where,

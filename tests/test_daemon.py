@@ -53,7 +53,7 @@ def test_embedded_default_starts_with_no_configuration(tmp_path):
         daemon.wait_healthy(8080)
         data_dir = home / ".local" / "share" / "chatd"
         assert (data_dir / "chatd.sqlite3").exists() and (data_dir / "jwt-secret").exists()
-        assert "python -m chatd token" in daemon.output()
+        assert "-m chatd token alice" in daemon.output()  # with the interpreter that has chatd
         minted = run_module(["token", "alice"], env, str(tmp_path))
         assert minted.returncode == 0, minted.stderr
         with connect(f"ws://127.0.0.1:8080/ws?token={minted.stdout.strip()}") as ws:
@@ -106,12 +106,6 @@ def test_token_command_and_generated_secret_survive_restart(tmp_path):
             {"CHATD_MAX_MESSAGE_SIZE": "big"},
             None,
             "invalid max_message_size (environment CHATD_MAX_MESSAGE_SIZE)",
-        ),
-        (
-            [],
-            {"CHATD_NO_SUCH_THING": "1"},
-            None,
-            "unknown environment variable CHATD_NO_SUCH_THING",
         ),
         (["--config", "FILE"], {}, 'colour = "blue"\n', "unknown key 'colour'"),
         (["--config", "FILE"], {}, "listen = [\n", "is not valid TOML"),

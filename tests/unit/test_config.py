@@ -277,8 +277,29 @@ def test_unknown_toml_table(tmp_path, data_dir):
     )
 
 
-def test_unknown_environment_variable(data_dir):
-    refused("unknown environment variable CHATD_LISTN", data_dir, {}, {"CHATD_LISTN": "tcp:1"})
+def test_unknown_environment_variable_is_a_warning_not_a_refusal(data_dir):
+    # What Kubernetes injects for a Service named chatd, and a typo.
+    environ = {
+        "CHATD_PORT": "tcp://10.0.0.7:8080",
+        "CHATD_SERVICE_HOST": "10.0.0.7",
+        "CHATD_LISTN": "tcp:1",
+    }
+    cfg = load(data_dir, environ=environ)
+    assert cfg.listen == load(data_dir).listen
+    assert cfg.unknown_environment == ("CHATD_LISTN", "CHATD_PORT", "CHATD_SERVICE_HOST")
+    (warning,) = config_warnings(cfg)
+    assert "ignoring CHATD_LISTN, CHATD_PORT, CHATD_SERVICE_HOST" in warning
+    assert "\n" not in warning
+    assert config_warnings(load(data_dir, environ={"CHATD_CONFIG": ""})) == []
+
+
+def test_known_environment_variable_with_a_bad_value_is_still_refused(data_dir):
+    refused(
+        "invalid max_message_size (environment CHATD_MAX_MESSAGE_SIZE)",
+        data_dir,
+        {},
+        {"CHATD_MAX_MESSAGE_SIZE": "big", "CHATD_SERVICE_HOST": "10.0.0.7"},
+    )
 
 
 def test_unknown_cli_option(data_dir):
@@ -385,11 +406,16 @@ def test_create_secret_false_still_validates(tmp_path):
         "tcp:8080:interface=0.0.0.0",
         "tcp6:8080",
         "systemd:domain=INET:index=0",
-        "ssl:8443:privateKey=k.pem",
+        "ssl:8443:privateKey=KEY:certKey=CERT",
         "tcp:8080:interface=10.1.2.3",
     ],
 )
 def test_non_loopback_listen_refused_without_secret(tmp_path, listen):
+    if "KEY" in listen:  # ssl: reads its files as it parses, as start-up does
+        from tests.certs import make_certificates
+
+        files = make_certificates(tmp_path / "tls", ["localhost"])
+        listen = listen.replace("KEY", str(files["key"])).replace("CERT", str(files["cert"]))
     with pytest.raises(ConfigError) as info:
         load_config({"data_dir": str(tmp_path), "listen": listen}, environ={})
     assert "invalid listen" in str(info.value) and "jwt_secret" in str(info.value)
