@@ -5,33 +5,11 @@ everyone's messages, in one order, with the senders' display names."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest_twisted
 
 from tests.test_socketio import _close_all, sio_clients  # noqa: F401  (the fixture)
-from tests.wsclient import WsClient
-
-
-async def _seed000(server: Any, user: str) -> WsClient:
-    client = await WsClient.open(f"ws://127.0.0.1:{server.port}/", expect_auth=False)
-    server.clients.append(client)
-    await client.send_raw(json.dumps({"type": "authenticate", "token": server.token(user)}))
-    await client.next("authenticated")
-    return client
-
-
-async def _chatflow(server: Any, user: str) -> WsClient:
-    client = await WsClient.open(f"ws://127.0.0.1:{server.port}/", expect_auth=False)
-    server.clients.append(client)
-    frame = {
-        "type": "AUTHENTICATE",
-        "payload": {"token": server.token(user), "username": user.title()},
-        "requestId": "a",
-    }
-    await client.send_raw(json.dumps(frame))
-    await client.next("AUTH_SUCCESS")
-    return client
+from tests.wsclient import open_chatflow, open_seed000
 
 
 @pytest_twisted.ensureDeferred
@@ -41,10 +19,10 @@ async def test_four_bindings_in_one_room_see_one_order(server, sio_clients):  # 
         native = await server.connect("nat")
         room = (await native.ok("chat:create", {"name": "all", "type": "public"}))["room"]["id"]
         await native.ok("chat:join", {"chatId": room})
-        seed = await _seed000(server, "sid")
+        seed = await open_seed000(server, "sid", "/")
         await seed.send_raw(json.dumps({"type": "join_room", "data": {"roomId": room}}))
         await seed.next("room_joined")
-        flow = await _chatflow(server, "flo")
+        flow = await open_chatflow(server, "flo", "/", username="Flo")
         await flow.send_raw(
             json.dumps({"type": "JOIN_ROOM", "payload": {"roomId": room}, "requestId": "j"})
         )

@@ -22,7 +22,7 @@ from twisted.logger import globalLogPublisher
 from chatd.logs import JsonLinesObserver, TextLinesObserver
 from tests.conftest import TEST_SECRET
 from tests.test_http_api import API_KEY, http
-from tests.wsclient import WsClient, deferred
+from tests.wsclient import WsClient, deferred, open_chatflow, open_seed000
 
 TOO_BIG = 2**63
 LARGEST = 2**63 - 1
@@ -102,23 +102,6 @@ async def test_huge_numbers_over_websocket_are_invalid_and_name_the_field(server
     assert failures == []
 
 
-async def _seed000(server: Any, user: str) -> WsClient:
-    client = await WsClient.open(f"ws://127.0.0.1:{server.port}/ws/seed000", expect_auth=False)
-    server.clients.append(client)
-    await client.send_raw(json.dumps({"type": "authenticate", "token": server.token(user)}))
-    await client.next("authenticated")
-    return client
-
-
-async def _chatflow(server: Any, user: str) -> WsClient:
-    client = await WsClient.open(f"ws://127.0.0.1:{server.port}/ws/chatflow", expect_auth=False)
-    server.clients.append(client)
-    frame = {"type": "AUTHENTICATE", "payload": {"token": server.token(user)}, "requestId": "a"}
-    await client.send_raw(json.dumps(frame))
-    await client.next("AUTH_SUCCESS")
-    return client
-
-
 class RawSocketIO:
     """Socket.IO over a raw WebSocket: the packets as written."""
 
@@ -163,7 +146,7 @@ class RawSocketIO:
 async def test_huge_numbers_in_every_dialect_are_invalid(server):
     alice, room = await room_with_member(server, "alice")
     with failures_logged() as failures:
-        seed = await _seed000(server, "sid")
+        seed = await open_seed000(server, "sid")
         await seed.send_raw(
             json.dumps({"type": "join_room", "data": {"roomId": room, "since": TOO_BIG}})
         )
@@ -173,7 +156,7 @@ async def test_huge_numbers_in_every_dialect_are_invalid(server):
         await seed.send_raw(json.dumps({"type": "join_room", "data": {"roomId": room}}))
         assert (await seed.next("room_joined"))["data"]["roomId"] == room
 
-        flow = await _chatflow(server, "flo")
+        flow = await open_chatflow(server, "flo")
         for field in ("before", "after", "limit"):
             request = {
                 "type": "GET_HISTORY",
@@ -289,12 +272,12 @@ async def test_non_finite_numbers_in_frames_are_invalid_in_every_binding(server)
             assert "JSON" in error["data"]["message"], error
         await still_works(alice)
 
-        seed = await _seed000(server, "sid")
+        seed = await open_seed000(server, "sid")
         message = {"roomId": room, "content": "seed", "n": "N"}
         await seed.send_raw(with_number({"type": "message", "data": message}, "NaN"))
         assert (await seed.next("error"))["data"]["code"] == "INVALID_MESSAGE"
 
-        flow = await _chatflow(server, "flo")
+        flow = await open_chatflow(server, "flo")
         message = {"roomId": room, "content": "flow", "n": "N"}
         frame = {"type": "SEND_MESSAGE", "payload": message, "requestId": "s"}
         await flow.send_raw(with_number(frame, "Infinity"))

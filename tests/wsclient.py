@@ -207,3 +207,29 @@ class WsClient:
 
     async def close(self) -> None:
         await deferred(self.ws.close())
+
+
+async def open_seed000(server: Any, user: str, path: str = "/ws/seed000") -> WsClient:
+    """A seed 000 client, authenticated its way (``authenticate`` with a
+    top-level token); closed with the server's clients."""
+    client = await WsClient.open(f"ws://127.0.0.1:{server.port}{path}", expect_auth=False)
+    server.clients.append(client)
+    await client.send_raw(json.dumps({"type": "authenticate", "token": server.token(user)}))
+    await client.next("authenticated")
+    return client
+
+
+async def open_chatflow(
+    server: Any, user: str, path: str = "/ws/chatflow", username: str | None = None
+) -> WsClient:
+    """A Chat Flow client, authenticated its way (``AUTHENTICATE``, with
+    the display name when given)."""
+    client = await WsClient.open(f"ws://127.0.0.1:{server.port}{path}", expect_auth=False)
+    server.clients.append(client)
+    payload: dict[str, Any] = {"token": server.token(user)}
+    if username is not None:
+        payload["username"] = username
+    frame = {"type": "AUTHENTICATE", "payload": payload, "requestId": "a"}
+    await client.send_raw(json.dumps(frame))
+    await client.next("AUTH_SUCCESS")
+    return client
